@@ -1,0 +1,158 @@
+"""Demo data built offline and deterministically from a real tissue image.
+
+scikit-image ships a real immunohistochemistry (IHC) image: hematoxylin-counterstained tissue with
+DAB (brown) marking the positive cells. We enlarge it into a small "slide" with glass around an
+irregular tissue section, and label every 64-pixel patch by what covers it: background (glass),
+dab_negative or dab_positive tissue, as PathFlowAI's coverage columns do. The slide is written
+as an OME-Zarr pyramid through the package's own writer, and the patch table as Parquet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEMO_VERSION = 1
+DEMO_SLIDE_ID = "demo_ihc"
+DEMO_PATCH_SIZE = 64
+DEMO_SHAPE = (2304, 2816)  # (height, width): not square, so a swapped axis shows at once
+ANNOTATIONS = ("background", "dab_negative", "dab_positive")
+TISSUE_SATURATION = 0.05
+_GLASS = np.array([236, 234, 240], np.float32)
+
+
+def demo_dir() -> Path:
+    """Where the demo files are cached: $PATHVIZ_DEMO_DIR or ~/.cache/napari-pathviz/demo-vN."""
+    base = os.environ.get("PATHVIZ_DEMO_DIR")
+    if base:
+        return Path(base)
+    return Path.home() / ".cache" / "napari-pathviz" / f"demo-v{DEMO_VERSION}"
+
+
+def demo_image() -> tuple[np.ndarray, np.ndarray]:
+    """The demo slide (H x W x 3 uint8) and its per-pixel class map (0 glass, 1 DAB-, 2 DAB+)."""
+    from scipy import ndimage
+    from skimage import color, data, filters, transform
+
+    ihc = data.immunohistochemistry()
+    big = transform.rescale(ihc, 2, order=1, channel_axis=2, preserve_range=True,
+                            anti_aliasing=False)
+    # Mirror-tile 2 x 2: a larger section without seams.
+    top = np.concatenate([big, big[:, ::-1]], axis=1)
+    tissue = np.concatenate([top, top[::-1]], axis=0)
+    h, w = DEMO_SHAPE
+    th, tw = tissue.shape[:2]
+    oy, ox = (h - th) // 2, (w - tw) // 2
+
+    rng = np.random.default_rng(20261128)
+    slide = np.broadcast_to(_GLASS, (h, w, 3)).copy()
+    slide += rng.normal(0, 2.0, size=slide.shape).astype(np.float32)  # sensor noise on glass
+    # An irregular section outline: a smoothed random field thresholded inside an ellipse.
+    yy, xx = np.mgrid[0:th, 0:tw]
+    ellipse = ((yy - th / 2) / (th * 0.52)) ** 2 + ((xx - tw / 2) / (tw * 0.5)) ** 2
+    field = ndimage.gaussian_filter(rng.normal(size=(th // 16, tw // 16)), 3)
+    field = transform.resize(field / field.std(), (th, tw), order=1)
+    section = ellipse + 0.12 * field < 1.0
+    blend = ndimage.gaussian_filter(section.astype(np.float32), 2)[..., None]
+    region = slide[oy:oy + th, ox:ox + tw]
+    slide[oy:oy + th, ox:ox + tw] = blend * tissue + (1 - blend) * region
+    slide = np.clip(slide, 0, 255).round().astype(np.uint8)
+
+    # Per-pixel classes. Tissue, pale stroma included, is more saturated than glass; DAB is the
+    # third stain of the HED colour deconvolution, split from hematoxylin-only tissue by Otsu.
+    classes = np.zeros((h, w), np.uint8)
+    # Smoothing at the scale of a few nuclei makes pale stroma between nuclei count as tissue.
+    saturation = ndimage.gaussian_filter(color.rgb2hsv(slide)[..., 1], 16)
+    is_tissue = saturation > TISSUE_SATURATION
+    dab = ndimage.gaussian_filter(color.rgb2hed(slide)[..., 2], 6)
+    dab_threshold = filters.threshold_otsu(dab[is_tissue])
+    classes[is_tissue] = 1
+    classes[is_tissue & (dab > dab_threshold)] = 2
+    return slide, classes
+
+
+def demo_patch_table(classes: np.ndarray, patch_size: int = DEMO_PATCH_SIZE) -> pd.DataFrame:
+    """PathFlowAI-style rows: ID, x, y, patch_size, annotation, one coverage column per class.
+
+    Patches of bare glass are left out (as PathFlowAI's preprocessing does); patches at the
+    tissue edge are kept so that background removal has something to remove.
+    """
+    h, w = classes.shape
+    ny, nx = h // patch_size, w // patch_size
+    grid = classes[: ny * patch_size, : nx * patch_size].reshape(ny, patch_size, nx, patch_size)
+    cover = np.stack([(grid == k).mean(axis=(1, 3)) for k in range(len(ANNOTATIONS))], axis=-1)
+    iy, ix = np.nonzero(cover[..., 0] < 0.98)
+    rows = pd.DataFrame({
+        "ID": DEMO_SLIDE_ID,
+        "x": (ix * patch_size).astype(np.int64),
+        "y": (iy * patch_size).astype(np.int64),
+        "patch_size": np.int64(patch_size),
+    })
+    fractions = cover[iy, ix]
+    rows["annotation"] = np.asarray(ANNOTATIONS)[fractions.argmax(axis=1)]
+    for k, name in enumerate(ANNOTATIONS):
+        rows[name] = fractions[:, k].round(4)
+    return rows
+
+
+def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Builds the demo slide and patch table once (a few seconds) and returns their paths."""
+    from .io.pyramid import lazy_levels
+    from .io.tables import write_table
+    from .io.zarr_io import write_ome_zarr
+
+    directory = Path(directory) if directory else demo_dir()
+    paths = {"slide": directory / f"{DEMO_SLIDE_ID}.ome.zarr",
+             "patches": directory / "patches.parquet"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    import dask.array as da
+
+    directory.mkdir(parents=True, exist_ok=True)
+    slide, classes = demo_image()
+    # Write to a temporary name first: an interrupted build must not look complete.
+    tmp_slide = directory / f".{DEMO_SLIDE_ID}.tmp.zarr"
+    if tmp_slide.exists():
+        import shutil
+
+        shutil.rmtree(tmp_slide)
+    levels = lazy_levels(da.from_array(slide, chunks=(512, 512, 3)), min_size=600)
+    write_ome_zarr(levels, tmp_slide, n_native=1, mpp=0.5, chunk=512, name=DEMO_SLIDE_ID)
+    if paths["slide"].exists():
+        import shutil
+
+        shutil.rmtree(paths["slide"])
+    tmp_slide.rename(paths["slide"])
+    table = demo_patch_table(classes)
+    tmp_table = directory / ".patches.tmp.parquet"
+    write_table(table, tmp_table)
+    tmp_table.rename(paths["patches"])
+    return paths
+
+
+def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool = True):
+    """The demo Slide and PatchTable; with torch installed, the table also carries the demo
+    model's predictions: ``prob_{class}`` per class and ``y_pred`` (the predicted class)."""
+    from .patches import load_patches
+    from .slide import open_slide
+
+    paths = ensure_demo_data(directory)
+    slide = open_slide(paths["slide"])
+    table = load_patches(paths["patches"], slide_id=DEMO_SLIDE_ID,
+                         slide_shape=(slide.height, slide.width))
+    if with_predictions:
+        try:
+            from ._demo_model import predict_demo
+        except ImportError:  # torch is optional; the demo still shows slide and patches
+            return slide, table
+        try:
+            probs = predict_demo(slide, table)
+        except ImportError:
+            return slide, table
+        for k, name in enumerate(ANNOTATIONS):
+            table.df[f"prob_{name}"] = probs[:, k].round(4)
+        table.df["y_pred"] = np.asarray(ANNOTATIONS)[probs.argmax(axis=1)]
+    return slide, table

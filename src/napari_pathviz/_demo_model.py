@@ -1,0 +1,163 @@
+"""The demo's patch classifier: a small ResNet-style network built from ``torch.nn`` only.
+
+It is shaped like the models users bring (in-place ReLU modules used twice per block, residual
+adds, batch norm, adaptive pooling), which is what breaks naive DeepLIFT implementations, so the
+demo exercises the same code paths as a real model. Weights trained on the demo patches ship
+with the package (``data/demo_model.pt``, a state dict loaded with ``weights_only=True``);
+``python -m napari_pathviz._demo_model`` retrains them in about half a minute on a CPU.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ._demo import ANNOTATIONS, DEMO_PATCH_SIZE
+
+# Per-channel normalisation of the demo's RGB input in [0, 1].
+MEAN = (0.80, 0.72, 0.70)
+STD = (0.15, 0.18, 0.18)
+WEIGHTS = "demo_model.pt"
+
+
+def build_demo_model(n_classes: int = len(ANNOTATIONS)):
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.relu = nn.ReLU(inplace=True)  # one module, applied twice, as torchvision does
+            self.downsample = None
+            if stride != 1 or c_in != c_out:
+                self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                                nn.BatchNorm2d(c_out))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += identity
+            return self.relu(out)
+
+    class DemoPatchNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.relu = nn.ReLU(inplace=True)
+            self.layer1 = BasicBlock(16, 16, 1)
+            self.layer2 = BasicBlock(16, 32, 2)
+            self.layer3 = BasicBlock(32, 64, 2)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(64, n_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.layer3(self.layer2(self.layer1(x)))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return DemoPatchNet()
+
+
+def load_demo_model():
+    """The demo network with its shipped weights, in eval mode."""
+    import torch
+
+    model = build_demo_model()
+    with resources.as_file(resources.files("napari_pathviz") / "data" / WEIGHTS) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def to_model_input(patches: np.ndarray):
+    """(N, H, W, 3) uint8 patches -> normalised (N, 3, H, W) float tensor."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def demo_labels(table) -> np.ndarray:
+    """Class index of each patch's annotation, in the order of ANNOTATIONS."""
+    index = {a: i for i, a in enumerate(ANNOTATIONS)}
+    return np.array([index[a] for a in table.df["annotation"]], dtype=np.int64)
+
+
+def read_patches(slide, table) -> np.ndarray:
+    df = table.df
+    return np.stack([slide.read_region(int(y), int(x), int(p), int(p))[..., :3]
+                     for x, y, p in zip(df["x"], df["y"], df["patch_size"], strict=True)])
+
+
+def predict_demo(slide, table, model=None, batch_size: int = 128) -> np.ndarray:
+    """Class probabilities (N x classes) of the demo model for each patch of the table."""
+    import torch
+
+    model = model or load_demo_model()
+    patches = read_patches(slide, table)
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(patches), batch_size):
+            logits = model(to_model_input(patches[start:start + batch_size]))
+            probs.append(torch.softmax(logits, dim=1).numpy())
+    return np.concatenate(probs) if probs else np.zeros((0, len(ANNOTATIONS)), np.float32)
+
+
+def train_demo_model(slide, table, epochs: int = 20, seed: int = 0):
+    """Trains the demo network on the demo patches (flips and 90-degree turns as augmentation)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x_all = to_model_input(read_patches(slide, table))
+    y_all = torch.as_tensor(demo_labels(table))
+    model = build_demo_model()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=3e-3, total_steps=epochs * -(-len(x_all) // 64))
+    model.train()
+    for _ in range(epochs):
+        order = rng.permutation(len(x_all))
+        for start in range(0, len(order), 64):
+            idx = torch.as_tensor(order[start:start + 64])
+            xb = torch.rot90(x_all[idx], int(rng.integers(4)), dims=(2, 3))
+            if rng.random() < 0.5:
+                xb = torch.flip(xb, dims=(3,))
+            loss = torch.nn.functional.cross_entropy(model(xb), y_all[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    return model.eval()
+
+
+def main() -> None:
+    import torch
+
+    from ._demo import ensure_demo_data
+    from .patches import load_patches
+    from .slide import open_slide
+
+    paths = ensure_demo_data()
+    slide = open_slide(paths["slide"])
+    table = load_patches(paths["patches"], patch_size=DEMO_PATCH_SIZE)
+    model = train_demo_model(slide, table)
+    accuracy = (predict_demo(slide, table, model).argmax(1) == demo_labels(table)).mean()
+    out = Path(__file__).parent / "data" / WEIGHTS
+    out.parent.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), out)
+    print(f"wrote {out} (training accuracy {accuracy:.3f})")
+
+
+if __name__ == "__main__":
+    main()

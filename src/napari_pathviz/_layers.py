@@ -1,0 +1,90 @@
+"""napari layer data for slides and patch tables, as plain LayerDataTuples.
+
+Imports no napari, so the reader, the sample data, the widgets and the tests share one recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .patches import PatchTable
+from .render import column_colors
+from .slide import Slide
+
+# Patches are filled translucent and outlined opaque, so the tissue stays visible underneath.
+FACE_ALPHA = 0.35
+BORDER_WIDTH = 0.06  # relative to the square's side
+META_SLIDE = "pathviz_slide"
+META_COLOR_BY = "pathviz_color_by"
+
+
+def slide_scale(slide: Slide, use_mpp: bool) -> tuple[float, float]:
+    """World units per level-0 pixel: microns when asked and known, else pixels."""
+    if use_mpp and slide.mpp:
+        return (slide.mpp, slide.mpp)
+    return (1.0, 1.0)
+
+
+def slide_layer_data(slide: Slide, use_mpp: bool = False) -> tuple[Any, dict, str]:
+    """One multiscale RGB image layer; no pixel is read here."""
+    levels = slide.levels if slide.rgb else [lv[..., 0] for lv in slide.levels]
+    kwargs: dict[str, Any] = {
+        "name": slide.slide_id,
+        "rgb": slide.rgb,
+        "multiscale": len(levels) > 1,
+        "scale": slide_scale(slide, use_mpp),
+        "metadata": {META_SLIDE: slide, "mpp": slide.mpp, "path": slide.path},
+    }
+    if levels[0].dtype == np.uint8:
+        # Given explicitly so napari never scans a dask pyramid to guess them.
+        kwargs["contrast_limits"] = (0, 255)
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
+def default_color_column(table: PatchTable) -> str:
+    for column in ("annotation", "y_pred", "label", "tissue"):
+        if column in table.df.columns:
+            return column
+    return "ID"
+
+
+def patch_colors(table: PatchTable, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(face, border) RGBA arrays for colouring the patches by ``column``."""
+    mapping = column_colors(table.df, column)
+    border = mapping.rgba.copy()
+    face = mapping.rgba.copy()
+    face[:, 3] = FACE_ALPHA
+    return face, border
+
+
+def patches_layer_data(table: PatchTable, color_by: str | None = None,
+                       scale: tuple[float, float] = (1.0, 1.0), name: str | None = None
+                       ) -> tuple[Any, dict, str]:
+    """A points layer with one square per patch covering it exactly, every column a feature."""
+    column = color_by or default_color_column(table)
+    face, border = patch_colors(table, column)
+    ids = table.df["ID"].unique()
+    kwargs = {
+        "name": name or (f"{ids[0]} patches" if len(ids) == 1 else "patches"),
+        "symbol": "square",
+        "size": table.patch_sizes.astype(float),
+        "face_color": face,
+        "border_color": border,
+        "border_width": BORDER_WIDTH,
+        "border_width_is_relative": True,
+        "features": table.df.reset_index(drop=True),
+        "scale": scale,
+        "metadata": {META_COLOR_BY: column, "source": table.source},
+    }
+    return (table.centers_yx(), kwargs, "points")
+
+
+def recolor_patches_layer(layer: Any, column: str) -> None:
+    """Recolours an existing patches points layer by one of its feature columns."""
+    table = PatchTable(layer.features, layer.metadata.get("source", layer.name))
+    face, border = patch_colors(table, column)
+    layer.face_color = face
+    layer.border_color = border
+    layer.metadata[META_COLOR_BY] = column

@@ -1,0 +1,65 @@
+"""npe2 reader: whole-slide images (zarr, OME-Zarr, SVS, TIFF, NDPI) and patch tables.
+
+Bad files give one notification line instead of a traceback dialog: the reader reports the
+error itself and hands napari the "empty file" sentinel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._layers import patches_layer_data, slide_layer_data
+from .errors import PathvizError
+from .io.tables import SQLITE_SUFFIXES, is_table_path, sqlite_patch_sizes
+from .io.tiff_io import is_tiff_path
+from .io.zarr_io import is_zarr_path
+from .patches import load_patches
+from .slide import open_slide
+
+_NOTHING = [(None,)]  # napari's sentinel for "read, but no layers"
+
+
+def get_reader(path: str | list[str]) -> Callable | None:
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = str(path)
+    if is_zarr_path(path) or is_tiff_path(path):
+        return read_slide
+    if is_table_path(path):
+        return read_patch_table
+    return None
+
+
+def _notify(err: PathvizError) -> list:
+    from napari.utils.notifications import show_error
+
+    show_error(str(err))
+    return _NOTHING
+
+
+def read_slide(path: str | list[str]) -> list:
+    path = path[0] if isinstance(path, list) else path
+    try:
+        return [slide_layer_data(open_slide(path))]
+    except PathvizError as err:
+        return _notify(err)
+
+
+def read_patch_table(path: str | list[str]) -> list:
+    """One points layer per table; a PathFlowAI database gives one layer per patch size."""
+    path = str(path[0] if isinstance(path, list) else path)
+    try:
+        if path.lower().endswith(SQLITE_SUFFIXES):
+            sizes = [s for s in sqlite_patch_sizes(path) if s.isdigit()]
+            if not sizes:
+                raise PathvizError(f"{path}: database holds no patch-size tables "
+                                   "(tables named by their patch size, e.g. \"224\")")
+            name = os.path.basename(path)
+            return [patches_layer_data(load_patches(path, patch_size=int(s)),
+                                       name=f"{name} [{s}]") for s in sizes]
+        return [patches_layer_data(load_patches(path))]
+    except PathvizError as err:
+        return _notify(err)

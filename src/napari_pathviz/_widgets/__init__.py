@@ -1,0 +1,1 @@
+"""Dock widgets: thin layers over the core, one per job."""

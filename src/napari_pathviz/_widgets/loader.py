@@ -1,0 +1,210 @@
+"""Dock widget "Slide & patches": open a slide, load or generate its patches, colour them.
+
+A thin layer over ``slide``, ``patches`` and ``tissue``: every button calls the same core
+function as the CLI. State lives in the layers (the Slide in the image layer's metadata, the
+patch table in the points layer's features), not here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from .._layers import (
+    META_COLOR_BY,
+    META_SLIDE,
+    patches_layer_data,
+    recolor_patches_layer,
+    slide_layer_data,
+)
+from ..errors import PathvizError
+from ..io.zarr_io import LAYOUTS
+
+if TYPE_CHECKING:
+    import napari
+
+
+class SlideLoaderWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker: Any = None
+
+        self.slide_path = LineEdit(label="Slide", tooltip="file or .zarr folder")
+        self._browse_slide_file = PushButton(text="File…")
+        self._browse_slide_dir = PushButton(text="Folder…")
+        self.layout_choice = ComboBox(label="Layout", choices=LAYOUTS, value="auto",
+                                      tooltip="stored axis order; xyc for PathFlowAI's {ID}.zarr")
+        self.use_mpp = CheckBox(text="Scale in µm where the file says", value=False)
+        self.open_slide_button = PushButton(text="Open slide")
+
+        self.table_path = LineEdit(label="Patch table", tooltip=".csv, .parquet or PathFlowAI .db")
+        self._browse_table = PushButton(text="File…")
+        self.patch_size = SpinBox(label="Patch size", value=0, min=0, max=1_000_000,
+                                  tooltip="0: from the table (a .db with one table)")
+        self.slide_id = LineEdit(label="Slide ID",
+                                 tooltip="keep these rows; blank: the slide's own when present")
+        self.load_table_button = PushButton(text="Load patches")
+
+        self.grid_size = SpinBox(label="Grid patch size", value=224, min=4, max=1_000_000)
+        self.min_tissue = FloatSpinBox(label="Min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
+        self.grid_button = PushButton(text="Generate tissue grid")
+
+        self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
+        self.status = Label(value="")
+
+        slide_row = Container(widgets=[self.slide_path, self._browse_slide_file,
+                                       self._browse_slide_dir], layout="horizontal",
+                              labels=False, label="Slide")
+        table_row = Container(widgets=[self.table_path, self._browse_table],
+                              layout="horizontal", labels=False, label="Patch table")
+        self.extend([slide_row, self.layout_choice, self.use_mpp, self.open_slide_button,
+                     table_row, self.patch_size, self.slide_id, self.load_table_button,
+                     self.grid_size, self.min_tissue, self.grid_button, self.color_by,
+                     self.status])
+
+        self._browse_slide_file.changed.connect(lambda: self._browse(self.slide_path, False))
+        self._browse_slide_dir.changed.connect(lambda: self._browse(self.slide_path, True))
+        self._browse_table.changed.connect(lambda: self._browse(self.table_path, False))
+        self.open_slide_button.changed.connect(self.open_slide)
+        self.load_table_button.changed.connect(self.load_patches)
+        self.grid_button.changed.connect(self.generate_grid)
+        self.color_by.changed.connect(self._recolor)
+        viewer.layers.selection.events.active.connect(self._refresh_colors)
+        viewer.layers.events.inserted.connect(self._refresh_colors)
+        viewer.layers.events.removed.connect(self._refresh_colors)
+        self._refresh_colors()
+
+    # -- layers this widget works on ---------------------------------------------------------
+    def slide_layer(self):
+        """The active slide layer, else the most recently added one."""
+        active = self._viewer.layers.selection.active
+        if active is not None and META_SLIDE in active.metadata:
+            return active
+        slides = [ly for ly in self._viewer.layers if META_SLIDE in ly.metadata]
+        return slides[-1] if slides else None
+
+    def patches_layer(self):
+        active = self._viewer.layers.selection.active
+        if active is not None and META_COLOR_BY in active.metadata:
+            return active
+        layers = [ly for ly in self._viewer.layers if META_COLOR_BY in ly.metadata]
+        return layers[-1] if layers else None
+
+    # -- actions -----------------------------------------------------------------------------
+    def open_slide(self) -> None:
+        from ..slide import open_slide
+
+        path = self.slide_path.value.strip()
+        self._guarded(lambda: self._add(slide_layer_data(
+            open_slide(path or "<no slide path given>", self.layout_choice.value),
+            self.use_mpp.value)))
+
+    def load_patches(self) -> None:
+        self._guarded(self._load_patches)
+
+    def _load_patches(self) -> None:
+        from ..io.tables import read_table
+        from ..patches import PatchTable
+
+        path = self.table_path.value.strip()
+        if not path:
+            raise PathvizError("Patch table: give a table path first")
+        size = self.patch_size.value or None
+        df = read_table(path, size)
+        slide_layer = self.slide_layer()
+        slide = slide_layer.metadata[META_SLIDE] if slide_layer is not None else None
+        slide_id = self.slide_id.value.strip() or None
+        if (slide_id is None and slide is not None and "ID" in df.columns
+                and (df["ID"].astype(str) == slide.slide_id).any()):
+            slide_id = slide.slide_id
+        table = PatchTable.from_frame(df, path, patch_size=size, slide_id=slide_id)
+        scale = (1.0, 1.0)
+        if slide is not None:
+            table.check_inside(slide.height, slide.width)
+            scale = tuple(slide_layer.scale[:2])
+        self._add(patches_layer_data(table, scale=scale))
+
+    def generate_grid(self) -> None:
+        from napari.qt.threading import create_worker
+
+        slide_layer = self.slide_layer()
+        if slide_layer is None:
+            self._report(PathvizError("Tissue grid: open a slide first"))
+            return
+        slide = slide_layer.metadata[META_SLIDE]
+        scale = tuple(slide_layer.scale[:2])
+        from ..tissue import tissue_grid
+
+        worker = create_worker(tissue_grid, slide, self.grid_size.value, None,
+                               self.min_tissue.value,
+                               _progress={"desc": f"Tissue grid on {slide.slide_id}"})
+        worker.returned.connect(
+            lambda table: self._add(patches_layer_data(
+                table, color_by="tissue", scale=scale, name=f"{slide.slide_id} tissue grid")))
+        worker.errored.connect(self._report)
+        self.grid_button.enabled = False
+        worker.finished.connect(lambda: setattr(self.grid_button, "enabled", True))
+        self._worker = worker
+        self.status.value = "computing tissue grid…"
+        worker.start()
+
+    def _recolor(self, column: str | None) -> None:
+        layer = self.patches_layer()
+        if layer is None or not column or column == layer.metadata.get(META_COLOR_BY):
+            return
+        self._guarded(lambda: recolor_patches_layer(layer, column))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _color_choices(self, _widget=None) -> list[str]:
+        layer = self.patches_layer() if hasattr(self, "_viewer") else None
+        return [] if layer is None else [str(c) for c in layer.features.columns]
+
+    def _refresh_colors(self, _event=None) -> None:
+        # Refilling the choices must not recolour the layer: only a user's pick does.
+        with self.color_by.changed.blocked():
+            self.color_by.reset_choices()
+            layer = self.patches_layer()
+            if layer is not None and layer.metadata.get(META_COLOR_BY) in self.color_by.choices:
+                self.color_by.value = layer.metadata[META_COLOR_BY]
+
+    def _add(self, layer_data) -> None:
+        from napari.layers import Layer
+
+        layer = self._viewer.add_layer(Layer.create(*layer_data))
+        self.status.value = f"added {layer.name}"
+        if META_SLIDE in layer.metadata and len(self._viewer.layers) == 1:
+            self._viewer.reset_view()
+
+    def _guarded(self, action) -> None:
+        try:
+            action()
+        except PathvizError as err:
+            self._report(err)
+
+    def _report(self, err: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        message = str(err) if isinstance(err, PathvizError) else f"{type(err).__name__}: {err}"
+        self.status.value = message
+        show_error(message)
+
+    def _browse(self, target: LineEdit, directory: bool) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        if directory:
+            path = QFileDialog.getExistingDirectory(self.native, "Choose a slide folder")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self.native, "Choose a file")
+        if path:
+            target.value = path

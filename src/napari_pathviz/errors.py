@@ -1,0 +1,13 @@
+"""The one error type users see: a one-line message naming the file, row or parameter at fault."""
+
+
+class PathvizError(ValueError):
+    """Bad input. ``str(err)`` is a complete one-line message meant for the user.
+
+    The CLI prints it and exits with status 2; the GUI shows it as a napari notification.
+    """
+
+    def __init__(self, message: str):
+        # One line, always: multi-line library errors are folded so that CLI output and
+        # notifications stay readable.
+        super().__init__(" ".join(str(message).split()))

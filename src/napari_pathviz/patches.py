@@ -1,0 +1,127 @@
+"""PatchTable: validated patch locations and attributes, and tissue-grid generation.
+
+A patch is keyed by (ID, x, y, patch_size): slide id and the level-0 pixel of its top-left corner,
+x the column and y the row. PathFlowAI's x indexes the first axis of its (x, y, C) zarr, which is
+the column once the slide is shown (y, x, C), so its tables need no swapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import PathvizError
+from .io.tables import read_table
+
+KEY_COLUMNS = ("ID", "x", "y", "patch_size")
+
+
+@dataclass
+class PatchTable:
+    """Patches of one or more slides; ``df`` always has the key columns with integer x, y, size."""
+
+    df: pd.DataFrame
+    source: str = "<table>"
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, source: str = "<table>", *,
+                   patch_size: int | None = None, slide_id: str | None = None) -> PatchTable:
+        """Validates a raw table; errors name the source and the first row at fault."""
+        df = df.reset_index(drop=True).copy()
+        missing = [c for c in ("x", "y") if c not in df.columns]
+        if missing:
+            raise PathvizError(f"{source}: missing column(s) {', '.join(missing)} "
+                               f"(columns: {', '.join(map(str, df.columns[:12]))})")
+        for col in ("x", "y"):
+            df[col] = _whole_non_negative(df[col], source, col)
+        if "patch_size" in df.columns:
+            df["patch_size"] = _whole_non_negative(df["patch_size"], source, "patch_size")
+            if patch_size:
+                df = df[df["patch_size"] == int(patch_size)].reset_index(drop=True)
+                if df.empty:
+                    raise PathvizError(f"{source}: no rows with patch_size {patch_size}")
+        elif patch_size:
+            df["patch_size"] = int(patch_size)
+        else:
+            raise PathvizError(f"{source}: no patch_size column; give the patch size "
+                               "(--patch-size)")
+        bad = np.flatnonzero(df["patch_size"].to_numpy() <= 0)
+        if bad.size:
+            raise PathvizError(f"{source}: row {bad[0]}: patch_size must be positive")
+        if "ID" in df.columns:
+            df["ID"] = df["ID"].astype(str)
+            if slide_id:
+                kept = df[df["ID"] == str(slide_id)].reset_index(drop=True)
+                if kept.empty:
+                    ids = ", ".join(sorted(df["ID"].unique())[:5])
+                    raise PathvizError(f"{source}: no patches for slide ID {slide_id!r} "
+                                       f"(IDs present: {ids})")
+                df = kept
+        else:
+            df.insert(0, "ID", str(slide_id) if slide_id else _stem(source))
+        return cls(df, source)
+
+    @property
+    def patch_sizes(self) -> np.ndarray:
+        return self.df["patch_size"].to_numpy()
+
+    def centers_yx(self) -> np.ndarray:
+        """World (y, x) of each patch centre. Pixel (0, 0)'s centre is at (0, 0), so a patch at
+        (y0, x0) of size P spans [y0 - 0.5, y0 + P - 0.5] and is centred on y0 + (P - 1) / 2."""
+        half = (self.patch_sizes - 1) / 2.0
+        return np.stack([self.df["y"].to_numpy() + half, self.df["x"].to_numpy() + half], axis=1)
+
+    def check_inside(self, height: int, width: int) -> None:
+        """Raises naming the first patch that does not lie wholly inside a height x width slide."""
+        x, y, p = (self.df[c].to_numpy() for c in ("x", "y", "patch_size"))
+        bad = np.flatnonzero((x + p > width) | (y + p > height))
+        if bad.size:
+            i = bad[0]
+            raise PathvizError(
+                f"{self.source}: row {i}: patch x={x[i]}, y={y[i]}, size {p[i]} lies outside the "
+                f"slide ({width} wide x {height} high); {bad.size} such rows")
+
+
+def load_patches(path: str | os.PathLike, *, patch_size: int | None = None,
+                 slide_id: str | None = None, slide_shape: tuple[int, int] | None = None
+                 ) -> PatchTable:
+    """Reads and validates a patch table (CSV, Parquet, PathFlowAI SQLite).
+
+    ``slide_id`` keeps one slide's rows when the table has an ``ID`` column; ``slide_shape``
+    (height, width) checks that every patch lies inside the slide.
+    """
+    df = read_table(path, patch_size)
+    table = PatchTable.from_frame(df, str(path), patch_size=patch_size, slide_id=slide_id)
+    if slide_shape is not None:
+        table.check_inside(*slide_shape)
+    return table
+
+
+def _whole_non_negative(values: pd.Series, source: str, col: str) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero(numbers.isna().to_numpy())
+    if bad.size:
+        raise PathvizError(f"{source}: row {bad[0]}: {col} is not a number "
+                           f"({values.iloc[bad[0]]!r})")
+    arr = numbers.to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+    if bad.size:
+        raise PathvizError(f"{source}: row {bad[0]}: {col} must be a non-negative pixel "
+                           f"coordinate, found {arr[bad[0]]:g}")
+    bad = np.flatnonzero(arr != np.round(arr))
+    if bad.size:
+        raise PathvizError(f"{source}: row {bad[0]}: {col} must be a whole pixel, "
+                           f"found {arr[bad[0]]:g}")
+    return pd.Series(arr.astype(np.int64), index=values.index)
+
+
+def _stem(source: str) -> str:
+    from .slide import slide_id_from_path
+
+    return slide_id_from_path(source)

@@ -1,0 +1,170 @@
+"""Colours for patch columns and static figures (PNG) of a slide with its patches.
+
+The same colour mapping feeds napari's points layer and the headless figures, so a patch has one
+colour wherever it is shown. Uses matplotlib's object API (no pyplot): no global backend state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import PathvizError
+from .patches import PatchTable
+
+# Integer columns with at most this many distinct values are labels, not measurements.
+MAX_CATEGORIES = 20
+
+
+@dataclass
+class ColorMapping:
+    """RGBA colour per row plus what a legend or colorbar needs."""
+
+    column: str
+    rgba: np.ndarray
+    kind: str  # "categorical" or "continuous"
+    categories: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    colormap: str = "viridis"
+    limits: tuple[float, float] = (0.0, 1.0)
+
+
+def is_categorical(values: pd.Series) -> bool:
+    if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == bool:
+        return True
+    if pd.api.types.is_float_dtype(values):
+        return False
+    if pd.api.types.is_integer_dtype(values):
+        return values.nunique() <= MAX_CATEGORIES
+    return True
+
+
+def column_colors(df: pd.DataFrame, column: str, colormap: str = "viridis",
+                  limits: tuple[float, float] | None = None) -> ColorMapping:
+    """Colours rows by ``column``: a colour cycle for labels, a colormap for numbers.
+
+    Continuous limits default to [0, 1] when every value lies there (coverage, probability), so
+    colours are comparable across slides; otherwise to the column's range.
+    """
+    from matplotlib import colormaps
+
+    if column not in df.columns:
+        raise PathvizError(f"colour column {column!r} is not in the table "
+                           f"(columns: {', '.join(map(str, df.columns))})")
+    values = df[column]
+    if is_categorical(values):
+        labels = values.astype(str)
+        names = sorted(labels.unique(), key=_natural_key)
+        palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+        categories = {name: tuple(float(v) for v in palette(i % palette.N))
+                      for i, name in enumerate(names)}
+        rgba = np.array([categories[v] for v in labels], dtype=np.float32).reshape(-1, 4)
+        return ColorMapping(column, rgba, "categorical", categories=categories)
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    finite = numbers[np.isfinite(numbers)]
+    if limits is None:
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            limits = (0.0, 1.0)
+        elif finite.size:
+            limits = (float(finite.min()), float(finite.max()))
+        else:
+            limits = (0.0, 1.0)
+    lo, hi = limits
+    scaled = (numbers - lo) / (hi - lo) if hi > lo else np.zeros_like(numbers)
+    if colormap not in colormaps:
+        raise PathvizError(f"unknown colormap {colormap!r}")
+    rgba = colormaps[colormap](np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1)).astype(np.float32)
+    rgba[~np.isfinite(numbers)] = (0.5, 0.5, 0.5, 1.0)  # missing values in grey
+    return ColorMapping(column, rgba, "continuous", colormap=colormap, limits=(lo, hi))
+
+
+def _natural_key(name: str):
+    return (0, float(name), name) if _is_number(name) else (1, 0.0, name)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def patch_overlay(shape: tuple[int, int], table: PatchTable, colors: np.ndarray,
+                  downsample: float, alpha: float = 0.45) -> np.ndarray:
+    """An RGBA float image of ``shape`` with each patch filled in its colour (later rows on top)
+    and outlined opaque, at ``downsample`` level-0 pixels per image pixel."""
+    overlay = np.zeros((*shape, 4), np.float32)
+    df = table.df
+    y0 = np.floor(df["y"].to_numpy() / downsample).astype(int)
+    x0 = np.floor(df["x"].to_numpy() / downsample).astype(int)
+    y1 = np.maximum(np.ceil((df["y"] + df["patch_size"]).to_numpy() / downsample).astype(int),
+                    y0 + 1)
+    x1 = np.maximum(np.ceil((df["x"] + df["patch_size"]).to_numpy() / downsample).astype(int),
+                    x0 + 1)
+    outline = (y1 - y0) >= 6
+    for i in range(len(df)):
+        color = colors[i]
+        overlay[y0[i]:y1[i], x0[i]:x1[i]] = (*color[:3], alpha)
+        if outline[i]:
+            edge = (*color[:3], 1.0)
+            overlay[y0[i], x0[i]:x1[i]] = edge
+            overlay[y1[i] - 1, x0[i]:x1[i]] = edge
+            overlay[y0[i]:y1[i], x0[i]] = edge
+            overlay[y0[i]:y1[i], x1[i] - 1] = edge
+    return overlay
+
+
+def render_slide_with_patches(slide, table: PatchTable | None, out: str | os.PathLike, *,
+                              color_by: str | None = None, max_size: int = 1600,
+                              alpha: float = 0.45, title: str | None = None) -> Path:
+    """Writes a PNG of the slide thumbnail with its patches coloured by a column, with a legend
+    or colorbar: the headless twin of the napari view."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    thumb, downsample = slide.thumbnail(max_size)
+    image = thumb[..., :3].astype(np.float32) / np.iinfo(thumb.dtype).max \
+        if thumb.dtype.kind in "ui" else thumb[..., :3]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    mapping = None
+    if table is not None and len(table):
+        column = color_by or ("annotation" if "annotation" in table.df.columns else "ID")
+        mapping = column_colors(table.df, column)
+        overlay = patch_overlay(image.shape[:2], table, mapping.rgba, downsample, alpha)
+        a = overlay[..., 3:4]
+        image = image * (1 - a) + overlay[..., :3] * a
+
+    h, w = image.shape[:2]
+    fig = Figure(figsize=(max(4.0, w / 150 + 2.5), max(3.0, h / 150 + 0.8)), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.04, 0.75, 0.88))
+    # Axis ticks in level-0 pixels, so a reader can find a patch by its table coordinates.
+    ax.imshow(np.clip(image, 0, 1), extent=(-0.5, slide.width - 0.5, slide.height - 0.5, -0.5),
+              interpolation="antialiased")
+    ax.tick_params(labelsize=6)
+    n = 0 if table is None else len(table)
+    ax.set_title(title or f"{slide.slide_id}: {n} patches"
+                 + (f", coloured by {mapping.column}" if mapping else ""), fontsize=8)
+    if mapping is not None and mapping.kind == "categorical":
+        handles = [Patch(facecolor=c, edgecolor=c, label=name)
+                   for name, c in mapping.categories.items()]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
+                  title=mapping.column, title_fontsize=7, frameon=False)
+    elif mapping is not None:
+        cax = fig.add_axes((0.80, 0.15, 0.025, 0.7))
+        sm = ScalarMappable(Normalize(*mapping.limits), mapping.colormap)
+        bar = fig.colorbar(sm, cax=cax)
+        bar.set_label(mapping.column, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.savefig(out)
+    return out
