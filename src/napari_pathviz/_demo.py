@@ -38,8 +38,9 @@ def demo_image() -> tuple[np.ndarray, np.ndarray]:
     from skimage import color, data, filters, transform
 
     ihc = data.immunohistochemistry()
-    big = transform.rescale(ihc, 2, order=1, channel_axis=2, preserve_range=True,
-                            anti_aliasing=False)
+    big = transform.rescale(
+        ihc, 2, order=1, channel_axis=2, preserve_range=True, anti_aliasing=False
+    )
     # Mirror-tile 2 x 2: a larger section without seams.
     top = np.concatenate([big, big[:, ::-1]], axis=1)
     tissue = np.concatenate([top, top[::-1]], axis=0)
@@ -57,8 +58,8 @@ def demo_image() -> tuple[np.ndarray, np.ndarray]:
     field = transform.resize(field / field.std(), (th, tw), order=1)
     section = ellipse + 0.12 * field < 1.0
     blend = ndimage.gaussian_filter(section.astype(np.float32), 2)[..., None]
-    region = slide[oy:oy + th, ox:ox + tw]
-    slide[oy:oy + th, ox:ox + tw] = blend * tissue + (1 - blend) * region
+    region = slide[oy : oy + th, ox : ox + tw]
+    slide[oy : oy + th, ox : ox + tw] = blend * tissue + (1 - blend) * region
     slide = np.clip(slide, 0, 255).round().astype(np.uint8)
 
     # Per-pixel classes. Tissue, pale stroma included, is more saturated than glass; DAB is the
@@ -85,12 +86,14 @@ def demo_patch_table(classes: np.ndarray, patch_size: int = DEMO_PATCH_SIZE) -> 
     grid = classes[: ny * patch_size, : nx * patch_size].reshape(ny, patch_size, nx, patch_size)
     cover = np.stack([(grid == k).mean(axis=(1, 3)) for k in range(len(ANNOTATIONS))], axis=-1)
     iy, ix = np.nonzero(cover[..., 0] < 0.98)
-    rows = pd.DataFrame({
-        "ID": DEMO_SLIDE_ID,
-        "x": (ix * patch_size).astype(np.int64),
-        "y": (iy * patch_size).astype(np.int64),
-        "patch_size": np.int64(patch_size),
-    })
+    rows = pd.DataFrame(
+        {
+            "ID": DEMO_SLIDE_ID,
+            "x": (ix * patch_size).astype(np.int64),
+            "y": (iy * patch_size).astype(np.int64),
+            "patch_size": np.int64(patch_size),
+        }
+    )
     fractions = cover[iy, ix]
     rows["annotation"] = np.asarray(ANNOTATIONS)[fractions.argmax(axis=1)]
     for k, name in enumerate(ANNOTATIONS):
@@ -105,8 +108,10 @@ def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Pa
     from .io.zarr_io import write_ome_zarr
 
     directory = Path(directory) if directory else demo_dir()
-    paths = {"slide": directory / f"{DEMO_SLIDE_ID}.ome.zarr",
-             "patches": directory / "patches.parquet"}
+    paths = {
+        "slide": directory / f"{DEMO_SLIDE_ID}.ome.zarr",
+        "patches": directory / "patches.parquet",
+    }
     if all(p.exists() for p in paths.values()):
         return paths
     import dask.array as da
@@ -141,8 +146,9 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
 
     paths = ensure_demo_data(directory)
     slide = open_slide(paths["slide"])
-    table = load_patches(paths["patches"], slide_id=DEMO_SLIDE_ID,
-                         slide_shape=(slide.height, slide.width))
+    table = load_patches(
+        paths["patches"], slide_id=DEMO_SLIDE_ID, slide_shape=(slide.height, slide.width)
+    )
     if with_predictions:
         try:
             from ._demo_model import predict_demo

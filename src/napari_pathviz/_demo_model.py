@@ -36,8 +36,9 @@ def build_demo_model(n_classes: int = len(ANNOTATIONS)):
             self.relu = nn.ReLU(inplace=True)  # one module, applied twice, as torchvision does
             self.downsample = None
             if stride != 1 or c_in != c_out:
-                self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                                nn.BatchNorm2d(c_out))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+                )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             identity = x if self.downsample is None else self.downsample(x)
@@ -95,8 +96,12 @@ def demo_labels(table) -> np.ndarray:
 
 def read_patches(slide, table) -> np.ndarray:
     df = table.df
-    return np.stack([slide.read_region(int(y), int(x), int(p), int(p))[..., :3]
-                     for x, y, p in zip(df["x"], df["y"], df["patch_size"], strict=True)])
+    return np.stack(
+        [
+            slide.read_region(int(y), int(x), int(p), int(p))[..., :3]
+            for x, y, p in zip(df["x"], df["y"], df["patch_size"], strict=True)
+        ]
+    )
 
 
 def predict_demo(slide, table, model=None, batch_size: int = 128) -> np.ndarray:
@@ -108,7 +113,7 @@ def predict_demo(slide, table, model=None, batch_size: int = 128) -> np.ndarray:
     probs = []
     with torch.inference_mode():
         for start in range(0, len(patches), batch_size):
-            logits = model(to_model_input(patches[start:start + batch_size]))
+            logits = model(to_model_input(patches[start : start + batch_size]))
             probs.append(torch.softmax(logits, dim=1).numpy())
     return np.concatenate(probs) if probs else np.zeros((0, len(ANNOTATIONS)), np.float32)
 
@@ -124,12 +129,13 @@ def train_demo_model(slide, table, epochs: int = 20, seed: int = 0):
     model = build_demo_model()
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=3e-3, total_steps=epochs * -(-len(x_all) // 64))
+        optimiser, max_lr=3e-3, total_steps=epochs * -(-len(x_all) // 64)
+    )
     model.train()
     for _ in range(epochs):
         order = rng.permutation(len(x_all))
         for start in range(0, len(order), 64):
-            idx = torch.as_tensor(order[start:start + 64])
+            idx = torch.as_tensor(order[start : start + 64])
             xb = torch.rot90(x_all[idx], int(rng.integers(4)), dims=(2, 3))
             if rng.random() < 0.5:
                 xb = torch.flip(xb, dims=(3,))

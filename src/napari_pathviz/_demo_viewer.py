@@ -11,8 +11,10 @@ DOCK_WIDGETS = ("Slide & patches",)
 def populate_demo_viewer(viewer, slide, table) -> None:
     from napari.layers import Layer
 
-    for data, kwargs, kind in (slide_layer_data(slide),
-                               patches_layer_data(table, color_by="annotation")):
+    for data, kwargs, kind in (
+        slide_layer_data(slide),
+        patches_layer_data(table, color_by="annotation"),
+    ):
         viewer.add_layer(Layer.create(data, kwargs, kind))
     for name in DOCK_WIDGETS:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)

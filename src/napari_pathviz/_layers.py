@@ -59,9 +59,12 @@ def patch_colors(table: PatchTable, column: str) -> tuple[np.ndarray, np.ndarray
     return face, border
 
 
-def patches_layer_data(table: PatchTable, color_by: str | None = None,
-                       scale: tuple[float, float] = (1.0, 1.0), name: str | None = None
-                       ) -> tuple[Any, dict, str]:
+def patches_layer_data(
+    table: PatchTable,
+    color_by: str | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    name: str | None = None,
+) -> tuple[Any, dict, str]:
     """A points layer with one square per patch covering it exactly, every column a feature."""
     column = color_by or default_color_column(table)
     face, border = patch_colors(table, column)

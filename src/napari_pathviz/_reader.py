@@ -55,11 +55,15 @@ def read_patch_table(path: str | list[str]) -> list:
         if path.lower().endswith(SQLITE_SUFFIXES):
             sizes = [s for s in sqlite_patch_sizes(path) if s.isdigit()]
             if not sizes:
-                raise PathvizError(f"{path}: database holds no patch-size tables "
-                                   "(tables named by their patch size, e.g. \"224\")")
+                raise PathvizError(
+                    f"{path}: database holds no patch-size tables "
+                    '(tables named by their patch size, e.g. "224")'
+                )
             name = os.path.basename(path)
-            return [patches_layer_data(load_patches(path, patch_size=int(s)),
-                                       name=f"{name} [{s}]") for s in sizes]
+            return [
+                patches_layer_data(load_patches(path, patch_size=int(s)), name=f"{name} [{s}]")
+                for s in sizes
+            ]
         return [patches_layer_data(load_patches(path))]
     except PathvizError as err:
         return _notify(err)

@@ -21,39 +21,58 @@ EXIT_BAD_INPUT = 2
 
 def _add_slide_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("slide", help="slide file or folder (zarr, OME-Zarr, SVS, TIFF, OME-TIFF, NDPI)")
-    p.add_argument("--layout", choices=LAYOUTS, default="auto",
-                   help="stored axis order of a single zarr array; xyc = PathFlowAI's {ID}.zarr "
-                        "(default: auto)")
-    p.add_argument("--allow-untiled", action="store_true",
-                   help="read a TIFF stored in strips (slow: whole strips are decoded)")
-    p.add_argument("--allow-missing-chunks", action="store_true",
-                   help="read missing zarr chunks as blank instead of failing")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="stored axis order of a single zarr array; xyc = PathFlowAI's {ID}.zarr "
+        "(default: auto)",
+    )
+    p.add_argument(
+        "--allow-untiled",
+        action="store_true",
+        help="read a TIFF stored in strips (slow: whole strips are decoded)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="read missing zarr chunks as blank instead of failing",
+    )
 
 
 def _open(args: argparse.Namespace):
     from .slide import open_slide
 
-    return open_slide(args.slide, args.layout, allow_untiled=args.allow_untiled,
-                      allow_missing_chunks=args.allow_missing_chunks)
+    return open_slide(
+        args.slide,
+        args.layout,
+        allow_untiled=args.allow_untiled,
+        allow_missing_chunks=args.allow_missing_chunks,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pathviz",
         description="See what a patch classifier sees on a whole-slide image (headless tools of "
-                    "the napari-pathviz plugin).")
+        "the napari-pathviz plugin).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("demo", help="run the demo: napari with the demo slide, or files headless",
-                       description="Builds the demo data (a real IHC image with labelled patches "
-                                   "and a small trained model) and opens it in napari; without a "
-                                   "display, or with --headless, writes figures and tables.")
+    p = sub.add_parser(
+        "demo",
+        help="run the demo: napari with the demo slide, or files headless",
+        description="Builds the demo data (a real IHC image with labelled patches "
+        "and a small trained model) and opens it in napari; without a "
+        "display, or with --headless, writes figures and tables.",
+    )
     p.add_argument("--headless", action="store_true", help="write files instead of opening napari")
     p.add_argument("--out", default="pathviz-demo", help="output folder for headless results")
-    p.add_argument("--screenshot", metavar="PNG",
-                   help="open napari, save a screenshot of the window and exit")
+    p.add_argument(
+        "--screenshot", metavar="PNG", help="open napari, save a screenshot of the window and exit"
+    )
     p.add_argument("--data-dir", help="where the demo data are built (default: user cache)")
     p.set_defaults(func=cmd_demo)
 
@@ -65,15 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_slide_options(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("patches", help="generate a patch grid over the tissue of a slide",
-                       description="Detects tissue on a low-resolution level (Otsu on HSV "
-                                   "saturation) and writes the patches that cover enough of it.")
+    p = sub.add_parser(
+        "patches",
+        help="generate a patch grid over the tissue of a slide",
+        description="Detects tissue on a low-resolution level (Otsu on HSV "
+        "saturation) and writes the patches that cover enough of it.",
+    )
     _add_slide_options(p)
     p.add_argument("-o", "--out", required=True, help="output table (.parquet, .csv, .db)")
     p.add_argument("--patch-size", type=int, default=224, help="patch side in level-0 pixels")
     p.add_argument("--stride", type=int, help="grid spacing (default: the patch size)")
-    p.add_argument("--min-tissue", type=float, default=0.5,
-                   help="keep patches whose tissue fraction is at least this (0-1)")
+    p.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.5,
+        help="keep patches whose tissue fraction is at least this (0-1)",
+    )
     p.set_defaults(func=cmd_patches)
 
     p = sub.add_parser("convert", help="convert a slide to a chunked, compressed OME-Zarr pyramid")
@@ -82,14 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=512, help="chunk side in pixels")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("render", help="PNG of a slide thumbnail with its patches coloured by a "
-                                      "column")
+    p = sub.add_parser(
+        "render", help="PNG of a slide thumbnail with its patches coloured by a column"
+    )
     _add_slide_options(p)
     p.add_argument("-o", "--out", required=True, help="output PNG")
     p.add_argument("--patches", help="patch table (.parquet, .csv, PathFlowAI .db)")
     p.add_argument("--patch-size", type=int, help="patch size (chooses a PathFlowAI db table)")
-    p.add_argument("--slide-id", help="keep this slide's rows (default: the slide's basename when "
-                                      "the table has it)")
+    p.add_argument(
+        "--slide-id",
+        help="keep this slide's rows (default: the slide's basename when the table has it)",
+    )
     p.add_argument("--color-by", help="column to colour patches by")
     p.add_argument("--max-size", type=int, default=1600, help="thumbnail size in pixels")
     p.set_defaults(func=cmd_render)
@@ -140,8 +169,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     slide = _open(args)
     if args.chunk < 16:
         raise PathvizError(f"--chunk must be at least 16, got {args.chunk}")
-    write_ome_zarr(slide.levels, args.out, n_native=slide.n_native, mpp=slide.mpp,
-                   chunk=args.chunk, name=slide.slide_id, progress=_progress_bar("chunks"))
+    write_ome_zarr(
+        slide.levels,
+        args.out,
+        n_native=slide.n_native,
+        mpp=slide.mpp,
+        chunk=args.chunk,
+        name=slide.slide_id,
+        progress=_progress_bar("chunks"),
+    )
     print(f"{args.out}: {len(slide.levels)} levels, {slide.width} x {slide.height} px")
     return 0
 
@@ -153,8 +189,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     table = None
     if args.patches:
         table = _load_table_for(slide, args.patches, args.patch_size, args.slide_id)
-    out = render_slide_with_patches(slide, table, args.out, color_by=args.color_by,
-                                    max_size=args.max_size)
+    out = render_slide_with_patches(
+        slide, table, args.out, color_by=args.color_by, max_size=args.max_size
+    )
     print(out)
     return 0
 
@@ -200,8 +237,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     slide, table = load_demo(args.data_dir)
     if args.headless or (not args.screenshot and not _has_display()):
         if not args.headless:
-            print("pathviz demo: no display found; writing the demo's results instead "
-                  f"(to {args.out})", file=sys.stderr)
+            print(
+                "pathviz demo: no display found; writing the demo's results instead "
+                f"(to {args.out})",
+                file=sys.stderr,
+            )
         for path in write_demo_outputs(slide, table, Path(args.out)):
             print(path)
         return 0
@@ -216,12 +256,18 @@ def write_demo_outputs(slide, table, out: Path) -> list[Path]:
     from .render import render_slide_with_patches
 
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_table(table.df, out / "patches.csv"),
-               render_slide_with_patches(slide, table, out / "slide_patches_annotation.png",
-                                         color_by="annotation")]
+    written = [
+        write_table(table.df, out / "patches.csv"),
+        render_slide_with_patches(
+            slide, table, out / "slide_patches_annotation.png", color_by="annotation"
+        ),
+    ]
     if "prob_dab_positive" in table.df.columns:
-        written.append(render_slide_with_patches(
-            slide, table, out / "slide_patches_prediction.png", color_by="prob_dab_positive"))
+        written.append(
+            render_slide_with_patches(
+                slide, table, out / "slide_patches_prediction.png", color_by="prob_dab_positive"
+            )
+        )
     return written
 
 

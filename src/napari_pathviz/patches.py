@@ -30,14 +30,22 @@ class PatchTable:
         return len(self.df)
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, source: str = "<table>", *,
-                   patch_size: int | None = None, slide_id: str | None = None) -> PatchTable:
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        source: str = "<table>",
+        *,
+        patch_size: int | None = None,
+        slide_id: str | None = None,
+    ) -> PatchTable:
         """Validates a raw table; errors name the source and the first row at fault."""
         df = df.reset_index(drop=True).copy()
         missing = [c for c in ("x", "y") if c not in df.columns]
         if missing:
-            raise PathvizError(f"{source}: missing column(s) {', '.join(missing)} "
-                               f"(columns: {', '.join(map(str, df.columns[:12]))})")
+            raise PathvizError(
+                f"{source}: missing column(s) {', '.join(missing)} "
+                f"(columns: {', '.join(map(str, df.columns[:12]))})"
+            )
         for col in ("x", "y"):
             df[col] = _whole_non_negative(df[col], source, col)
         if "patch_size" in df.columns:
@@ -49,8 +57,9 @@ class PatchTable:
         elif patch_size:
             df["patch_size"] = int(patch_size)
         else:
-            raise PathvizError(f"{source}: no patch_size column; give the patch size "
-                               "(--patch-size)")
+            raise PathvizError(
+                f"{source}: no patch_size column; give the patch size (--patch-size)"
+            )
         bad = np.flatnonzero(df["patch_size"].to_numpy() <= 0)
         if bad.size:
             raise PathvizError(f"{source}: row {bad[0]}: patch_size must be positive")
@@ -60,8 +69,9 @@ class PatchTable:
                 kept = df[df["ID"] == str(slide_id)].reset_index(drop=True)
                 if kept.empty:
                     ids = ", ".join(sorted(df["ID"].unique())[:5])
-                    raise PathvizError(f"{source}: no patches for slide ID {slide_id!r} "
-                                       f"(IDs present: {ids})")
+                    raise PathvizError(
+                        f"{source}: no patches for slide ID {slide_id!r} (IDs present: {ids})"
+                    )
                 df = kept
         else:
             df.insert(0, "ID", str(slide_id) if slide_id else _stem(source))
@@ -85,12 +95,17 @@ class PatchTable:
             i = bad[0]
             raise PathvizError(
                 f"{self.source}: row {i}: patch x={x[i]}, y={y[i]}, size {p[i]} lies outside the "
-                f"slide ({width} wide x {height} high); {bad.size} such rows")
+                f"slide ({width} wide x {height} high); {bad.size} such rows"
+            )
 
 
-def load_patches(path: str | os.PathLike, *, patch_size: int | None = None,
-                 slide_id: str | None = None, slide_shape: tuple[int, int] | None = None
-                 ) -> PatchTable:
+def load_patches(
+    path: str | os.PathLike,
+    *,
+    patch_size: int | None = None,
+    slide_id: str | None = None,
+    slide_shape: tuple[int, int] | None = None,
+) -> PatchTable:
     """Reads and validates a patch table (CSV, Parquet, PathFlowAI SQLite).
 
     ``slide_id`` keeps one slide's rows when the table has an ``ID`` column; ``slide_shape``
@@ -107,17 +122,21 @@ def _whole_non_negative(values: pd.Series, source: str, col: str) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = np.flatnonzero(numbers.isna().to_numpy())
     if bad.size:
-        raise PathvizError(f"{source}: row {bad[0]}: {col} is not a number "
-                           f"({values.iloc[bad[0]]!r})")
+        raise PathvizError(
+            f"{source}: row {bad[0]}: {col} is not a number ({values.iloc[bad[0]]!r})"
+        )
     arr = numbers.to_numpy(dtype=float)
     bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
     if bad.size:
-        raise PathvizError(f"{source}: row {bad[0]}: {col} must be a non-negative pixel "
-                           f"coordinate, found {arr[bad[0]]:g}")
+        raise PathvizError(
+            f"{source}: row {bad[0]}: {col} must be a non-negative pixel "
+            f"coordinate, found {arr[bad[0]]:g}"
+        )
     bad = np.flatnonzero(arr != np.round(arr))
     if bad.size:
-        raise PathvizError(f"{source}: row {bad[0]}: {col} must be a whole pixel, "
-                           f"found {arr[bad[0]]:g}")
+        raise PathvizError(
+            f"{source}: row {bad[0]}: {col} must be a whole pixel, found {arr[bad[0]]:g}"
+        )
     return pd.Series(arr.astype(np.int64), index=values.index)
 
 

@@ -42,8 +42,12 @@ def is_categorical(values: pd.Series) -> bool:
     return True
 
 
-def column_colors(df: pd.DataFrame, column: str, colormap: str = "viridis",
-                  limits: tuple[float, float] | None = None) -> ColorMapping:
+def column_colors(
+    df: pd.DataFrame,
+    column: str,
+    colormap: str = "viridis",
+    limits: tuple[float, float] | None = None,
+) -> ColorMapping:
     """Colours rows by ``column``: a colour cycle for labels, a colormap for numbers.
 
     Continuous limits default to [0, 1] when every value lies there (coverage, probability), so
@@ -52,15 +56,18 @@ def column_colors(df: pd.DataFrame, column: str, colormap: str = "viridis",
     from matplotlib import colormaps
 
     if column not in df.columns:
-        raise PathvizError(f"colour column {column!r} is not in the table "
-                           f"(columns: {', '.join(map(str, df.columns))})")
+        raise PathvizError(
+            f"colour column {column!r} is not in the table "
+            f"(columns: {', '.join(map(str, df.columns))})"
+        )
     values = df[column]
     if is_categorical(values):
         labels = values.astype(str)
         names = sorted(labels.unique(), key=_natural_key)
         palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
-        categories = {name: tuple(float(v) for v in palette(i % palette.N))
-                      for i, name in enumerate(names)}
+        categories = {
+            name: tuple(float(v) for v in palette(i % palette.N)) for i, name in enumerate(names)
+        }
         rgba = np.array([categories[v] for v in labels], dtype=np.float32).reshape(-1, 4)
         return ColorMapping(column, rgba, "categorical", categories=categories)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
@@ -93,34 +100,48 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def patch_overlay(shape: tuple[int, int], table: PatchTable, colors: np.ndarray,
-                  downsample: float, alpha: float = 0.45) -> np.ndarray:
+def patch_overlay(
+    shape: tuple[int, int],
+    table: PatchTable,
+    colors: np.ndarray,
+    downsample: float,
+    alpha: float = 0.45,
+) -> np.ndarray:
     """An RGBA float image of ``shape`` with each patch filled in its colour (later rows on top)
     and outlined opaque, at ``downsample`` level-0 pixels per image pixel."""
     overlay = np.zeros((*shape, 4), np.float32)
     df = table.df
     y0 = np.floor(df["y"].to_numpy() / downsample).astype(int)
     x0 = np.floor(df["x"].to_numpy() / downsample).astype(int)
-    y1 = np.maximum(np.ceil((df["y"] + df["patch_size"]).to_numpy() / downsample).astype(int),
-                    y0 + 1)
-    x1 = np.maximum(np.ceil((df["x"] + df["patch_size"]).to_numpy() / downsample).astype(int),
-                    x0 + 1)
+    y1 = np.maximum(
+        np.ceil((df["y"] + df["patch_size"]).to_numpy() / downsample).astype(int), y0 + 1
+    )
+    x1 = np.maximum(
+        np.ceil((df["x"] + df["patch_size"]).to_numpy() / downsample).astype(int), x0 + 1
+    )
     outline = (y1 - y0) >= 6
     for i in range(len(df)):
         color = colors[i]
-        overlay[y0[i]:y1[i], x0[i]:x1[i]] = (*color[:3], alpha)
+        overlay[y0[i] : y1[i], x0[i] : x1[i]] = (*color[:3], alpha)
         if outline[i]:
             edge = (*color[:3], 1.0)
-            overlay[y0[i], x0[i]:x1[i]] = edge
-            overlay[y1[i] - 1, x0[i]:x1[i]] = edge
-            overlay[y0[i]:y1[i], x0[i]] = edge
-            overlay[y0[i]:y1[i], x1[i] - 1] = edge
+            overlay[y0[i], x0[i] : x1[i]] = edge
+            overlay[y1[i] - 1, x0[i] : x1[i]] = edge
+            overlay[y0[i] : y1[i], x0[i]] = edge
+            overlay[y0[i] : y1[i], x1[i] - 1] = edge
     return overlay
 
 
-def render_slide_with_patches(slide, table: PatchTable | None, out: str | os.PathLike, *,
-                              color_by: str | None = None, max_size: int = 1600,
-                              alpha: float = 0.45, title: str | None = None) -> Path:
+def render_slide_with_patches(
+    slide,
+    table: PatchTable | None,
+    out: str | os.PathLike,
+    *,
+    color_by: str | None = None,
+    max_size: int = 1600,
+    alpha: float = 0.45,
+    title: str | None = None,
+) -> Path:
     """Writes a PNG of the slide thumbnail with its patches coloured by a column, with a legend
     or colorbar: the headless twin of the napari view."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -132,8 +153,11 @@ def render_slide_with_patches(slide, table: PatchTable | None, out: str | os.Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     thumb, downsample = slide.thumbnail(max_size)
-    image = thumb[..., :3].astype(np.float32) / np.iinfo(thumb.dtype).max \
-        if thumb.dtype.kind in "ui" else thumb[..., :3]
+    image = (
+        thumb[..., :3].astype(np.float32) / np.iinfo(thumb.dtype).max
+        if thumb.dtype.kind in "ui"
+        else thumb[..., :3]
+    )
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     mapping = None
@@ -149,17 +173,32 @@ def render_slide_with_patches(slide, table: PatchTable | None, out: str | os.Pat
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.02, 0.04, 0.75, 0.88))
     # Axis ticks in level-0 pixels, so a reader can find a patch by its table coordinates.
-    ax.imshow(np.clip(image, 0, 1), extent=(-0.5, slide.width - 0.5, slide.height - 0.5, -0.5),
-              interpolation="antialiased")
+    ax.imshow(
+        np.clip(image, 0, 1),
+        extent=(-0.5, slide.width - 0.5, slide.height - 0.5, -0.5),
+        interpolation="antialiased",
+    )
     ax.tick_params(labelsize=6)
     n = 0 if table is None else len(table)
-    ax.set_title(title or f"{slide.slide_id}: {n} patches"
-                 + (f", coloured by {mapping.column}" if mapping else ""), fontsize=8)
+    ax.set_title(
+        title
+        or f"{slide.slide_id}: {n} patches"
+        + (f", coloured by {mapping.column}" if mapping else ""),
+        fontsize=8,
+    )
     if mapping is not None and mapping.kind == "categorical":
-        handles = [Patch(facecolor=c, edgecolor=c, label=name)
-                   for name, c in mapping.categories.items()]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
-                  title=mapping.column, title_fontsize=7, frameon=False)
+        handles = [
+            Patch(facecolor=c, edgecolor=c, label=name) for name, c in mapping.categories.items()
+        ]
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=6,
+            title=mapping.column,
+            title_fontsize=7,
+            frameon=False,
+        )
     elif mapping is not None:
         cax = fig.add_axes((0.80, 0.15, 0.025, 0.7))
         sm = ScalarMappable(Normalize(*mapping.limits), mapping.colormap)

@@ -76,8 +76,10 @@ class Slide:
         (no dask graph per read, which would cost more than the read itself for one patch).
         """
         if not 0 <= level < len(self.levels):
-            raise PathvizError(f"{self.path}: level {level} does not exist "
-                               f"(the slide has {len(self.levels)} levels)")
+            raise PathvizError(
+                f"{self.path}: level {level} does not exist "
+                f"(the slide has {len(self.levels)} levels)"
+            )
         lh, lw, c = (int(s) for s in self.levels[level].shape)
         y0, x0 = max(int(y), 0), max(int(x), 0)
         y1, x1 = min(int(y) + int(height), lh), min(int(x) + int(width), lw)
@@ -90,15 +92,22 @@ class Slide:
         if region.shape[:2] == (height, width):
             return region
         out = np.zeros((height, width, c), region.dtype)
-        out[y0 - y: y1 - y, x0 - x: x1 - x] = region
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = region
         return out
 
     def _read_native(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         axes = self.source.axes
         index = []
         for a in axes:
-            index.append(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x"
-                         else slice(None) if a == "c" else 0)
+            index.append(
+                slice(y0, y1)
+                if a == "y"
+                else slice(x0, x1)
+                if a == "x"
+                else slice(None)
+                if a == "c"
+                else 0
+            )
         region = self.source.arrays[level][tuple(index)]
         kept = [a for a in axes if a in "yxc"]
         region = np.transpose(region, [kept.index(a) for a in "yxc" if a in kept])
@@ -118,24 +127,39 @@ class Slide:
         scale = min(1.0, max_size / max(lh, lw))
         if scale < 1.0:
             shape = (max(1, round(lh * scale)), max(1, round(lw * scale)), image.shape[2])
-            image = (resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
-                     .round().astype(image.dtype))
+            image = (
+                resize(image, shape, order=1, anti_aliasing=True, preserve_range=True)
+                .round()
+                .astype(image.dtype)
+            )
         return image, self.height / image.shape[0]
 
     def describe(self) -> str:
-        lines = [f"{self.path}", f"  id: {self.slide_id}", f"  format: {self.source.format}",
-                 f"  stored axes: {self.source.axes}",
-                 f"  microns per pixel: {self.mpp if self.mpp else 'unknown'}",
-                 f"  levels: {len(self.levels)} ({self.n_native} stored, "
-                 f"{len(self.levels) - self.n_native} built lazily)"]
+        lines = [
+            f"{self.path}",
+            f"  id: {self.slide_id}",
+            f"  format: {self.source.format}",
+            f"  stored axes: {self.source.axes}",
+            f"  microns per pixel: {self.mpp if self.mpp else 'unknown'}",
+            f"  levels: {len(self.levels)} ({self.n_native} stored, "
+            f"{len(self.levels) - self.n_native} built lazily)",
+        ]
         for i, (lv, ds) in enumerate(zip(self.levels, self.downsamples, strict=True)):
-            lines.append(f"    {i}: {lv.shape[0]} x {lv.shape[1]} x {lv.shape[2]} {lv.dtype}, "
-                         f"downsample {ds:g}, chunks {lv.chunksize[0]} x {lv.chunksize[1]}")
+            lines.append(
+                f"    {i}: {lv.shape[0]} x {lv.shape[1]} x {lv.shape[2]} {lv.dtype}, "
+                f"downsample {ds:g}, chunks {lv.chunksize[0]} x {lv.chunksize[1]}"
+            )
         return "\n".join(lines)
 
 
-def open_slide(path: str | os.PathLike, layout: str = "auto", *, allow_untiled: bool = False,
-               allow_missing_chunks: bool = False, build_levels: bool = True) -> Slide:
+def open_slide(
+    path: str | os.PathLike,
+    layout: str = "auto",
+    *,
+    allow_untiled: bool = False,
+    allow_missing_chunks: bool = False,
+    build_levels: bool = True,
+) -> Slide:
     """Opens a slide file or folder lazily (zarr/OME-Zarr, SVS, TIFF, OME-TIFF, NDPI).
 
     ``layout`` forces the stored axis order of a single zarr array ("yxc", "xyc" for PathFlowAI,
@@ -149,8 +173,9 @@ def open_slide(path: str | os.PathLike, layout: str = "auto", *, allow_untiled: 
     elif is_tiff_path(path):
         source = open_tiff(path, allow_untiled=allow_untiled)
     else:
-        raise PathvizError(f"{path}: not a slide format pathviz reads (zarr, OME-Zarr, "
-                           f"{', '.join(TIFF_SUFFIXES)})")
+        raise PathvizError(
+            f"{path}: not a slide format pathviz reads (zarr, OME-Zarr, {', '.join(TIFF_SUFFIXES)})"
+        )
     return slide_from_source(source, build_levels=build_levels)
 
 
@@ -161,26 +186,42 @@ def slide_from_source(source: PyramidSource, build_levels: bool = True) -> Slide
         levels = lazy_levels(levels[0])
     channels = levels[0].shape[2]
     if channels not in (1, 3, 4):
-        raise PathvizError(f"{source.path}: expected 1, 3 or 4 channels, found {channels} "
-                           f"(stored axes {source.axes!r}; pass layout= to say otherwise)")
-    return Slide(path=source.path, levels=levels, source=source, n_native=n_native,
-                 mpp=source.mpp, slide_id=slide_id_from_path(source.path),
-                 metadata=dict(source.metadata))
+        raise PathvizError(
+            f"{source.path}: expected 1, 3 or 4 channels, found {channels} "
+            f"(stored axes {source.axes!r}; pass layout= to say otherwise)"
+        )
+    return Slide(
+        path=source.path,
+        levels=levels,
+        source=source,
+        n_native=n_native,
+        mpp=source.mpp,
+        slide_id=slide_id_from_path(source.path),
+        metadata=dict(source.metadata),
+    )
 
 
 def _as_yxc_dask(array: Any, source: PyramidSource, level: int) -> da.Array:
     axes = source.axes
     if len(axes) != array.ndim:
-        raise PathvizError(f"{source.path}: level {level} has {array.ndim} dimensions but axes "
-                           f"{axes!r}")
+        raise PathvizError(
+            f"{source.path}: level {level} has {array.ndim} dimensions but axes {axes!r}"
+        )
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-    arr = da.from_array(array, chunks=array.chunks, lock=False, fancy=False, meta=meta,
-                        name=f"pathviz-{source.path}-{level}-{id(array)}")
+    arr = da.from_array(
+        array,
+        chunks=array.chunks,
+        lock=False,
+        fancy=False,
+        meta=meta,
+        name=f"pathviz-{source.path}-{level}-{id(array)}",
+    )
     index = tuple(slice(None) if a in "yxc" else 0 for a in axes)
     for a, size in zip(axes, array.shape, strict=True):
         if a not in "yxc" and size != 1:
-            raise PathvizError(f"{source.path}: axis {a!r} has {size} entries; only a single "
-                               "plane is supported")
+            raise PathvizError(
+                f"{source.path}: axis {a!r} has {size} entries; only a single plane is supported"
+            )
     arr = arr[index]
     kept = [a for a in axes if a in "yxc"]
     arr = arr.transpose([kept.index(a) for a in "yxc" if a in kept])

@@ -26,8 +26,9 @@ def check_slide(slide: Slide, progress: Callable[[int, int], None] | None = None
     done = 0
     for array, grid in zip(arrays, grids, strict=True):
         for index in np.ndindex(*grid):
-            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunks,
-                                                                    strict=True))]
+            array[
+                tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunks, strict=True))
+            ]
             done += 1
             if progress is not None and (done % 64 == 0 or done == total):
                 progress(done, total)

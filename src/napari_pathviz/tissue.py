@@ -19,8 +19,9 @@ from .slide import Slide
 MIN_TISSUE_SATURATION = 0.05
 
 
-def tissue_mask(slide: Slide, mask_pixel: float = 16.0, max_size: int = 8192
-                ) -> tuple[np.ndarray, float]:
+def tissue_mask(
+    slide: Slide, mask_pixel: float = 16.0, max_size: int = 8192
+) -> tuple[np.ndarray, float]:
     """Boolean tissue mask and its downsample (level-0 pixels per mask pixel).
 
     The mask is computed at ``mask_pixel`` level-0 pixels a pixel where the slide allows, never
@@ -46,8 +47,9 @@ def tissue_mask(slide: Slide, mask_pixel: float = 16.0, max_size: int = 8192
     return mask, downsample
 
 
-def tissue_grid(slide: Slide, patch_size: int, stride: int | None = None,
-                min_tissue: float = 0.5) -> PatchTable:
+def tissue_grid(
+    slide: Slide, patch_size: int, stride: int | None = None, min_tissue: float = 0.5
+) -> PatchTable:
     """Non-overlapping (or ``stride``-spaced) patches whose tissue fraction is >= ``min_tissue``.
 
     The table has the key columns and ``tissue``, the fraction of the patch covered by tissue.
@@ -60,8 +62,10 @@ def tissue_grid(slide: Slide, patch_size: int, stride: int | None = None,
     if not 0.0 <= min_tissue <= 1.0:
         raise PathvizError(f"--min-tissue must be between 0 and 1, got {min_tissue}")
     if patch_size > min(slide.height, slide.width):
-        raise PathvizError(f"{slide.path}: patch size {patch_size} is larger than the slide "
-                           f"({slide.width} x {slide.height})")
+        raise PathvizError(
+            f"{slide.path}: patch size {patch_size} is larger than the slide "
+            f"({slide.width} x {slide.height})"
+        )
     mask, downsample = tissue_mask(slide, mask_pixel=max(1.0, patch_size / 8))
     coverage_of = _coverage_function(mask, downsample)
     ys = np.arange(0, slide.height - patch_size + 1, stride)
@@ -69,9 +73,15 @@ def tissue_grid(slide: Slide, patch_size: int, stride: int | None = None,
     yy, xx = (g.ravel() for g in np.meshgrid(ys, xs, indexing="ij"))
     coverage = coverage_of(yy, xx, patch_size)
     keep = coverage >= min_tissue if min_tissue > 0 else np.ones_like(coverage, bool)
-    df = pd.DataFrame({"ID": slide.slide_id, "x": xx[keep].astype(np.int64),
-                       "y": yy[keep].astype(np.int64), "patch_size": np.int64(patch_size),
-                       "tissue": coverage[keep].round(4)})
+    df = pd.DataFrame(
+        {
+            "ID": slide.slide_id,
+            "x": xx[keep].astype(np.int64),
+            "y": yy[keep].astype(np.int64),
+            "patch_size": np.int64(patch_size),
+            "tissue": coverage[keep].round(4),
+        }
+    )
     return PatchTable.from_frame(df, slide.path)
 
 

@@ -43,17 +43,27 @@ class SlideLoaderWidget(Container):
         self.slide_path = LineEdit(label="Slide", tooltip="file or .zarr folder")
         self._browse_slide_file = PushButton(text="File…")
         self._browse_slide_dir = PushButton(text="Folder…")
-        self.layout_choice = ComboBox(label="Layout", choices=LAYOUTS, value="auto",
-                                      tooltip="stored axis order; xyc for PathFlowAI's {ID}.zarr")
+        self.layout_choice = ComboBox(
+            label="Layout",
+            choices=LAYOUTS,
+            value="auto",
+            tooltip="stored axis order; xyc for PathFlowAI's {ID}.zarr",
+        )
         self.use_mpp = CheckBox(text="Scale in µm where the file says", value=False)
         self.open_slide_button = PushButton(text="Open slide")
 
         self.table_path = LineEdit(label="Patch table", tooltip=".csv, .parquet or PathFlowAI .db")
         self._browse_table = PushButton(text="File…")
-        self.patch_size = SpinBox(label="Patch size", value=0, min=0, max=1_000_000,
-                                  tooltip="0: from the table (a .db with one table)")
-        self.slide_id = LineEdit(label="Slide ID",
-                                 tooltip="keep these rows; blank: the slide's own when present")
+        self.patch_size = SpinBox(
+            label="Patch size",
+            value=0,
+            min=0,
+            max=1_000_000,
+            tooltip="0: from the table (a .db with one table)",
+        )
+        self.slide_id = LineEdit(
+            label="Slide ID", tooltip="keep these rows; blank: the slide's own when present"
+        )
         self.load_table_button = PushButton(text="Load patches")
 
         self.grid_size = SpinBox(label="Grid patch size", value=224, min=4, max=1_000_000)
@@ -63,15 +73,35 @@ class SlideLoaderWidget(Container):
         self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
         self.status = Label(value="")
 
-        slide_row = Container(widgets=[self.slide_path, self._browse_slide_file,
-                                       self._browse_slide_dir], layout="horizontal",
-                              labels=False, label="Slide")
-        table_row = Container(widgets=[self.table_path, self._browse_table],
-                              layout="horizontal", labels=False, label="Patch table")
-        self.extend([slide_row, self.layout_choice, self.use_mpp, self.open_slide_button,
-                     table_row, self.patch_size, self.slide_id, self.load_table_button,
-                     self.grid_size, self.min_tissue, self.grid_button, self.color_by,
-                     self.status])
+        slide_row = Container(
+            widgets=[self.slide_path, self._browse_slide_file, self._browse_slide_dir],
+            layout="horizontal",
+            labels=False,
+            label="Slide",
+        )
+        table_row = Container(
+            widgets=[self.table_path, self._browse_table],
+            layout="horizontal",
+            labels=False,
+            label="Patch table",
+        )
+        self.extend(
+            [
+                slide_row,
+                self.layout_choice,
+                self.use_mpp,
+                self.open_slide_button,
+                table_row,
+                self.patch_size,
+                self.slide_id,
+                self.load_table_button,
+                self.grid_size,
+                self.min_tissue,
+                self.grid_button,
+                self.color_by,
+                self.status,
+            ]
+        )
 
         self._browse_slide_file.changed.connect(lambda: self._browse(self.slide_path, False))
         self._browse_slide_dir.changed.connect(lambda: self._browse(self.slide_path, True))
@@ -106,9 +136,14 @@ class SlideLoaderWidget(Container):
         from ..slide import open_slide
 
         path = self.slide_path.value.strip()
-        self._guarded(lambda: self._add(slide_layer_data(
-            open_slide(path or "<no slide path given>", self.layout_choice.value),
-            self.use_mpp.value)))
+        self._guarded(
+            lambda: self._add(
+                slide_layer_data(
+                    open_slide(path or "<no slide path given>", self.layout_choice.value),
+                    self.use_mpp.value,
+                )
+            )
+        )
 
     def load_patches(self) -> None:
         self._guarded(self._load_patches)
@@ -125,8 +160,12 @@ class SlideLoaderWidget(Container):
         slide_layer = self.slide_layer()
         slide = slide_layer.metadata[META_SLIDE] if slide_layer is not None else None
         slide_id = self.slide_id.value.strip() or None
-        if (slide_id is None and slide is not None and "ID" in df.columns
-                and (df["ID"].astype(str) == slide.slide_id).any()):
+        if (
+            slide_id is None
+            and slide is not None
+            and "ID" in df.columns
+            and (df["ID"].astype(str) == slide.slide_id).any()
+        ):
             slide_id = slide.slide_id
         table = PatchTable.from_frame(df, path, patch_size=size, slide_id=slide_id)
         scale = (1.0, 1.0)
@@ -146,12 +185,21 @@ class SlideLoaderWidget(Container):
         scale = tuple(slide_layer.scale[:2])
         from ..tissue import tissue_grid
 
-        worker = create_worker(tissue_grid, slide, self.grid_size.value, None,
-                               self.min_tissue.value,
-                               _progress={"desc": f"Tissue grid on {slide.slide_id}"})
+        worker = create_worker(
+            tissue_grid,
+            slide,
+            self.grid_size.value,
+            None,
+            self.min_tissue.value,
+            _progress={"desc": f"Tissue grid on {slide.slide_id}"},
+        )
         worker.returned.connect(
-            lambda table: self._add(patches_layer_data(
-                table, color_by="tissue", scale=scale, name=f"{slide.slide_id} tissue grid")))
+            lambda table: self._add(
+                patches_layer_data(
+                    table, color_by="tissue", scale=scale, name=f"{slide.slide_id} tissue grid"
+                )
+            )
+        )
         worker.errored.connect(self._report)
         self.grid_button.enabled = False
         worker.finished.connect(lambda: setattr(self.grid_button, "enabled", True))

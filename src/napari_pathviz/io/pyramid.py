@@ -13,11 +13,9 @@ def downsample_2x(level: da.Array) -> da.Array:
     """2 x 2 mean of a (y, x, c) dask array, trimming an odd last row/column; stays lazy."""
     h, w = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
     wide = level.astype(np.float32) if level.dtype.kind == "f" else level.astype(np.uint32)
-    total = (wide[0:h:2, 0:w:2] + wide[1:h:2, 0:w:2] + wide[0:h:2, 1:w:2] + wide[1:h:2, 1:w:2])
-    if level.dtype.kind == "f":
-        out = total / 4
-    else:  # round half up, like most pyramid writers
-        out = (total + 2) // 4
+    total = wide[0:h:2, 0:w:2] + wide[1:h:2, 0:w:2] + wide[0:h:2, 1:w:2] + wide[1:h:2, 1:w:2]
+    # Integers round half up, like most pyramid writers.
+    out = total / 4 if level.dtype.kind == "f" else (total + 2) // 4
     out = out.astype(level.dtype)
     # Halving shrinks chunks; merge them back so deep levels are not thousands of tiny tasks.
     target = max(level.chunksize[0], level.chunksize[1], 256)

@@ -29,8 +29,12 @@ def sqlite_patch_sizes(path: str | os.PathLike) -> list[str]:
     _must_exist(path)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-            names = [r[0] for r in con.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            names = [
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+                )
+            ]
     except sqlite3.DatabaseError as exc:
         raise PathvizError(f"{path}: not a readable SQLite database ({exc})") from exc
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
@@ -66,14 +70,17 @@ def _read_sqlite(path: str, patch_size: int | str | None) -> pd.DataFrame:
         raise PathvizError(f"{path}: database holds no tables")
     if patch_size in (None, "", 0):
         if len(tables) > 1:
-            raise PathvizError(f"{path}: holds tables for several patch sizes ({', '.join(tables)}); "
-                               "choose one with --patch-size")
+            raise PathvizError(
+                f"{path}: holds tables for several patch sizes ({', '.join(tables)}); "
+                "choose one with --patch-size"
+            )
         table = tables[0]
     else:
         table = str(patch_size)
         if table not in tables:
-            raise PathvizError(f"{path}: no table for patch size {table} "
-                               f"(tables: {', '.join(tables)})")
+            raise PathvizError(
+                f"{path}: no table for patch size {table} (tables: {', '.join(tables)})"
+            )
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
         df = pd.read_sql_query(f'SELECT * FROM "{table}"', con)
     # PathFlowAI writes pandas' index as a column named "index": it is no patch attribute.
@@ -98,8 +105,9 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     elif lower.endswith(SQLITE_SUFFIXES):
         with sqlite3.connect(path) as con:
             for size, rows in df.groupby("patch_size"):
-                rows.reset_index(drop=True).to_sql(str(int(size)), con, if_exists="replace",
-                                                   index=True)
+                rows.reset_index(drop=True).to_sql(
+                    str(int(size)), con, if_exists="replace", index=True
+                )
     else:
         raise PathvizError(f"{path}: unknown table suffix; use .parquet, .csv, .tsv or .db")
     return path

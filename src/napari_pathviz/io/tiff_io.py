@@ -44,7 +44,8 @@ def open_tiff(path: str | os.PathLike, allow_untiled: bool = False) -> PyramidSo
     if not page.is_tiled and not allow_untiled:
         raise PathvizError(
             f"{path}: TIFF is not tiled (stored in strips), so regions cannot be read lazily; "
-            "convert it with `pathviz convert --allow-untiled`")
+            "convert it with `pathviz convert --allow-untiled`"
+        )
     _require_codec(path, page.compression)
 
     store = series.aszarr()
@@ -56,8 +57,14 @@ def open_tiff(path: str | os.PathLike, allow_untiled: bool = False) -> PyramidSo
     axes = _axes(series.axes, path)
     fmt = "svs" if tif.is_svs else "ome-tiff" if tif.is_ome else "ndpi" if tif.is_ndpi else "tiff"
     checked = [CheckedArray(a, path, i) for i, a in enumerate(arrays)]
-    return PyramidSource(path, checked, axes, f"tiff:{fmt}", mpp=_mpp(tif, page),
-                         metadata={"tifffile": tif, "store": store})
+    return PyramidSource(
+        path,
+        checked,
+        axes,
+        f"tiff:{fmt}",
+        mpp=_mpp(tif, page),
+        metadata={"tifffile": tif, "store": store},
+    )
 
 
 def _require_codec(path: str, compression: Any) -> None:
@@ -70,7 +77,8 @@ def _require_codec(path: str, compression: Any) -> None:
         name = getattr(compression, "name", str(code))
         raise PathvizError(
             f"{path}: tiles are {name}-compressed and decoding them needs the imagecodecs "
-            "package: pip install imagecodecs") from exc
+            "package: pip install imagecodecs"
+        ) from exc
 
 
 def _axes(series_axes: str, path: str) -> str:

@@ -18,19 +18,30 @@ from ..errors import PathvizError
 from .source import CheckedArray, PyramidSource
 
 LAYOUTS = ("auto", "yxc", "xyc", "cyx")
-_UNIT_TO_MICRONS = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "nanometer": 1e-3,
-                    "nm": 1e-3, "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6}
+_UNIT_TO_MICRONS = {
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "nanometer": 1e-3,
+    "nm": 1e-3,
+    "millimeter": 1e3,
+    "mm": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
 
 
 def is_zarr_path(path: str | os.PathLike) -> bool:
     p = Path(path)
-    if p.is_dir():
-        return any((p / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
-    return str(path).rstrip("/").endswith(".zarr")
+    if str(path).rstrip("/").lower().endswith(".zarr"):
+        return True
+    return p.is_dir() and any((p / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def open_zarr(path: str | os.PathLike, layout: str = "auto",
-              allow_missing_chunks: bool = False) -> PyramidSource:
+def open_zarr(
+    path: str | os.PathLike, layout: str = "auto", allow_missing_chunks: bool = False
+) -> PyramidSource:
     """Opens a zarr slide lazily; reads metadata only."""
     import zarr
 
@@ -42,13 +53,20 @@ def open_zarr(path: str | os.PathLike, layout: str = "auto",
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
-        raise PathvizError(f"{path}: not a readable zarr store ({type(exc).__name__}: {exc})") from exc
+        raise PathvizError(
+            f"{path}: not a readable zarr store ({type(exc).__name__}: {exc})"
+        ) from exc
 
     check = not allow_missing_chunks
     if isinstance(node, zarr.Array):
         axes = _single_array_axes(node, path, layout)
-        return PyramidSource(path, [CheckedArray(node, path, 0, check)], axes, "zarr-array",
-                             metadata={"layout": axes})
+        return PyramidSource(
+            path,
+            [CheckedArray(node, path, 0, check)],
+            axes,
+            "zarr-array",
+            metadata={"layout": axes},
+        )
 
     attrs = dict(node.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
@@ -58,7 +76,8 @@ def open_zarr(path: str | os.PathLike, layout: str = "auto",
     level_names = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
     if not level_names:
         raise PathvizError(
-            f"{path}: zarr group has no OME 'multiscales' metadata and no numbered level arrays")
+            f"{path}: zarr group has no OME 'multiscales' metadata and no numbered level arrays"
+        )
     arrays = [node[k] for k in level_names]
     axes = _single_array_axes(arrays[0], path, layout)
     checked = [CheckedArray(a, path, i, check) for i, a in enumerate(arrays)]
@@ -76,7 +95,9 @@ def _open_ome(group: Any, path: str, ms: dict, layout: str, check: bool) -> Pyra
         try:
             arrays.append(group[ds["path"]])
         except Exception as exc:
-            raise PathvizError(f"{path}: OME dataset {ds.get('path')!r} (level {i}) is missing") from exc
+            raise PathvizError(
+                f"{path}: OME dataset {ds.get('path')!r} (level {i}) is missing"
+            ) from exc
     ndim = arrays[0].ndim
     if axes_meta:
         names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
@@ -98,8 +119,9 @@ def _open_ome(group: Any, path: str, ms: dict, layout: str, check: bool) -> Pyra
             mpp = float(scales[0][axes.index("x")]) * factor
     checked = [CheckedArray(a, path, i, check) for i, a in enumerate(arrays)]
     _check_levels_shrink(checked, axes, path)
-    return PyramidSource(path, checked, axes, "ome-zarr", mpp=mpp,
-                         metadata={"layout": axes, "name": ms.get("name")})
+    return PyramidSource(
+        path, checked, axes, "ome-zarr", mpp=mpp, metadata={"layout": axes, "name": ms.get("name")}
+    )
 
 
 def _single_array_axes(array: Any, path: str, layout: str) -> str:
@@ -127,11 +149,17 @@ def looks_like_pathflowai_slide(path: str) -> bool:
     for db in zarr_path.parent.glob("*.db"):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                tables = [
+                    r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                ]
                 for table in tables:
                     cols = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
-                    if "ID" in cols and con.execute(
-                            f'SELECT 1 FROM "{table}" WHERE ID = ? LIMIT 1', (basename,)).fetchone():
+                    if (
+                        "ID" in cols
+                        and con.execute(
+                            f'SELECT 1 FROM "{table}" WHERE ID = ? LIMIT 1', (basename,)
+                        ).fetchone()
+                    ):
                         return True
         except sqlite3.Error:
             continue
@@ -146,10 +174,17 @@ def _check_levels_shrink(arrays: list, axes: str, path: str) -> None:
             raise PathvizError(f"{path}: level {i} {cur} is larger than level {i - 1} {prev}")
 
 
-def write_ome_zarr(levels: list, out: str | os.PathLike, *, n_native: int | None = None,
-                   mpp: float | None = None, chunk: int = 512, name: str | None = None,
-                   progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> Path:
+def write_ome_zarr(
+    levels: list,
+    out: str | os.PathLike,
+    *,
+    n_native: int | None = None,
+    mpp: float | None = None,
+    chunk: int = 512,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Path:
     """Writes y-x-c dask levels as an OME-Zarr (NGFF 0.4, zarr format 2) pyramid.
 
     Levels are written one chunk row at a time so that memory stays bounded, progress can be
@@ -159,9 +194,9 @@ def write_ome_zarr(levels: list, out: str | os.PathLike, *, n_native: int | None
     """
     import dask.array as da
     import zarr
+    from numcodecs import Blosc
 
     from .pyramid import downsample_2x
-    from numcodecs import Blosc
 
     out = Path(out)
     if out.exists():
@@ -177,28 +212,40 @@ def write_ome_zarr(levels: list, out: str | os.PathLike, *, n_native: int | None
         if i >= n_native:
             level = downsample_2x(da.from_zarr(group[str(i - 1)]))
         arr = group.create_array(
-            str(i), shape=level.shape, chunks=(chunk, chunk, n_channels), dtype=level.dtype,
+            str(i),
+            shape=level.shape,
+            chunks=(chunk, chunk, n_channels),
+            dtype=level.dtype,
             compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE),
-            fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"}, config={"write_empty_chunks": True})
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            config={"write_empty_chunks": True},
+        )
         for y0 in range(0, level.shape[0], chunk):
             if cancelled is not None and cancelled():
                 raise InterruptedError("conversion cancelled")
-            band = np.asarray(level[y0:y0 + chunk].compute())
-            arr[y0:y0 + band.shape[0]] = band
+            band = np.asarray(level[y0 : y0 + chunk].compute())
+            arr[y0 : y0 + band.shape[0]] = band
             done += -(-level.shape[1] // chunk)
             if progress is not None:
                 progress(done, total)
         factor = base_h / level.shape[0]
         scale = [(mpp or 1.0) * factor, (mpp or 1.0) * factor, 1.0]
-        datasets.append({"path": str(i),
-                         "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
     unit = {"unit": "micrometer"} if mpp else {}
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "name": name or out.name,
-        "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit},
-                 {"name": "c", "type": "channel"}],
-        "datasets": datasets,
-        "type": "mean",
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name or out.name,
+            "axes": [
+                {"name": "y", "type": "space", **unit},
+                {"name": "x", "type": "space", **unit},
+                {"name": "c", "type": "channel"},
+            ],
+            "datasets": datasets,
+            "type": "mean",
+        }
+    ]
     return out

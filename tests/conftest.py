@@ -1,0 +1,170 @@
+"""Fixtures: every slide and table the tests read is written here, by the tests themselves."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+# A real tissue image, not square, so that a swapped axis is caught.
+HEIGHT, WIDTH = 1000, 1400
+
+
+@pytest.fixture(scope="session")
+def tissue_rgb() -> np.ndarray:
+    from skimage import data
+
+    return np.tile(data.immunohistochemistry(), (2, 3, 1))[:HEIGHT, :WIDTH].copy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_data_dir(tmp_path_factory) -> Path:
+    """Builds the demo data once per test session, away from the user's cache."""
+    import os
+
+    path = tmp_path_factory.mktemp("demo")
+    os.environ["PATHVIZ_DEMO_DIR"] = str(path)
+    return path
+
+
+_JPEG = {"compression": "jpeg", "photometric": "rgb", "metadata": None}
+
+
+def write_pyramidal_tiff(path: Path, image: np.ndarray, levels: int = 3) -> Path:
+    """A generic pyramidal TIFF: level 0 with reduced-resolution SubIFDs, JPEG tiles, calibrated
+    at 0.25 µm/px through the TIFF resolution tags (in centimetres)."""
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            image,
+            tile=(256, 256),
+            subifds=levels - 1,
+            resolution=(40000, 40000),
+            resolutionunit="CENTIMETER",
+            **_JPEG,
+        )
+        for k in range(1, levels):
+            tw.write(image[:: 2**k, :: 2**k], tile=(256, 256), subfiletype=1, **_JPEG)
+    return path
+
+
+def write_svs(path: Path, image: np.ndarray) -> Path:
+    """An Aperio-style SVS: baseline, thumbnail (strips), two reduced levels, a label."""
+    head = "Aperio Image Library v12.0.15\r\n"
+    h, w = image.shape[:2]
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            image,
+            tile=(256, 256),
+            description=f"{head}{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=70|AppMag = 20"
+            "|MPP = 0.4990",
+            **_JPEG,
+        )
+        tw.write(image[::8, ::8], description=f"{head}thumbnail", **_JPEG)
+        tw.write(image[::2, ::2], tile=(256, 256), description=head, **_JPEG)
+        tw.write(image[::4, ::4], tile=(256, 256), description=head, **_JPEG)
+        tw.write(image[:100, :100], description=f"{head}label 100x100", subfiletype=1, **_JPEG)
+    return path
+
+
+def write_ome_tiff(path: Path, image: np.ndarray) -> Path:
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(
+            image,
+            tile=(256, 256),
+            subifds=1,
+            compression="jpeg",
+            photometric="rgb",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
+        tw.write(
+            image[::2, ::2], tile=(256, 256), subfiletype=1, compression="jpeg", photometric="rgb"
+        )
+    return path
+
+
+@pytest.fixture
+def pyramidal_tiff(tmp_path, tissue_rgb) -> Path:
+    return write_pyramidal_tiff(tmp_path / "slide.tif", tissue_rgb)
+
+
+@pytest.fixture
+def svs_file(tmp_path, tissue_rgb) -> Path:
+    return write_svs(tmp_path / "scan.svs", tissue_rgb)
+
+
+@pytest.fixture
+def ome_tiff(tmp_path, tissue_rgb) -> Path:
+    return write_ome_tiff(tmp_path / "scan.ome.tif", tissue_rgb)
+
+
+@pytest.fixture
+def ome_zarr(tmp_path, tissue_rgb) -> Path:
+    """OME-Zarr written by the package's own writer."""
+    import dask.array as da
+
+    from napari_pathviz.io.pyramid import lazy_levels
+    from napari_pathviz.io.zarr_io import write_ome_zarr
+
+    levels = lazy_levels(da.from_array(tissue_rgb, chunks=(256, 256, 3)), min_size=300)
+    return write_ome_zarr(levels, tmp_path / "slide.ome.zarr", n_native=1, mpp=0.5, chunk=256)
+
+
+@pytest.fixture
+def pathflowai_project(tmp_path, tissue_rgb) -> dict:
+    """PathFlowAI's outputs: {ID}.zarr as one (x, y, C) array, and patch_info.db with one table
+    per patch size (columns index, ID, x, y, patch_size, annotation, one coverage column each)."""
+    import zarr
+
+    slide_id = "case01"
+    transposed = np.ascontiguousarray(tissue_rgb.transpose(1, 0, 2))  # (x, y, C)
+    arr = zarr.create_array(
+        str(tmp_path / f"{slide_id}.zarr"),
+        shape=transposed.shape,
+        chunks=(256, 256, 3),
+        dtype="uint8",
+        zarr_format=2,
+    )
+    arr[:] = transposed
+    rows = []
+    for size in (128, 256):
+        for x in range(0, WIDTH - size + 1, size):
+            for y in range(0, HEIGHT - size + 1, size):
+                frac = x / WIDTH
+                rows.append(
+                    {
+                        "ID": slide_id,
+                        "x": x,
+                        "y": y,
+                        "patch_size": size,
+                        "annotation": "tumor" if frac > 0.5 else "stroma",
+                        "tumor": round(frac, 3),
+                        "stroma": round(1 - frac, 3),
+                    }
+                )
+        rows.append(
+            {
+                "ID": "other_slide",
+                "x": 0,
+                "y": 0,
+                "patch_size": size,
+                "annotation": "stroma",
+                "tumor": 0.0,
+                "stroma": 1.0,
+            }
+        )
+    df = pd.DataFrame(rows)
+    db = tmp_path / "patch_info.db"
+    with sqlite3.connect(db) as con:
+        for size, part in df.groupby("patch_size"):
+            part.reset_index(drop=True).to_sql(str(size), con, index=True)
+    return {
+        "zarr": tmp_path / f"{slide_id}.zarr",
+        "db": db,
+        "id": slide_id,
+        "rows": df,
+        "image": tissue_rgb,
+    }

@@ -1,0 +1,45 @@
+"""House rules that code review alone would let slip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CORE = [
+    "napari_pathviz.slide",
+    "napari_pathviz.patches",
+    "napari_pathviz.tissue",
+    "napari_pathviz.render",
+    "napari_pathviz.io.zarr_io",
+    "napari_pathviz.io.tiff_io",
+    "napari_pathviz.io.tables",
+    "napari_pathviz.slide_check",
+    "napari_pathviz.cli",
+    "napari_pathviz._layers",
+    "napari_pathviz._reader",
+    "napari_pathviz._demo",
+]
+HEAVY = ["napari", "qtpy", "PyQt5", "PyQt6", "PySide6", "torch", "vispy", "magicgui"]
+
+
+def test_core_imports_no_gui_and_no_torch():
+    """The core and the CLI start without napari, Qt or torch (they are imported lazily)."""
+    code = (
+        f"import sys; import {', '.join(CORE)}; print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_io_does_not_import_upwards():
+    """io/ turns files into arrays and tables; it must not depend on the objects built on it."""
+    from pathlib import Path
+
+    import napari_pathviz.io as io_pkg
+
+    for path in Path(io_pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for upper in ("..slide", "..patches", "..tissue", "..render", "napari_pathviz.slide"):
+            assert f"from {upper} import" not in text, f"{path.name} imports {upper}"
