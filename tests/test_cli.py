@@ -138,3 +138,15 @@ def test_demo_without_display_falls_back_to_files(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "no display found" in result.stderr
     assert (tmp_path / "d" / "slide_patches_annotation.png").exists()
+
+
+def test_missing_chunk_and_missing_codec_exit_2(ome_zarr, svs_file, monkeypatch, capsys):
+    (ome_zarr / "0" / "0" / "1" / "0").unlink()
+    assert main(["check", str(ome_zarr)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pathviz check: error: ") and "level 0: chunk 0/0/1/0 is missing" in err
+    assert "\n" not in err
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    assert main(["info", str(svs_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scan.svs: tiles are JPEG-compressed" in err and "pip install imagecodecs" in err

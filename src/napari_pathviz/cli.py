@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -147,7 +148,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .slide_check import check_slide
 
     slide = _open(args)
-    n = check_slide(slide, progress=_progress_bar("chunks"))
+    with _progress_bar("chunks") as progress:
+        n = check_slide(slide, progress=progress)
     print(f"{args.slide}: {n} chunks read, all present and readable")
     return 0
 
@@ -169,15 +171,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     slide = _open(args)
     if args.chunk < 16:
         raise PathvizError(f"--chunk must be at least 16, got {args.chunk}")
-    write_ome_zarr(
-        slide.levels,
-        args.out,
-        n_native=slide.n_native,
-        mpp=slide.mpp,
-        chunk=args.chunk,
-        name=slide.slide_id,
-        progress=_progress_bar("chunks"),
-    )
+    with _progress_bar("chunks") as progress:
+        write_ome_zarr(
+            slide.levels,
+            args.out,
+            n_native=slide.n_native,
+            mpp=slide.mpp,
+            chunk=args.chunk,
+            name=slide.slide_id,
+            progress=progress,
+        )
     print(f"{args.out}: {len(slide.levels)} levels, {slide.width} x {slide.height} px")
     return 0
 
@@ -208,21 +211,24 @@ def _load_table_for(slide, path: str, patch_size: int | None, slide_id: str | No
     return table
 
 
+@contextmanager
 def _progress_bar(unit: str):
-    """A progress(done, total) callback drawing a tqdm bar on stderr."""
+    """Yields a progress(done, total) callback drawing a tqdm bar on stderr; the bar is cleared
+    on exit, also on error, so an error stays the one line on stderr."""
     from tqdm import tqdm
 
-    state: dict = {}
+    bars: list = []
 
     def progress(done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, file=sys.stderr, leave=False))
+        bars[0].update(done - bars[0].n)
 
-    return progress
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _has_display() -> bool:
