@@ -6,6 +6,7 @@ Coordinates are level-0 pixels, row (y) then column (x), whatever order the file
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def _as_yxc_dask(array: Any, source: PyramidSource, level: int) -> da.Array:
         lock=False,
         fancy=False,
         meta=meta,
-        name=f"pathviz-{source.path}-{level}-{id(array)}",
+        name=f"pathviz-{level}-{uuid.uuid4().hex}",
     )
     index = tuple(slice(None) if a in "yxc" else 0 for a in axes)
     for a, size in zip(axes, array.shape, strict=True):
