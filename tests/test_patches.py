@@ -130,3 +130,19 @@ def test_square_centres_follow_the_pixel_centre_convention():
     hi = table.centers_yx() + table.patch_sizes[:, None] / 2
     np.testing.assert_allclose(lo, [[99.5, -0.5], [6.5, 299.5]])
     np.testing.assert_allclose(hi, [[323.5, 223.5], [16.5, 309.5]])
+
+
+def test_patches_for_slide_picks_and_labels_the_slides_rows(pathflowai_project):
+    from napari_pathviz.io.tables import read_table
+    from napari_pathviz.patches import patches_for_slide
+    from napari_pathviz.slide import open_slide
+
+    slide = open_slide(pathflowai_project["zarr"])
+    df = read_table(pathflowai_project["db"], 128)
+    table = patches_for_slide(df, "patch_info.db", slide, patch_size=128)
+    assert set(table.df["ID"]) == {"case01"}  # the other slide's rows are left out
+    no_ids = df[df["ID"] == "case01"].drop(columns="ID")
+    assert set(patches_for_slide(no_ids, "t.csv", slide).df["ID"]) == {"case01"}
+    with pytest.raises(PathvizError, match="lies outside the slide"):
+        far = no_ids.assign(x=no_ids["x"] + 1400)
+        patches_for_slide(far, "t.csv", slide)

@@ -201,14 +201,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _load_table_for(slide, path: str, patch_size: int | None, slide_id: str | None):
     from .io.tables import read_table
-    from .patches import PatchTable
+    from .patches import patches_for_slide
 
-    df = read_table(path, patch_size)
-    if slide_id is None and "ID" in df.columns and (df["ID"].astype(str) == slide.slide_id).any():
-        slide_id = slide.slide_id
-    table = PatchTable.from_frame(df, path, patch_size=patch_size, slide_id=slide_id)
-    table.check_inside(slide.height, slide.width)
-    return table
+    return patches_for_slide(
+        read_table(path, patch_size), path, slide, patch_size=patch_size, slide_id=slide_id
+    )
 
 
 @contextmanager

@@ -118,6 +118,26 @@ def load_patches(
     return table
 
 
+def patches_for_slide(
+    df: pd.DataFrame,
+    source: str,
+    slide,
+    *,
+    patch_size: int | None = None,
+    slide_id: str | None = None,
+) -> PatchTable:
+    """Validates a raw table for one open slide: keeps that slide's rows (by ``slide_id``, else
+    the slide's own ID when the table has it), labels an ID-less table with the slide's ID, and
+    checks that every patch lies inside the slide."""
+    if slide_id is None:
+        has_ids = "ID" in df.columns
+        if not has_ids or (df["ID"].astype(str) == slide.slide_id).any():
+            slide_id = slide.slide_id
+    table = PatchTable.from_frame(df, source, patch_size=patch_size, slide_id=slide_id)
+    table.check_inside(slide.height, slide.width)
+    return table
+
+
 def _whole_non_negative(values: pd.Series, source: str, col: str) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = np.flatnonzero(numbers.isna().to_numpy())

@@ -150,27 +150,21 @@ class SlideLoaderWidget(Container):
 
     def _load_patches(self) -> None:
         from ..io.tables import read_table
-        from ..patches import PatchTable
+        from ..patches import PatchTable, patches_for_slide
 
         path = self.table_path.value.strip()
         if not path:
             raise PathvizError("Patch table: give a table path first")
         size = self.patch_size.value or None
+        slide_id = self.slide_id.value.strip() or None
         df = read_table(path, size)
         slide_layer = self.slide_layer()
-        slide = slide_layer.metadata[META_SLIDE] if slide_layer is not None else None
-        slide_id = self.slide_id.value.strip() or None
-        if (
-            slide_id is None
-            and slide is not None
-            and "ID" in df.columns
-            and (df["ID"].astype(str) == slide.slide_id).any()
-        ):
-            slide_id = slide.slide_id
-        table = PatchTable.from_frame(df, path, patch_size=size, slide_id=slide_id)
-        scale = (1.0, 1.0)
-        if slide is not None:
-            table.check_inside(slide.height, slide.width)
+        if slide_layer is None:
+            table = PatchTable.from_frame(df, path, patch_size=size, slide_id=slide_id)
+            scale = (1.0, 1.0)
+        else:
+            slide = slide_layer.metadata[META_SLIDE]
+            table = patches_for_slide(df, path, slide, patch_size=size, slide_id=slide_id)
             scale = tuple(slide_layer.scale[:2])
         self._add(patches_layer_data(table, scale=scale))
 
