@@ -211,3 +211,19 @@ def test_patch_square_covers_exactly_its_pixels_on_screen(make_napari_viewer):
     assert image_box[1] - image_box[0] > 150  # 32 pixels at zoom 6
     # Within two screen pixels (a third of a slide pixel); a half-pixel shift would be 3.
     np.testing.assert_allclose(square_box, image_box, atol=2)
+
+
+def test_widget_tissue_grid_can_be_cancelled(make_napari_viewer, qtbot, ome_zarr):
+    viewer = make_napari_viewer()
+    widget = SlideLoaderWidget(viewer)
+    widget.slide_path.value = str(ome_zarr)
+    widget.open_slide_button.clicked.emit()
+    widget.grid_button.clicked.emit()
+    worker = widget._worker
+    assert widget.cancel_button.enabled and not widget.grid_button.enabled
+    widget.cancel_button.clicked.emit()
+    assert widget.grid_button.enabled and not widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    qtbot.wait(200)
+    assert len(viewer.layers) == 1  # the cancelled grid was not added
+    assert widget.status.value == "tissue grid cancelled"

@@ -69,6 +69,7 @@ class SlideLoaderWidget(Container):
         self.grid_size = SpinBox(label="Grid patch size", value=224, min=4, max=1_000_000)
         self.min_tissue = FloatSpinBox(label="Min tissue", value=0.5, min=0.0, max=1.0, step=0.05)
         self.grid_button = PushButton(text="Generate tissue grid")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
 
         self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
         self.status = Label(value="")
@@ -98,6 +99,7 @@ class SlideLoaderWidget(Container):
                 self.grid_size,
                 self.min_tissue,
                 self.grid_button,
+                self.cancel_button,
                 self.color_by,
                 self.status,
             ]
@@ -109,6 +111,7 @@ class SlideLoaderWidget(Container):
         self.open_slide_button.changed.connect(self.open_slide)
         self.load_table_button.changed.connect(self.load_patches)
         self.grid_button.changed.connect(self.generate_grid)
+        self.cancel_button.changed.connect(self.cancel)
         self.color_by.changed.connect(self._recolor)
         viewer.layers.selection.events.active.connect(self._refresh_colors)
         viewer.layers.events.inserted.connect(self._refresh_colors)
@@ -187,19 +190,36 @@ class SlideLoaderWidget(Container):
             self.min_tissue.value,
             _progress={"desc": f"Tissue grid on {slide.slide_id}"},
         )
-        worker.returned.connect(
-            lambda table: self._add(
-                patches_layer_data(
-                    table, color_by="tissue", scale=scale, name=f"{slide.slide_id} tissue grid"
+
+        def add_grid(table) -> None:
+            # A cancelled run may still finish in its thread; its result is dropped.
+            if worker is self._worker:
+                self._add(
+                    patches_layer_data(
+                        table, color_by="tissue", scale=scale, name=f"{slide.slide_id} tissue grid"
+                    )
                 )
-            )
-        )
+
+        worker.returned.connect(add_grid)
         worker.errored.connect(self._report)
-        self.grid_button.enabled = False
-        worker.finished.connect(lambda: setattr(self.grid_button, "enabled", True))
+        worker.finished.connect(lambda: worker is self._worker and self._grid_done())
         self._worker = worker
+        self.grid_button.enabled = False
+        self.cancel_button.enabled = True
         self.status.value = "computing tissue grid…"
         worker.start()
+
+    def cancel(self) -> None:
+        """Stops waiting for the running tissue grid; its result will not be added."""
+        if self._worker is not None:
+            self._worker.quit()
+            self._worker = None
+            self.status.value = "tissue grid cancelled"
+        self._grid_done()
+
+    def _grid_done(self) -> None:
+        self.grid_button.enabled = True
+        self.cancel_button.enabled = False
 
     def _recolor(self, column: str | None) -> None:
         layer = self.patches_layer()
