@@ -150,13 +150,11 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
         paths["patches"], slide_id=DEMO_SLIDE_ID, slide_shape=(slide.height, slide.width)
     )
     if with_predictions:
-        try:
-            from ._demo_model import predict_demo
-        except ImportError:  # torch is optional; the demo still shows slide and patches
-            return slide, table
+        from ._demo_model import predict_demo
+
         try:
             probs = predict_demo(slide, table)
-        except ImportError:
+        except ImportError:  # torch is optional; the demo still shows slide and patches
             return slide, table
         for k, name in enumerate(ANNOTATIONS):
             table.df[f"prob_{name}"] = probs[:, k].round(4)
