@@ -227,3 +227,13 @@ def test_widget_tissue_grid_can_be_cancelled(make_napari_viewer, qtbot, ome_zarr
     qtbot.wait(200)
     assert len(viewer.layers) == 1  # the cancelled grid was not added
     assert widget.status.value == "tissue grid cancelled"
+
+
+def test_reader_leaves_other_tables_to_other_readers(tmp_path):
+    from napari_pathviz._reader import get_reader, read_patch_table
+
+    (tmp_path / "measurements.csv").write_text("area,perimeter\n1,2\n")
+    (tmp_path / "patches.csv").write_text("x,y,patch_size\n1,2,3\n")
+    assert get_reader(str(tmp_path / "measurements.csv")) is None
+    assert get_reader(str(tmp_path / "patches.csv")) is read_patch_table
+    assert get_reader(str(tmp_path / "image.png")) is None

@@ -28,9 +28,30 @@ def get_reader(path: str | list[str]) -> Callable | None:
     path = str(path)
     if is_zarr_path(path) or is_tiff_path(path):
         return read_slide
-    if is_table_path(path):
+    if is_table_path(path) and _has_patch_columns(path):
         return read_patch_table
     return None
+
+
+def _has_patch_columns(path: str) -> bool:
+    """Whether a CSV/Parquet file has x and y columns: other tables are left to other readers
+    (napari's own reads point CSVs). Databases are always ours: PathFlowAI's format."""
+    lower = path.lower()
+    if lower.endswith(SQLITE_SUFFIXES) or not os.path.isfile(path):
+        return True  # let read_patch_table report what is wrong with it
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+        else:
+            import pandas as pd
+
+            columns = pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",", nrows=0)
+            columns = list(columns.columns)
+    except Exception:
+        return True  # unreadable: read_patch_table reports it in one line
+    return {"x", "y"} <= {str(c) for c in columns}
 
 
 def _notify(err: PathvizError) -> list:
