@@ -160,3 +160,24 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
             table.df[f"prob_{name}"] = probs[:, k].round(4)
         table.df["y_pred"] = np.asarray(ANNOTATIONS)[probs.argmax(axis=1)]
     return slide, table
+
+
+def demo_embeddings_path(directory: str | os.PathLike | None = None) -> Path:
+    """The demo's embeddings as a Parquet table (key columns + feat_0..feat_63), written once
+    from the demo model's penultimate layer: the format ``pathviz extract`` writes."""
+    directory = Path(directory) if directory else demo_dir()
+    path = directory / "embeddings.parquet"
+    if path.exists():
+        return path
+    from ._demo_model import run_demo_model
+    from .io.tables import write_table
+    from .patches import KEY_COLUMNS
+
+    slide, table = load_demo(directory, with_predictions=False)
+    _, features = run_demo_model(slide, table)
+    keys = table.df[list(KEY_COLUMNS)].reset_index(drop=True)
+    feats = pd.DataFrame(features, columns=[f"feat_{j}" for j in range(features.shape[1])])
+    tmp = directory / ".embeddings.tmp.parquet"
+    write_table(pd.concat([keys, feats], axis=1), tmp)
+    tmp.rename(path)
+    return path

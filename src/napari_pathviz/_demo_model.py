@@ -104,18 +104,30 @@ def read_patches(slide, table) -> np.ndarray:
     )
 
 
-def predict_demo(slide, table, model=None, batch_size: int = 128) -> np.ndarray:
-    """Class probabilities (N x classes) of the demo model for each patch of the table."""
+def run_demo_model(slide, table, model=None, batch_size: int = 128):
+    """Class probabilities (N x classes) and penultimate-layer embeddings (N x 64, the input of
+    the last Linear, taken with a forward hook) of the demo model for each patch."""
     import torch
 
     model = model or load_demo_model()
     patches = read_patches(slide, table)
-    probs = []
-    with torch.inference_mode():
-        for start in range(0, len(patches), batch_size):
-            logits = model(to_model_input(patches[start : start + batch_size]))
-            probs.append(torch.softmax(logits, dim=1).numpy())
-    return np.concatenate(probs) if probs else np.zeros((0, len(ANNOTATIONS)), np.float32)
+    probs, feats = [], []
+    hook = model.fc.register_forward_hook(lambda _m, inputs, _out: feats.append(inputs[0]))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(patches), batch_size):
+                logits = model(to_model_input(patches[start : start + batch_size]))
+                probs.append(torch.softmax(logits, dim=1).numpy())
+    finally:
+        hook.remove()
+    if not probs:
+        return np.zeros((0, len(ANNOTATIONS)), np.float32), np.zeros((0, 64), np.float32)
+    return np.concatenate(probs), torch.cat(feats).numpy()
+
+
+def predict_demo(slide, table, model=None, batch_size: int = 128) -> np.ndarray:
+    """Class probabilities (N x classes) of the demo model for each patch of the table."""
+    return run_demo_model(slide, table, model, batch_size)[0]
 
 
 def train_demo_model(slide, table, epochs: int = 20, seed: int = 0):

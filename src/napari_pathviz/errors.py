@@ -11,3 +11,11 @@ class PathvizError(ValueError):
         # One line, always: multi-line library errors are folded so that CLI output and
         # notifications stay readable.
         super().__init__(" ".join(str(message).split()))
+
+
+class PathvizWarning(UserWarning):
+    """Something was dropped or could not be matched; the work went on."""
+
+
+class Cancelled(Exception):
+    """Raised inside a long computation when its caller asked it to stop."""

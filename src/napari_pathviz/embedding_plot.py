@@ -1,0 +1,105 @@
+"""Interactive HTML of a UMAP embedding (plotly), coloured as PathFlowAI's plot_embeddings does:
+by slide ID by default, by one annotation's coverage with a colorbar, or by the argmax of several
+annotation columns. Hover names the patch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import PathvizError
+from .render import is_categorical
+
+
+def colour_values(df: pd.DataFrame, annotations: list[str] | None) -> tuple[pd.Series, bool, str]:
+    """(values, categorical, title) for colouring: ID, one column, or the argmax of several."""
+    if not annotations:
+        return df["ID"].astype(str), True, "ID"
+    missing = [a for a in annotations if a not in df.columns]
+    if missing:
+        raise PathvizError(
+            f"-a/--annotations: no column(s) {', '.join(missing)} "
+            f"(columns: {', '.join(map(str, df.columns))})"
+        )
+    if len(annotations) == 1:
+        column = annotations[0]
+        return df[column], is_categorical(df[column]), column
+    values = df[annotations].apply(pd.to_numeric, errors="coerce").to_numpy()
+    winner = np.asarray(annotations)[np.nanargmax(np.nan_to_num(values, nan=-np.inf), axis=1)]
+    return pd.Series(winner, index=df.index), True, "argmax(" + ", ".join(annotations) + ")"
+
+
+def hover_text(df: pd.DataFrame, values: pd.Series, title: str) -> list[str]:
+    return [
+        f"{i} x={x} y={y} size={p}<br>{title}: {v}"
+        for i, x, y, p, v in zip(df["ID"], df["x"], df["y"], df["patch_size"], values, strict=True)
+    ]
+
+
+def plot_embeddings_html(
+    df: pd.DataFrame,
+    coords: np.ndarray,
+    out: str | os.PathLike,
+    annotations: list[str] | None = None,
+    title: str = "UMAP of patch embeddings",
+) -> Path:
+    """Writes a self-contained HTML (plotly.js embedded: opens offline) of the 2-D or 3-D scatter."""
+    import plotly.graph_objects as go
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    values, categorical, colour_title = colour_values(df, annotations)
+    text = np.asarray(hover_text(df, values, colour_title))
+    three_d = coords.shape[1] == 3
+    scatter = go.Scatter3d if three_d else go.Scattergl
+    size = 3 if three_d else 5
+    traces = []
+
+    def axes(idx):
+        axes_ = {"x": coords[idx, 0], "y": coords[idx, 1]}
+        if three_d:
+            axes_["z"] = coords[idx, 2]
+        return axes_
+
+    if categorical:
+        for name in sorted(values.astype(str).unique()):
+            idx = np.flatnonzero(values.astype(str).to_numpy() == name)
+            traces.append(
+                scatter(
+                    **axes(idx),
+                    mode="markers",
+                    name=name,
+                    text=text[idx],
+                    hoverinfo="text",
+                    marker={"size": size},
+                )
+            )
+    else:
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy()
+        idx = np.arange(len(df))
+        traces.append(
+            scatter(
+                **axes(idx),
+                mode="markers",
+                text=text,
+                hoverinfo="text",
+                marker={
+                    "size": size,
+                    "color": numbers,
+                    "colorscale": "Viridis",
+                    "showscale": True,
+                    "colorbar": {"title": {"text": colour_title}},
+                },
+            )
+        )
+    fig = go.Figure(traces)
+    fig.update_layout(
+        title=f"{title} ({len(df)} patches), coloured by {colour_title}",
+        legend={"title": {"text": colour_title}, "itemsizing": "constant"},
+        template="plotly_white",
+    )
+    fig.write_html(out, include_plotlyjs=True, full_html=True)
+    return out

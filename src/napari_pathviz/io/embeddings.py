@@ -1,0 +1,161 @@
+"""Patch embeddings in: Parquet/CSV tables, .npy/.npz arrays with a key table, and PathFlowAI's
+``embeddings.pkl`` (a pickle: read only when the caller says the file is trusted).
+
+Every reader returns the same thing: a key/attribute DataFrame (one row per patch, with the key
+columns it has) and an (N, D) float32 feature matrix in the same row order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..errors import PathvizError
+from .tables import read_table
+
+EMBEDDING_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".npy", ".npz", ".pkl", ".pickle", ".pt")
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt")
+_FEATURE_PREFIX = re.compile(r"^feat_(\d+)$")
+
+
+@dataclass
+class RawEmbeddings:
+    """Rows as read: ``rows`` holds keys and attributes, ``features`` the matching vectors."""
+
+    rows: pd.DataFrame
+    features: np.ndarray
+    source: str
+
+
+def feature_columns(columns) -> list:
+    """The feature columns of a table: ``feat_{j}`` (pathviz), else integer names (PathFlowAI)."""
+    prefixed = [c for c in columns if _FEATURE_PREFIX.match(str(c))]
+    if prefixed:
+        return sorted(prefixed, key=lambda c: int(_FEATURE_PREFIX.match(str(c)).group(1)))
+    numbered = [c for c in columns if str(c).isdigit()]
+    return sorted(numbered, key=lambda c: int(str(c)))
+
+
+def read_embeddings(
+    path: str | os.PathLike, *, keys: str | os.PathLike | None = None, trust_pickle: bool = False
+) -> RawEmbeddings:
+    """Reads embeddings from any supported file; ``keys`` is the key table for .npy/.npz."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise PathvizError(f"{path}: no such file or directory")
+    lower = path.lower()
+    if lower.endswith(_PICKLE_SUFFIXES):
+        return _read_pathflowai_pickle(path, trust_pickle)
+    if lower.endswith((".npy", ".npz")):
+        return _read_array(path, keys)
+    if lower.endswith((".parquet", ".pq", ".csv", ".tsv")):
+        df = read_table(path)
+        columns = feature_columns(df.columns)
+        if not columns:
+            raise PathvizError(
+                f"{path}: no feature columns (expected feat_0, feat_1, ... or 0, 1, ...)"
+            )
+        features = _as_float_matrix(df[columns], path)
+        return RawEmbeddings(df.drop(columns=columns).reset_index(drop=True), features, path)
+    raise PathvizError(f"{path}: not an embeddings format ({', '.join(EMBEDDING_SUFFIXES)})")
+
+
+def _as_float_matrix(frame: pd.DataFrame, path: str) -> np.ndarray:
+    values = frame.apply(pd.to_numeric, errors="coerce")
+    bad = values.isna().to_numpy() & frame.notna().to_numpy()
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise PathvizError(
+            f"{path}: row {row}: feature {frame.columns[col]} is not a number "
+            f"({frame.iat[row, col]!r})"
+        )
+    return values.to_numpy(dtype=np.float32)
+
+
+def _read_array(path: str, keys: str | os.PathLike | None) -> RawEmbeddings:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # an object array would need pickle: refuse
+        raise PathvizError(f"{path}: cannot read array without unpickling ({exc})") from exc
+    except Exception as exc:
+        raise PathvizError(f"{path}: not a readable .npy/.npz ({type(exc).__name__})") from exc
+    rows = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        names = list(loaded.files)
+        name = next((n for n in ("embeddings", "features") if n in names), None)
+        if name is None:
+            raise PathvizError(f"{path}: .npz has no 'embeddings' or 'features' array ({names})")
+        array = loaded[name]
+        key_arrays = {k: loaded[k] for k in ("ID", "x", "y", "patch_size") if k in names}
+        if key_arrays:
+            rows = pd.DataFrame(key_arrays)
+    else:
+        array = loaded
+    if array.ndim != 2:
+        raise PathvizError(
+            f"{path}: embeddings must be a 2-D (patches x features) array, found shape "
+            f"{array.shape}"
+        )
+    if keys is not None:
+        rows = read_table(keys)
+    if rows is None:
+        raise PathvizError(f"{path}: a bare array has no patch keys; give the key table (--keys)")
+    if len(rows) != len(array):
+        raise PathvizError(
+            f"{path}: {len(array)} embedding rows but {len(rows)} key rows"
+            + (f" in {keys}" if keys is not None else "")
+        )
+    return RawEmbeddings(rows.reset_index(drop=True), array.astype(np.float32), path)
+
+
+def _read_pathflowai_pickle(path: str, trust_pickle: bool) -> RawEmbeddings:
+    if not trust_pickle:
+        raise PathvizError(
+            f"{path}: is a pickle, which can run code when loaded; pass --trust-pickle "
+            "(or confirm in the GUI) only if you trust its origin"
+        )
+    try:
+        import torch
+
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except ImportError:
+        import pickle
+
+        with open(path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 - the user said the file is trusted
+    except Exception as exc:
+        raise PathvizError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict) or "embeddings" not in data:
+        raise PathvizError(f"{path}: expected PathFlowAI's dict(embeddings=..., patch_info=...)")
+    emb = data["embeddings"]
+    if not isinstance(emb, pd.DataFrame):
+        raise PathvizError(f"{path}: 'embeddings' is not a DataFrame")
+    columns = feature_columns(emb.columns)
+    if not columns:
+        raise PathvizError(f"{path}: 'embeddings' has no integer-named feature columns")
+    features = _as_float_matrix(emb[columns], path)
+    info = data.get("patch_info")
+    if isinstance(info, pd.DataFrame) and len(info) == len(emb):
+        rows = info.reset_index(drop=True).copy()
+    else:
+        rows = pd.DataFrame([_parse_pathflowai_index(i) for i in emb.index])
+    if "ID" in emb.columns and "ID" not in rows.columns:
+        rows["ID"] = emb["ID"].to_numpy()
+    if "index" in rows.columns:
+        rows = rows.drop(columns="index")
+    return RawEmbeddings(rows, features, path)
+
+
+def _parse_pathflowai_index(label: object) -> dict:
+    """PathFlowAI's row label: every patch_info column as "col:value", one per line."""
+    out = {}
+    for line in str(label).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            number = pd.to_numeric(value, errors="coerce")
+            out[key] = value if pd.isna(number) else number
+    return out

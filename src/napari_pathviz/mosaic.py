@@ -1,0 +1,144 @@
+"""The patches themselves drawn at their UMAP positions (PathFlowAI's plot_image_umap_embeddings).
+
+Thumbnails are read from a low pyramid level (never level 0 for a small thumbnail), so a mosaic
+of thousands of patches reads a few MB rather than the slides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PathvizError
+from .patches import PatchTable
+from .slide import Slide, open_slide
+
+SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".ndpi")
+
+
+@dataclass
+class Mosaic:
+    """An RGB canvas and where each patch's thumbnail sits on it (top-left, canvas pixels)."""
+
+    image: np.ndarray
+    origins: np.ndarray  # (N, 2) row, col of each thumbnail's top-left
+    thumb: int
+    order: np.ndarray  # drawing order (last on top)
+
+
+def find_slides(source: str | os.PathLike, ids, layout: str = "auto") -> dict[str, Slide]:
+    """Opens the slide for every ID: ``source`` is one slide, or a folder searched for
+    ``{ID}.zarr``, ``{ID}.ome.zarr``, ``{ID}.svs``, ``{ID}.tif`` ..."""
+    source = Path(source)
+    ids = [str(i) for i in dict.fromkeys(ids)]
+    if not source.exists():
+        raise PathvizError(f"{source}: no such file or directory")
+    is_slide_dir = source.is_dir() and (
+        source.suffix == ".zarr" or (source / ".zattrs").exists() or (source / "zarr.json").exists()
+    )
+    if not source.is_dir() or is_slide_dir:
+        if len(ids) > 1:
+            raise PathvizError(
+                f"{source}: one slide given but the patches come from {len(ids)} "
+                f"slides ({', '.join(ids[:4])}); give a folder, or one slide with -b"
+            )
+        slide = open_slide(source, layout)
+        # One slide serves the table's one ID even where its file is named otherwise.
+        return {ids[0] if ids else slide.slide_id: slide}
+    found = {}
+    for slide_id in ids:
+        for suffix in SLIDE_SUFFIXES:
+            candidate = source / f"{slide_id}{suffix}"
+            if candidate.exists():
+                found[slide_id] = open_slide(candidate, layout)
+                break
+        else:
+            raise PathvizError(
+                f"{source}: no slide file for ID {slide_id!r} "
+                f"(looked for {slide_id}{{{','.join(SLIDE_SUFFIXES)}}})"
+            )
+    return found
+
+
+def umap_mosaic(
+    slides: dict[str, Slide],
+    table: PatchTable,
+    coords: np.ndarray,
+    *,
+    zoom: float = 0.25,
+    canvas: int = 2048,
+    sort_col: str | None = None,
+    sort_mode: str = "asc",
+    background: int = 255,
+) -> Mosaic:
+    """Draws each patch, shrunk by ``zoom``, centred at its 2-D UMAP position on a square canvas.
+
+    ``sort_col``/``sort_mode`` set the drawing order (the last drawn is on top), as PathFlowAI's
+    ``-sc``/``-sm`` do.
+    """
+    if coords.ndim != 2 or coords.shape[1] < 2 or len(coords) != len(table):
+        raise PathvizError(
+            f"mosaic needs 2-D coordinates for {len(table)} patches, got shape {coords.shape}"
+        )
+    if not 0 < zoom <= 4:
+        raise PathvizError(f"--zoom must be in (0, 4], got {zoom}")
+    df = table.df
+    size = int(np.median(df["patch_size"]))
+    thumb = max(4, round(size * zoom))
+    if thumb * 2 > canvas:
+        raise PathvizError(
+            f"--zoom {zoom}: thumbnails of {thumb} px do not fit a {canvas} px canvas"
+        )
+    xy = coords[:, :2].astype(np.float64)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    usable = canvas - thumb
+    # UMAP x to canvas columns, UMAP y up to canvas rows down (as a scatter plot reads).
+    cols = np.round((xy[:, 0] - lo[0]) / span[0] * usable).astype(int)
+    rows = np.round((hi[1] - xy[:, 1]) / span[1] * usable).astype(int)
+
+    order = np.arange(len(df))
+    if sort_col:
+        if sort_col not in df.columns:
+            raise PathvizError(f"--sort_col: no column {sort_col!r}")
+        if sort_mode not in ("asc", "desc"):
+            raise PathvizError(f"--sort_mode must be asc or desc, got {sort_mode!r}")
+        order = np.argsort(df[sort_col].to_numpy(), kind="stable")
+        if sort_mode == "desc":
+            order = order[::-1]
+    image = np.full((canvas, canvas, 3), background, np.uint8)
+    for i in order:
+        slide_id = str(df["ID"].iat[i])
+        if slide_id not in slides:
+            raise PathvizError(f"no slide for patch ID {slide_id!r}")
+        image[rows[i] : rows[i] + thumb, cols[i] : cols[i] + thumb] = read_thumbnail(
+            slides[slide_id],
+            int(df["y"].iat[i]),
+            int(df["x"].iat[i]),
+            int(df["patch_size"].iat[i]),
+            thumb,
+        )
+    return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order)
+
+
+def read_thumbnail(slide: Slide, y: int, x: int, size: int, thumb: int) -> np.ndarray:
+    """A ``thumb`` x ``thumb`` RGB image of the level-0 patch, read from the coarsest level that
+    still has at least ``thumb`` pixels across it."""
+    from skimage.transform import resize
+
+    level = slide.best_level_for_downsample(size / thumb)
+    ds = slide.downsamples[level]
+    side = max(1, round(size / ds))
+    region = slide.read_region(round(y / ds), round(x / ds), side, side, level)[..., :3]
+    if region.shape[2] == 1:
+        region = np.repeat(region, 3, axis=2)
+    if side == thumb:
+        return region
+    return (
+        resize(region, (thumb, thumb, 3), order=1, anti_aliasing=side > thumb, preserve_range=True)
+        .round()
+        .astype(np.uint8)
+    )
