@@ -138,6 +138,23 @@ def patches_for_slide(
     return table
 
 
+def match_rows(left: pd.DataFrame, right: pd.DataFrame) -> np.ndarray:
+    """For each row of ``left``, the position of the row of ``right`` with the same patch key
+    (ID, x, y, patch_size), or -1: how a scatter point finds its square on the slide."""
+    key = list(KEY_COLUMNS)
+    positions = pd.Series(
+        np.arange(len(right)),
+        index=pd.MultiIndex.from_frame(
+            right[key].astype({"ID": str, "x": np.int64, "y": np.int64, "patch_size": np.int64})
+        ),
+    )
+    positions = positions[~positions.index.duplicated(keep="first")]
+    wanted = pd.MultiIndex.from_frame(
+        left[key].astype({"ID": str, "x": np.int64, "y": np.int64, "patch_size": np.int64})
+    )
+    return positions.reindex(wanted).fillna(-1).to_numpy(dtype=np.int64)
+
+
 def _whole_non_negative(values: pd.Series, source: str, col: str) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = np.flatnonzero(numbers.isna().to_numpy())
