@@ -41,12 +41,15 @@ def test_manifest_validates():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_widget_is_in_the_plugins_menu(make_napari_viewer):
+def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
     from napari._app_model import get_app_model
 
     make_napari_viewer()
-    items = get_app_model().menus.get_menu("napari/plugins")
-    assert f"{PLUGIN}.slide_loader" in {getattr(i, "command", None) and i.command.id for i in items}
+    menus = get_app_model().menus
+    submenus = {getattr(i, "submenu", None) for i in menus.get_menu("napari/plugins")}
+    assert f"napari/plugins/{PLUGIN}" in submenus
+    commands = {i.command.id for i in menus.get_menu(f"napari/plugins/{PLUGIN}")}
+    assert commands == {f"{PLUGIN}.slide_loader", f"{PLUGIN}.embedding_explorer"}
 
 
 def test_reader_opens_a_tiff_as_one_multiscale_rgb_layer(make_napari_viewer, svs_file):

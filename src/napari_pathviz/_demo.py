@@ -181,3 +181,13 @@ def demo_embeddings_path(directory: str | os.PathLike | None = None) -> Path:
     write_table(pd.concat([keys, feats], axis=1), tmp)
     tmp.rename(path)
     return path
+
+
+def demo_umap(table, n_components: int = 2, directory: str | os.PathLike | None = None):
+    """The demo embeddings joined to ``table`` and their UMAP (seeded; cached after the first
+    run): (EmbeddingSet, coordinates)."""
+    from .embedding import UMAPParams, load_embeddings, umap_embed
+
+    es = load_embeddings(demo_embeddings_path(directory), patches=table)
+    coords = umap_embed(es.features, UMAPParams(n_components=n_components, random_state=0))
+    return es, coords

@@ -5,27 +5,49 @@ from __future__ import annotations
 from ._layers import patches_layer_data, slide_layer_data
 
 PLUGIN = "napari-pathviz"
-DOCK_WIDGETS = ("Slide & patches",)
+DOCK_WIDGETS = ("Slide & patches", "Embedding explorer")
 
 
-def populate_demo_viewer(viewer, slide, table) -> None:
+def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
+    """Slide and patches as layers, the plugin's dock widgets, and, given ``embedding`` =
+    (EmbeddingSet, coords), the embedding explorer filled with it."""
     from napari.layers import Layer
 
-    for data, kwargs, kind in (
-        slide_layer_data(slide),
-        patches_layer_data(table, color_by="annotation"),
-    ):
+    from ._demo import demo_embeddings_path
+
+    layers = [
         viewer.add_layer(Layer.create(data, kwargs, kind))
-    for name in DOCK_WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        for data, kwargs, kind in (
+            slide_layer_data(slide),
+            patches_layer_data(table, color_by="annotation"),
+        )
+    ]
+    widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in DOCK_WIDGETS}
+    explorer = widgets["Embedding explorer"]
+    explorer.embeddings_path.value = str(demo_embeddings_path())
+    if embedding is not None:
+        es, coords = embedding
+        explorer.write_coords_to_layer(layers[1], es.table.df, coords)
+        explorer.color_by.value = "annotation"
+    viewer.layers.selection.active = layers[1]
     viewer.reset_view()
 
 
 def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
+    import sys
+
     import napari
 
+    from ._demo import demo_umap
+
+    print(
+        "pathviz demo: UMAP of the demo embeddings (the first run compiles numba kernels, "
+        "~20 s; later runs read the cache)",
+        file=sys.stderr,
+    )
+    embedding = demo_umap(table)
     viewer = napari.Viewer(title="napari-pathviz demo")
-    populate_demo_viewer(viewer, slide, table)
+    populate_demo_viewer(viewer, slide, table, embedding)
     if screenshot:
         from qtpy.QtWidgets import QApplication
 

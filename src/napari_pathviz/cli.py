@@ -476,6 +476,34 @@ def write_demo_outputs(slide, table, out: Path) -> list[Path]:
                 slide, table, out / "slide_patches_prediction.png", color_by="prob_dab_positive"
             )
         )
+        written.extend(_write_demo_embedding_outputs(slide, table, out))
+    return written
+
+
+def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
+    """What plot-embeddings and plot-image-umap-embeddings write, for the demo embeddings."""
+    from PIL import Image
+
+    from ._demo import demo_umap
+    from .embedding_plot import plot_embeddings_html
+    from .mosaic import umap_mosaic
+
+    es, coords3 = demo_umap(table, n_components=3)
+    written = [
+        plot_embeddings_html(es.table.df, coords3, out / "embeddings_umap.html", ["annotation"]),
+        write_coords(es.table.df, coords3, out / "umap_coords.csv"),
+    ]
+    es2, coords2 = demo_umap(table, n_components=2)
+    mosaic = umap_mosaic(
+        {slide.slide_id: slide},
+        es2.table,
+        coords2,
+        zoom=0.5,
+        canvas=1536,
+        sort_col="prob_dab_positive",
+    )
+    Image.fromarray(mosaic.image).save(out / "umap_image_mosaic.png")
+    written.append(out / "umap_image_mosaic.png")
     return written
 
 

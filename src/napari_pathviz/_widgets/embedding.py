@@ -280,10 +280,18 @@ class EmbeddingWidget(QWidget):
         self._cancel_requested = False
         signals = _ProgressSignals()
         signals.changed.connect(self._show_progress)
-        worker = create_worker(job.run, signals.changed.emit, lambda: self._cancel_requested)
-        worker.returned.connect(lambda result: self._umap_done(result, layer))
-        worker.errored.connect(self._report)
-        worker.finished.connect(lambda: self._set_running(False))
+        # Errors are reported by _report; passing it here also stops the worker re-raising them.
+        worker = create_worker(
+            job.run,
+            signals.changed.emit,
+            lambda: self._cancel_requested,
+            _connect={
+                "returned": lambda result: self._umap_done(result, layer),
+                "errored": self._report,
+                "finished": lambda: self._set_running(False),
+            },
+            _start_thread=False,
+        )
         self._worker, self._signals = worker, signals
         self._set_running(True)
         self.status.value = "running UMAP…"
@@ -414,6 +422,8 @@ class EmbeddingWidget(QWidget):
         """Bright outlines over the selected patches, visible whichever layer is active."""
         data = layer.data[layer_rows] if len(layer_rows) else np.zeros((0, 2))
         sizes = layer.size[layer_rows] if len(layer_rows) else 1
+        if HIGHLIGHT_LAYER not in self._viewer.layers and not len(layer_rows):
+            return  # nothing selected yet: no empty layer in the list
         if HIGHLIGHT_LAYER in self._viewer.layers:
             highlight = self._viewer.layers[HIGHLIGHT_LAYER]
             highlight.data = data

@@ -189,6 +189,9 @@ class SlideLoaderWidget(Container):
             None,
             self.min_tissue.value,
             _progress={"desc": f"Tissue grid on {slide.slide_id}"},
+            # Reported by _report; connecting it here also stops the worker re-raising errors.
+            _connect={"errored": self._report},
+            _start_thread=False,
         )
 
         def add_grid(table) -> None:
@@ -201,7 +204,6 @@ class SlideLoaderWidget(Container):
                 )
 
         worker.returned.connect(add_grid)
-        worker.errored.connect(self._report)
         worker.finished.connect(lambda: worker is self._worker and self._grid_done())
         self._worker = worker
         self.grid_button.enabled = False
