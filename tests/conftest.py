@@ -23,11 +23,16 @@ def tissue_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="session", autouse=True)
 def demo_data_dir(tmp_path_factory) -> Path:
-    """Builds the demo data once per test session, away from the user's cache."""
+    """Builds the demo data once per test session, and keeps results (UMAP cache) away from
+    the user's cache. Numba's compiled kernels may persist: they only save time."""
     import os
 
     path = tmp_path_factory.mktemp("demo")
     os.environ["PATHVIZ_DEMO_DIR"] = str(path)
+    os.environ.setdefault(
+        "NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "napari-pathviz" / "numba")
+    )
+    os.environ["PATHVIZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     return path
 
 
