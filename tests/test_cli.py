@@ -13,7 +13,16 @@ import pytest
 from napari_pathviz.cli import build_parser, main
 from napari_pathviz.slide import open_slide
 
-COMMANDS = {"demo", "info", "check", "patches", "convert", "render"}
+COMMANDS = {
+    "demo",
+    "info",
+    "check",
+    "patches",
+    "convert",
+    "render",
+    "plot-embeddings",
+    "plot-image-umap-embeddings",
+}
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

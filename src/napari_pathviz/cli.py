@@ -340,6 +340,7 @@ def _embeddings_from_args(args: argparse.Namespace, path: str):
             trust_pickle=args.trust_pickle,
             patches=patches,
             slide_id=args.basename,
+            patch_size=args.patch_size,
         )
     for w in caught:
         if issubclass(w.category, PathvizWarning):

@@ -80,21 +80,26 @@ def load_embeddings(
     trust_pickle: bool = False,
     patches: PatchTable | None = None,
     slide_id: str | None = None,
+    patch_size: int | None = None,
 ) -> EmbeddingSet:
     """Reads embeddings and joins them to ``patches`` (or to their own key columns).
 
-    Rows with NaN/inf features, duplicate keys and unmatched rows are dropped and reported
-    (``report.messages()``, also emitted as PathvizWarning); an empty result is an error.
+    ``patch_size`` serves key tables without a patch_size column. Rows with NaN/inf features,
+    duplicate keys and unmatched rows are dropped and reported (``report.messages()``, also
+    emitted as PathvizWarning); an empty result is an error.
     """
     raw = read_embeddings(path, keys=keys, trust_pickle=trust_pickle)
-    result = join_embeddings(raw, patches, slide_id=slide_id)
+    result = join_embeddings(raw, patches, slide_id=slide_id, patch_size=patch_size)
     for message in result.report.messages():
         warnings.warn(message, PathvizWarning, stacklevel=2)
     return result
 
 
 def join_embeddings(
-    raw: RawEmbeddings, patches: PatchTable | None = None, slide_id: str | None = None
+    raw: RawEmbeddings,
+    patches: PatchTable | None = None,
+    slide_id: str | None = None,
+    patch_size: int | None = None,
 ) -> EmbeddingSet:
     report = JoinReport(raw.source, n_read=len(raw.features))
     rows = raw.rows.reset_index(drop=True)
@@ -112,7 +117,7 @@ def join_embeddings(
     own = PatchTable.from_frame(
         rows,
         raw.source,
-        patch_size=None if "patch_size" in rows.columns else _size_of(patches),
+        patch_size=None if "patch_size" in rows.columns else patch_size or _size_of(patches),
         slide_id=None,
     ).df
     if slide_id is not None:
@@ -409,7 +414,9 @@ def embedding_quality(
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(features), size=min(sample, len(features)), replace=False)
     high, low = features[idx], coords[idx]
-    k = min(k, len(idx) - 2)
+    if len(idx) < 6:
+        raise PathvizError(f"embedding quality needs at least 6 patches, got {len(idx)}")
+    k = min(k, (len(idx) - 1) // 2)  # trustworthiness needs k < n / 2
     trust = float(trustworthiness(high, low, n_neighbors=k))
     near_high = NearestNeighbors(n_neighbors=k + 1).fit(high).kneighbors(return_distance=False)
     near_low = NearestNeighbors(n_neighbors=k + 1).fit(low).kneighbors(return_distance=False)

@@ -119,14 +119,7 @@ def _read_pathflowai_pickle(path: str, trust_pickle: bool) -> RawEmbeddings:
             "(or confirm in the GUI) only if you trust its origin"
         )
     try:
-        import torch
-
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except ImportError:
-        import pickle
-
-        with open(path, "rb") as f:
-            data = pickle.load(f)  # noqa: S301 - the user said the file is trusted
+        data = _load_trusted_pickle(path)
     except Exception as exc:
         raise PathvizError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict) or "embeddings" not in data:
@@ -142,20 +135,49 @@ def _read_pathflowai_pickle(path: str, trust_pickle: bool) -> RawEmbeddings:
     if isinstance(info, pd.DataFrame) and len(info) == len(emb):
         rows = info.reset_index(drop=True).copy()
     else:
-        rows = pd.DataFrame([_parse_pathflowai_index(i) for i in emb.index])
-    if "ID" in emb.columns and "ID" not in rows.columns:
-        rows["ID"] = emb["ID"].to_numpy()
+        rows = _numeric_columns(pd.DataFrame([_parse_pathflowai_index(i) for i in emb.index]))
+    if "ID" in emb.columns:  # the embeddings' own ID column is authoritative
+        rows["ID"] = emb["ID"].astype(str).to_numpy()
     if "index" in rows.columns:
         rows = rows.drop(columns="index")
     return RawEmbeddings(rows, features, path)
 
 
+def _load_trusted_pickle(path: str):
+    """torch.save files (PathFlowAI's) through torch when it is there, plain pickles otherwise."""
+    import pickle
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (RuntimeError, pickle.UnpicklingError):
+            pass  # not a torch file: try it as a plain pickle
+    with open(path, "rb") as f:
+        return pickle.load(f)  # noqa: S301 - the user said the file is trusted
+
+
 def _parse_pathflowai_index(label: object) -> dict:
-    """PathFlowAI's row label: every patch_info column as "col:value", one per line."""
-    out = {}
+    """PathFlowAI's row label: every patch_info column as "col:value", one per line (as text)."""
+    out: dict = {}
     for line in str(label).splitlines():
         key, sep, value = line.partition(":")
         if sep:
-            number = pd.to_numeric(value, errors="coerce")
-            out[key] = value if pd.isna(number) else number
+            out[key] = value
     return out
+
+
+def _numeric_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose every value is a number become numeric; ``ID`` always stays text, so a
+    slide named "001" keeps its name."""
+    for column in rows.columns:
+        if column == "ID":
+            continue
+        numbers = pd.to_numeric(rows[column], errors="coerce")
+        if numbers.notna().all():
+            whole = (numbers == numbers.round()).all() and column in ("x", "y", "patch_size")
+            rows[column] = numbers.astype("int64") if whole else numbers
+    return rows
