@@ -139,6 +139,12 @@ def test_headless_demo_writes_results(tmp_path):
     assert {"annotation", "prob_dab_positive", "y_pred"} <= set(df.columns)
     for name in ("slide_patches_annotation.png", "slide_patches_prediction.png"):
         assert (out / name).stat().st_size > 50_000
+    # The embedding explorer's headless outputs: plotly HTML, coordinates, image mosaic.
+    assert "plotly" in (out / "embeddings_umap.html").read_text()[:200_000].lower()
+    coords = pd.read_csv(out / "umap_coords.csv")
+    assert list(coords.columns) == ["ID", "x", "y", "patch_size", "umap_0", "umap_1", "umap_2"]
+    assert len(coords) == len(df)
+    assert (out / "umap_image_mosaic.png").stat().st_size > 50_000
 
 
 def test_demo_without_display_falls_back_to_files(tmp_path):
