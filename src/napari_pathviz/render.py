@@ -65,10 +65,11 @@ def column_colors(
         labels = values.astype(str)
         names = sorted(labels.unique(), key=_natural_key)
         palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
-        categories = {
-            name: tuple(float(v) for v in palette(i % palette.N)) for i, name in enumerate(names)
-        }
-        rgba = np.array([categories[v] for v in labels], dtype=np.float32).reshape(-1, 4)
+        colours = np.array([palette(i % palette.N) for i in range(len(names))], np.float32)
+        categories = {name: tuple(float(v) for v in colours[i]) for i, name in enumerate(names)}
+        # Index the palette by category codes: vectorised, a million rows in milliseconds.
+        codes = pd.Categorical(labels, categories=names).codes
+        rgba = colours.reshape(-1, 4)[codes] if len(names) else np.zeros((0, 4), np.float32)
         return ColorMapping(column, rgba, "categorical", categories=categories)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     finite = numbers[np.isfinite(numbers)]

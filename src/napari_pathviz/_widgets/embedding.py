@@ -25,7 +25,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
 from ..errors import Cancelled, PathvizError
@@ -49,6 +49,7 @@ class EmbeddingWidget(QWidget):
         self._syncing = False  # re-entrancy guard between scatter and layer selections
         self._linked_layer = None
         self.rows = np.zeros(0, np.int64)  # scatter point i is row rows[i] of the patches layer
+        self._pending_rows: np.ndarray | None = None  # a scatter selection not yet on the layer
 
         self.embeddings_path = LineEdit(
             label="Embeddings", tooltip=".parquet/.csv, .npy/.npz (+ keys), PathFlowAI .pkl"
@@ -169,10 +170,16 @@ class EmbeddingWidget(QWidget):
                 ),
             ]
         )
+        # The parameters scroll, so the dock fits a laptop screen; the scatter keeps its room.
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.controls.native)
+        scroll.setMinimumHeight(160)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.controls.native)
-        layout.addWidget(self.scatter.native, stretch=1)
+        layout.addWidget(scroll, stretch=1)
+        layout.addWidget(self.scatter.native, stretch=2)
         layout.addWidget(self.actions.native)
 
         self.run_button.changed.connect(self.run)
@@ -393,15 +400,29 @@ class EmbeddingWidget(QWidget):
         layer.selected_data.events.items_changed.connect(self._layer_selection_changed)
 
     def _scatter_selected(self, indices: np.ndarray, _additive: bool = False) -> None:
-        """Scatter -> slide: select the same patches on the layer and draw them highlighted."""
+        """Scatter -> slide: outline the patches at once in the highlight layer, then select them
+        on the patches layer. napari's selection setter is the slow part (psygnal adds items one
+        by one), so it runs on the next event-loop turn, once for a burst of lassos."""
         layer = self._linked_layer
         if layer is None or self._syncing:
             return
+        layer_rows = self.rows[np.asarray(indices, np.int64)]
+        self._draw_highlight_layer(layer, layer_rows)
+        first = self._pending_rows is None
+        self._pending_rows = layer_rows
+        if first:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._apply_pending_selection)
+
+    def _apply_pending_selection(self) -> None:
+        layer, rows = self._linked_layer, self._pending_rows
+        self._pending_rows = None
+        if layer is None or rows is None:
+            return
         self._syncing = True
         try:
-            layer_rows = self.rows[np.asarray(indices, np.int64)]
-            layer.selected_data = set(layer_rows.tolist())
-            self._draw_highlight_layer(layer, layer_rows)
+            layer.selected_data = set(rows.tolist())
         finally:
             self._syncing = False
 
