@@ -314,7 +314,8 @@ def torch_knn(data: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     points = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
     norms = (points * points).sum(dim=1)
-    indices = np.empty((len(data), k), np.int64)
+    # int32, as umap-learn's own search returns: numba then reuses the kernels it compiled.
+    indices = np.empty((len(data), k), np.int32)
     distances = np.empty((len(data), k), np.float32)
     with torch.inference_mode():
         for start in range(0, len(points), batch):
@@ -325,10 +326,15 @@ def torch_knn(data: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, 
                 torch.arange(len(block), device=device),
                 torch.arange(start, start + len(block), device=device),
             ] = -1.0
-            values, idx = torch.topk(d2, k, dim=1, largest=False)
+            _, idx = torch.topk(d2, k, dim=1, largest=False)
+            # The expansion above loses precision for close pairs: recompute the k distances
+            # directly (k is small), and order by them.
+            exact = (block[:, None, :] - points[idx]).pow(2).sum(dim=2).sqrt()
+            exact[:, 0] = 0.0  # the point itself
+            exact, order = torch.sort(exact, dim=1, stable=True)  # self stays first
+            idx = torch.gather(idx, 1, order)
             indices[start : start + len(block)] = idx.cpu().numpy()
-            distances[start : start + len(block)] = values.clamp_min(0).sqrt().cpu().numpy()
-    distances[:, 0] = 0.0
+            distances[start : start + len(block)] = exact.cpu().numpy()
     return indices, distances, None
 
 
