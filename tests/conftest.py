@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +176,30 @@ def pathflowai_project(tmp_path, tissue_rgb) -> dict:
         "rows": df,
         "image": tissue_rgb,
     }
+
+
+def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs the installed ``pathviz`` console script in a fresh process, as a user would."""
+    exe = os.path.join(os.path.dirname(sys.executable), "pathviz")
+    return subprocess.run(
+        [exe, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def notifications():
+    """Messages napari would show the user, collected."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def collect(event):
+        seen.append(str(getattr(event, "message", event)))
+
+    notification_manager.notification_ready.connect(collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(collect)

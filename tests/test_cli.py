@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_cli
 from napari_pathviz.cli import build_parser, main
 from napari_pathviz.slide import open_slide
 
@@ -23,18 +22,6 @@ COMMANDS = {
     "plot-embeddings",
     "plot-image-umap-embeddings",
 }
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs the installed console script in a fresh process, as a user would."""
-    exe = os.path.join(os.path.dirname(sys.executable), "pathviz")
-    return subprocess.run(
-        [exe, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_help_lists_every_command():

@@ -8,10 +8,7 @@ which fails before UMAP, runs the installed console script as a user would.
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
@@ -19,19 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from napari_pathviz._demo import DEMO_SLIDE_ID, demo_embeddings_path, ensure_demo_data
 from napari_pathviz.cli import main
-
-
-def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = os.path.join(os.path.dirname(sys.executable), "pathviz")
-    return subprocess.run(
-        [exe, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def run_main(*args) -> tuple[int, str, str]:

@@ -21,20 +21,6 @@ PLUGIN = "napari-pathviz"
 
 
 @pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def collect(event):
-        seen.append(str(getattr(event, "message", event)))
-
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
-
-
-@pytest.fixture
 def two_clusters(make_napari_viewer):
     """A viewer with 60 patches and a widget whose scatter holds two far-apart clusters:
     rows 0-19 near (0, 0) and rows 20-59 near (10, 10), as if UMAP had run."""

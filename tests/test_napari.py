@@ -20,21 +20,6 @@ from napari_pathviz.patches import PatchTable  # noqa: E402
 PLUGIN = "napari-pathviz"
 
 
-@pytest.fixture
-def notifications():
-    """Messages napari would show the user, collected."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def collect(event):
-        seen.append(str(event.message if hasattr(event, "message") else event))
-
-    notification_manager.notification_ready.connect(collect)
-    yield seen
-    notification_manager.notification_ready.disconnect(collect)
-
-
 def test_manifest_validates():
     exe = os.path.join(os.path.dirname(sys.executable), "npe2")
     result = subprocess.run([exe, "validate", PLUGIN], capture_output=True, text=True)

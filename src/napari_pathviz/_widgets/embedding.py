@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
 from ..errors import Cancelled, PathvizError
 from ..render import column_colors
+from ._notify import report_error
 from .scatter import MODES, ScatterCanvas
 
 if TYPE_CHECKING:
@@ -576,15 +577,13 @@ class EmbeddingWidget(QWidget):
             self._report(err)
 
     def _report(self, err: Exception) -> None:
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(err, Cancelled):
             self.status.value = "cancelled"
             show_info("UMAP cancelled")
             return
-        message = str(err) if isinstance(err, PathvizError) else f"{type(err).__name__}: {err}"
-        self.status.value = message
-        show_error(message)
+        report_error(self.status, err)
 
 
 class _UmapJob:

@@ -29,6 +29,7 @@ from .._layers import (
 )
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
+from ._notify import report_error
 
 if TYPE_CHECKING:
     import napari
@@ -257,11 +258,7 @@ class SlideLoaderWidget(Container):
             self._report(err)
 
     def _report(self, err: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        message = str(err) if isinstance(err, PathvizError) else f"{type(err).__name__}: {err}"
-        self.status.value = message
-        show_error(message)
+        report_error(self.status, err)
 
     def _browse(self, target: LineEdit, directory: bool) -> None:
         from qtpy.QtWidgets import QFileDialog
