@@ -18,12 +18,30 @@ CORE = [
     "napari_pathviz._layers",
     "napari_pathviz._reader",
     "napari_pathviz._demo",
+    "napari_pathviz.embedding",
+    "napari_pathviz.io.embeddings",
+    "napari_pathviz.embedding_plot",
+    "napari_pathviz.mosaic",
+    "napari_pathviz.store",
 ]
-HEAVY = ["napari", "qtpy", "PyQt5", "PyQt6", "PySide6", "torch", "vispy", "magicgui"]
+HEAVY = [
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide6",
+    "torch",
+    "vispy",
+    "magicgui",
+    "umap",
+    "numba",
+    "plotly",
+    "sklearn",
+]
 
 
 def test_core_imports_no_gui_and_no_torch():
-    """The core and the CLI start without napari, Qt or torch (they are imported lazily)."""
+    """The core and the CLI start without napari, Qt, torch or UMAP (imported where used)."""
     code = (
         f"import sys; import {', '.join(CORE)}; print([m for m in {HEAVY!r} if m in sys.modules])"
     )
