@@ -1,0 +1,234 @@
+"""Predictions and embeddings for every patch of a slide: batched reads overlapped with the model.
+
+Patches are read by a thread pool a few batches ahead of the model (reading is I/O and codec work
+that releases the GIL), the model runs in large batches (on the GPU when there: channels_last,
+optional bf16), and every finished batch is written to a results store (zarr) with a done flag,
+so an interrupted job resumes without recomputing finished batches.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import Cancelled, PathvizError
+from .models import ModelSpec, check_model
+from .patches import KEY_COLUMNS, PatchTable
+from .slide import Slide
+from .store import array_key
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PathvizError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PathvizError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def read_patch_batch(slide: Slide, df: pd.DataFrame, level: int = 0) -> np.ndarray:
+    """(B, s, s, 3) uint8 patches of the table rows, read at ``level`` (s = size / downsample)."""
+    ds = slide.downsamples[level]
+    patches = []
+    for x, y, p in zip(df["x"], df["y"], df["patch_size"], strict=True):
+        side = max(1, round(p / ds))
+        patches.append(slide.read_region(round(y / ds), round(x / ds), side, side, level)[..., :3])
+    sizes = {patch.shape for patch in patches}
+    if len(sizes) > 1:
+        raise PathvizError(
+            f"{slide.path}: patches of different sizes in one batch {sizes}; "
+            "extract one patch size at a time"
+        )
+    return np.stack(patches)
+
+
+def job_key(table: PatchTable, spec: ModelSpec, level: int) -> str:
+    """What a results store's content depends on: the patches, the model file, preprocessing."""
+    stat = os.stat(spec.source)
+    keys = table.df[list(KEY_COLUMNS)].astype(str).to_numpy().astype("U")
+    return array_key(
+        np.ascontiguousarray(keys),
+        model=spec.source,
+        size=stat.st_size,
+        mtime=int(stat.st_mtime),
+        level=level,
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        order=spec.channel_order,
+        activation=spec.activation,
+        feature_layer=spec.feature_layer,
+    )
+
+
+def extract(
+    slide: Slide,
+    table: PatchTable,
+    spec: ModelSpec,
+    *,
+    store: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int = 2,
+    level: int = 0,
+    bf16: bool = False,
+    embeddings: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> pd.DataFrame:
+    """Runs the model on every patch; returns the key columns, ``prob_{i}``, ``y_pred`` and
+    ``feat_{j}`` (with ``embeddings``). ``progress(done, total, patches_per_second)``."""
+    import torch
+
+    if batch_size < 1:
+        raise PathvizError(f"--batch-size must be positive, got {batch_size}")
+    if not 0 <= level < len(slide.levels):
+        raise PathvizError(f"--level {level}: the slide has levels 0-{len(slide.levels) - 1}")
+    if not len(table):
+        raise PathvizError(f"{table.source}: no patches to run the model on")
+    table.check_inside(slide.height, slide.width)
+    device = resolve_device(device)
+    df = table.df.reset_index(drop=True)
+    first = read_patch_batch(slide, df.iloc[:1], level)
+    n_classes = check_model(spec, first.shape[1], device)
+    model = spec.model.to(device).eval()
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    features: list = []
+    hook = None
+    if embeddings:
+        module, where = spec.feature_module()
+        hook = module.register_forward_hook(
+            lambda _m, inputs, output: features.append(inputs[0] if where == "input" else output)
+        )
+    try:
+        dim = _feature_dim(spec, first, device, features) if embeddings else 0
+        n, n_batches = len(df), -(-len(df) // batch_size)
+        root = _open_store(
+            store, job_key(table, spec, level), n, n_classes, dim, batch_size, n_batches
+        )
+        done = root["done"][:]
+        todo = [b for b in range(n_batches) if not done[b]]
+        finished = int(done.sum())
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            ahead = max(2, 2 * workers)
+            pending = {}
+
+            def submit(j: int) -> None:
+                if j < len(todo):
+                    b = todo[j]
+                    pending[j] = pool.submit(
+                        read_patch_batch,
+                        slide,
+                        df.iloc[b * batch_size : (b + 1) * batch_size],
+                        level,
+                    )
+
+            for j in range(ahead):
+                submit(j)
+            for j, b in enumerate(todo):
+                if cancelled is not None and cancelled():
+                    raise Cancelled("extraction cancelled; finished batches are kept")
+                patches = pending.pop(j).result()
+                submit(j + ahead)
+                probs, feats = _forward(spec, model, patches, device, bf16, features)
+                rows = slice(b * batch_size, b * batch_size + len(patches))
+                root["probs"][rows] = probs
+                if embeddings:
+                    root["feats"][rows] = feats
+                root["done"][b] = True
+                finished += 1
+                if progress is not None:
+                    elapsed = time.perf_counter() - started
+                    rate = (j + 1) * batch_size / elapsed if elapsed > 0 else 0.0
+                    progress(min(finished * batch_size, n), n, rate)
+        result = df[list(KEY_COLUMNS)].copy()
+        probs = root["probs"][:]
+        for i in range(n_classes):
+            result[f"prob_{i}"] = probs[:, i]
+        result["y_pred"] = probs.argmax(axis=1) if n_classes > 1 else (probs[:, 0] > 0.5)
+        result["y_pred"] = result["y_pred"].astype(np.int64)
+        if embeddings:
+            feats = pd.DataFrame(root["feats"][:], columns=[f"feat_{j}" for j in range(dim)])
+            result = pd.concat([result, feats], axis=1)
+        return result
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def _feature_dim(spec: ModelSpec, patch: np.ndarray, device: str, features: list) -> int:
+    import torch
+
+    with torch.inference_mode():
+        spec.model(spec.preprocess(patch, device))
+    dim = int(np.prod(features[-1].shape[1:]))
+    features.clear()
+    return dim
+
+
+def _forward(spec, model, patches, device, bf16, features):
+    import torch
+
+    x = spec.preprocess(patches, device)
+    if device.startswith("cuda"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with (
+        torch.inference_mode(),
+        torch.autocast(
+            device_type="cuda", dtype=torch.bfloat16, enabled=bf16 and device.startswith("cuda")
+        ),
+    ):
+        logits = model(x)
+    probs = spec.probabilities(logits).cpu().numpy().astype(np.float32)
+    feats = None
+    if features:
+        feats = features.pop().float().flatten(1).cpu().numpy()
+        features.clear()
+    return probs, feats
+
+
+def _open_store(path, key, n, n_classes, dim, batch_size, n_batches):
+    """The results store of this job: reopened to resume when it holds the same job."""
+    import zarr
+
+    if path is None:
+        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    else:
+        path = Path(path)
+        if path.exists():
+            root = zarr.open_group(str(path), mode="a")
+            if root.attrs.get("job") != key:
+                raise PathvizError(
+                    f"{path}: holds results of another job (other patches, model "
+                    "or preprocessing); remove it or choose another --store"
+                )
+            return root
+        root = zarr.open_group(str(path), mode="w")
+    root.create_array(
+        "probs",
+        shape=(n, n_classes),
+        chunks=(batch_size, n_classes),
+        dtype="float32",
+        fill_value=np.nan,
+    )
+    if dim:
+        root.create_array(
+            "feats", shape=(n, dim), chunks=(batch_size, dim), dtype="float32", fill_value=np.nan
+        )
+    root.create_array(
+        "done", shape=(n_batches,), chunks=(max(1, n_batches),), dtype="bool", fill_value=False
+    )
+    root.attrs["job"] = key
+    return root
