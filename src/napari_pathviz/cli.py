@@ -176,7 +176,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     _add_embedding_options(p)
     p.set_defaults(func=cmd_plot_image_umap_embeddings)
+
+    p = sub.add_parser(
+        "extract",
+        help="predictions and embeddings of a model for every patch of a slide",
+        description="Reads every patch (from --patches, or a tissue grid), runs the model in "
+        "batches (reads prefetched in threads; GPU when there) and writes one row per patch: "
+        "ID, x, y, patch_size, prob_{i}, y_pred, feat_{j}. Finished batches are kept in the "
+        "results store (--store), so a rerun resumes.",
+    )
+    _add_model_options(p)
+    p.add_argument("--slide", required=True, help="slide file or folder")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
+    p.add_argument("--patches", help="patch table (default: a tissue grid of --patch-size)")
+    p.add_argument("--patch-size", type=int, default=224, help="grid patch size / db table")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="tissue grid threshold")
+    p.add_argument("-o", "--out", required=True, help="output table (.parquet or .csv)")
+    p.add_argument("--store", help="results store for resuming (default: OUT + .store.zarr)")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per model call")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--workers", type=int, default=2, help="threads reading patches ahead")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to read patches from")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the GPU")
+    p.add_argument("--no-embeddings", action="store_true", help="predictions only")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "plot-predictions",
+        help="PNG of the slide thumbnail with a prediction heatmap blended (PathFlowAI's "
+        "plot_predictions)",
+    )
+    p.add_argument("--slide", required=True, help="slide file or folder")
+    p.add_argument("-p", "--predictions", required=True, help="table from pathviz extract")
+    p.add_argument("--column", default=None, help="column to show (default: the last prob_*)")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
+    p.set_defaults(func=cmd_plot_predictions)
     return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="TorchScript, state dict, or pickle")
+    p.add_argument("--factory", help="architecture for a state dict: package.module:function")
+    p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments of --factory")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled model (PathFlowAI's): it can run code",
+    )
+    p.add_argument("--input-size", type=int, help="resize (or crop) patches to this side")
+    p.add_argument("--resize-mode", choices=("resize", "crop"), default="resize")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
+    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean on [0, 1] inputs")
+    p.add_argument("--std", type=float, nargs=3, help="normalisation std")
+    p.add_argument(
+        "--activation",
+        choices=("auto", "none", "sigmoid", "softmax"),
+        default="auto",
+        help="output activation (auto: softmax, sigmoid for 1 output)",
+    )
+    p.add_argument(
+        "--feature-layer",
+        help="module whose output is the embedding (default: the input of the last Linear)",
+    )
 
 
 def _add_embedding_options(p: argparse.ArgumentParser) -> None:
@@ -430,6 +493,92 @@ def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mosaic.image).save(out)
+    print(out)
+    return 0
+
+
+def _model_from_args(args: argparse.Namespace):
+    import json
+
+    from .models import load_model
+
+    try:
+        kwargs = json.loads(args.factory_kwargs)
+    except json.JSONDecodeError as exc:
+        raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise PathvizError("--factory-kwargs must be a JSON object")
+    return load_model(
+        args.model,
+        factory=args.factory,
+        factory_kwargs=kwargs,
+        trust_pickle=args.trust_pickle,
+        input_size=args.input_size,
+        resize_mode=args.resize_mode,
+        channel_order=args.channel_order,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        activation=args.activation,
+        feature_layer=args.feature_layer,
+    )
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .inference import extract
+    from .io.tables import write_table
+    from .slide import open_slide
+    from .tissue import tissue_grid
+
+    spec = _model_from_args(args)
+    slide = open_slide(args.slide, args.layout)
+    if args.patches:
+        table = _load_table_for(slide, args.patches, None, None)
+    else:
+        table = tissue_grid(slide, args.patch_size, None, args.min_tissue)
+    store = args.store or f"{args.out}.store.zarr"
+    with _progress_bar("patches") as progress:
+        result = extract(
+            slide,
+            table,
+            spec,
+            store=store,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            level=args.level,
+            bf16=args.bf16,
+            embeddings=not args.no_embeddings,
+            progress=lambda done, total, _rate: progress(done, total),
+        )
+    print(write_table(result, args.out))
+    return 0
+
+
+def cmd_plot_predictions(args: argparse.Namespace) -> int:
+    from .io.tables import read_table
+    from .patches import PatchTable
+    from .render import render_slide_with_patches
+    from .slide import open_slide
+
+    slide = open_slide(args.slide, args.layout)
+    df = read_table(args.predictions)
+    probs = [c for c in df.columns if str(c).startswith("prob_")]
+    column = args.column or (probs[-1] if probs else None)
+    if column is None or column not in df.columns:
+        raise PathvizError(
+            f"{args.predictions}: no column {column!r} to plot "
+            f"(prob_* columns: {', '.join(probs) or 'none'})"
+        )
+    table = PatchTable.from_frame(df, args.predictions)
+    table.check_inside(slide.height, slide.width)
+    out = render_slide_with_patches(
+        slide,
+        table,
+        args.out,
+        color_by=column,
+        alpha=args.alpha,
+        title=f"{slide.slide_id}: {column} of {len(table)} patches",
+    )
     print(out)
     return 0
 
