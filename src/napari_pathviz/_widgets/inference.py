@@ -1,0 +1,292 @@
+"""Dock widget "Model inference": run a patch classifier over the open slide's patches, off the GUI
+thread, then show a prediction heatmap over the slide and add the predictions to the patches
+layer's features (so the other widgets colour and select by them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtCore import QObject, Signal
+
+from .._layers import META_COLOR_BY, META_SLIDE
+from ..errors import Cancelled, PathvizError
+from ..patches import KEY_COLUMNS
+from ._notify import report_error
+
+if TYPE_CHECKING:
+    import napari
+
+HEATMAP_SUFFIX = " heatmap"
+
+
+class _ProgressSignals(QObject):
+    # Emitted from the worker thread; Qt queues the call to the GUI thread.
+    changed = Signal(int, int, float)
+
+
+class InferenceWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker: Any = None
+        self._cancel_requested = False
+        self.model_path = LineEdit(label="Model", tooltip="TorchScript, state dict, or pickle")
+        self.factory = LineEdit(label="Factory", tooltip="package.module:function for a state dict")
+        self.factory_kwargs = LineEdit(label="Factory kwargs", value="{}", tooltip="JSON")
+        self.trust_pickle = CheckBox(text="Trust this pickle (it can run code)", value=False)
+        self.mean = LineEdit(
+            label="Mean", tooltip="three numbers on [0, 1] inputs, e.g. 0.8 0.7 0.7"
+        )
+        self.std = LineEdit(label="Std", tooltip="three numbers")
+        self.input_size = SpinBox(
+            label="Input size", value=0, min=0, max=4096, tooltip="0: patches as read"
+        )
+        self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.level = SpinBox(label="Level", value=0, min=0, max=20)
+        self.embeddings = CheckBox(text="Also embeddings (feat_*)", value=False)
+        self.run_button = PushButton(text="Run model")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
+        self.status = Label(value="")
+        self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
+        self.extend(
+            [
+                self.model_path,
+                self.factory,
+                self.factory_kwargs,
+                self.trust_pickle,
+                self.mean,
+                self.std,
+                self.input_size,
+                self.batch_size,
+                self.device,
+                self.level,
+                self.embeddings,
+                Container(
+                    widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+                ),
+                self.progress,
+                self.status,
+                self.heatmap_column,
+            ]
+        )
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.heatmap_column.changed.connect(self._show_heatmap)
+
+    # -- layers --------------------------------------------------------------------------------
+    def _layer_with(self, key: str):
+        active = self._viewer.layers.selection.active
+        if active is not None and key in active.metadata:
+            return active
+        found = [ly for ly in self._viewer.layers if key in ly.metadata]
+        return found[-1] if found else None
+
+    def patches_layer(self):
+        return self._layer_with(META_COLOR_BY)
+
+    def _prob_columns(self, _widget=None) -> list[str]:
+        layer = self.patches_layer() if hasattr(self, "_viewer") else None
+        if layer is None:
+            return []
+        return [str(c) for c in layer.features.columns if str(c).startswith("prob_")]
+
+    # -- run -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._start()
+        except PathvizError as err:
+            report_error(self.status, err)
+
+    def _start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        from ..patches import PatchTable
+
+        slide_layer, layer = self._layer_with(META_SLIDE), self.patches_layer()
+        if slide_layer is None or layer is None:
+            raise PathvizError("Model inference: open a slide and its patches first")
+        if not self.model_path.value.strip():
+            raise PathvizError("Model inference: give a model file first")
+        slide = slide_layer.metadata[META_SLIDE]
+        table = PatchTable(layer.features[list(KEY_COLUMNS)].reset_index(drop=True), layer.name)
+        job = _InferenceJob(
+            self._model_arguments(),
+            slide,
+            table,
+            self.batch_size.value,
+            self.device.value,
+            self.level.value,
+            self.embeddings.value,
+        )
+        self._cancel_requested = False
+        signals = _ProgressSignals()
+        signals.changed.connect(self._show_progress)
+        worker = create_worker(
+            job.run,
+            signals.changed.emit,
+            lambda: self._cancel_requested,
+            _connect={
+                "returned": lambda result: self._done(result, layer),
+                "errored": self._report,
+                "finished": lambda: self._set_running(False),
+            },
+            _start_thread=False,
+        )
+        self._worker, self._signals = worker, signals
+        self._set_running(True)
+        self.status.value = "running the model…"
+        worker.start()
+
+    def _model_arguments(self) -> dict:
+        import json
+
+        def numbers(text: str, name: str):
+            text = text.strip()
+            if not text:
+                return None
+            try:
+                values = tuple(float(v) for v in text.replace(",", " ").split())
+            except ValueError:
+                raise PathvizError(f"{name}: expected three numbers, got {text!r}") from None
+            if len(values) != 3:
+                raise PathvizError(f"{name}: expected three numbers, got {len(values)}")
+            return values
+
+        try:
+            kwargs = json.loads(self.factory_kwargs.value or "{}")
+        except json.JSONDecodeError as exc:
+            raise PathvizError(f"Factory kwargs is not JSON: {exc}") from None
+        return {
+            "path": self.model_path.value.strip(),
+            "factory": self.factory.value.strip() or None,
+            "factory_kwargs": kwargs,
+            "trust_pickle": self.trust_pickle.value,
+            "input_size": self.input_size.value or None,
+            "mean": numbers(self.mean.value, "Mean"),
+            "std": numbers(self.std.value, "Std"),
+        }
+
+    def cancel(self) -> None:
+        self._cancel_requested = True
+        self.status.value = "cancelling…"
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _show_progress(self, done: int, total: int, rate: float) -> None:
+        self.progress.value = int(100 * done / max(total, 1))
+        self.status.value = f"{done}/{total} patches, {rate:.0f} patches/s"
+
+    def _report(self, err: Exception) -> None:
+        if isinstance(err, Cancelled):
+            self.status.value = "cancelled"
+            return
+        report_error(self.status, err)
+
+    def _done(self, result, layer) -> None:
+        """Predictions into the layer's features, then the heatmap of the last class."""
+        from ..patches import match_rows
+
+        new = [c for c in result.columns if c not in KEY_COLUMNS]
+        # A rerun replaces its own columns; other columns (e.g. earlier predictions) stay.
+        features = layer.features.drop(columns=[c for c in new if c in layer.features.columns])
+        where = match_rows(features, result)
+        found = where >= 0
+        for column in new:
+            values = np.full(len(features), np.nan, np.float32)
+            values[found] = result[column].to_numpy()[where[found]]
+            features[column] = values
+        layer.features = features
+        self.status.value = f"predictions for {int(found.sum())} patches"
+        self.progress.value = 100
+        self.heatmap_column.reset_choices()
+        choices = self.heatmap_column.choices
+        if choices:
+            with self.heatmap_column.changed.blocked():
+                self.heatmap_column.value = choices[-1]
+            self._show_heatmap(choices[-1])
+
+    def _show_heatmap(self, column: str | None) -> None:
+        try:
+            self.show_heatmap(column)
+        except PathvizError as err:
+            report_error(self.status, err)
+
+    def show_heatmap(self, column: str | None):
+        """An image layer with one pixel per patch, aligned with the slide, with a colorbar."""
+        from ..heatmap import patch_value_grid
+        from ..patches import PatchTable
+
+        layer = self.patches_layer()
+        if layer is None or not column:
+            return None
+        grid = patch_value_grid(PatchTable(layer.features, layer.name), column)
+        name = f"{layer.name}{HEATMAP_SUFFIX}"
+        scale = np.asarray(grid.scale) * np.asarray(layer.scale[-2:])
+        translate = np.asarray(grid.translate) * np.asarray(layer.scale[-2:])
+        finite = grid.image[np.isfinite(grid.image)]
+        limits = (
+            (0.0, 1.0)
+            if finite.size and finite.min() >= 0 and finite.max() <= 1
+            else ((float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0))
+        )
+        if name in self._viewer.layers:
+            heat = self._viewer.layers[name]
+            heat.data, heat.scale, heat.translate = grid.image, scale, translate
+            heat.contrast_limits = limits
+        else:
+            heat = self._viewer.add_image(
+                grid.image,
+                name=name,
+                colormap="viridis",
+                opacity=0.5,
+                scale=scale,
+                translate=translate,
+                contrast_limits=limits,
+                interpolation2d="nearest",
+            )
+        heat.metadata["pathviz_heatmap_of"] = column
+        if hasattr(heat, "colorbar"):
+            heat.colorbar.visible = True
+        return heat
+
+
+class _InferenceJob:
+    """One Run, in a worker thread: load the model there (it may be slow), then extract."""
+
+    def __init__(self, model_args, slide, table, batch_size, device, level, embeddings):
+        self.model_args, self.slide, self.table = model_args, slide, table
+        self.batch_size, self.device, self.level = batch_size, device, level
+        self.embeddings = embeddings
+
+    def run(self, progress, cancelled):
+        from ..inference import extract
+        from ..models import load_model
+
+        args = dict(self.model_args)
+        spec = load_model(args.pop("path"), **args)
+        return extract(
+            self.slide,
+            self.table,
+            spec,
+            batch_size=self.batch_size,
+            device=self.device,
+            level=self.level,
+            embeddings=self.embeddings,
+            progress=progress,
+            cancelled=cancelled,
+        )
