@@ -34,7 +34,11 @@ def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
     submenus = {getattr(i, "submenu", None) for i in menus.get_menu("napari/plugins")}
     assert f"napari/plugins/{PLUGIN}" in submenus
     commands = {i.command.id for i in menus.get_menu(f"napari/plugins/{PLUGIN}")}
-    assert commands == {f"{PLUGIN}.slide_loader", f"{PLUGIN}.embedding_explorer"}
+    assert commands == {
+        f"{PLUGIN}.slide_loader",
+        f"{PLUGIN}.embedding_explorer",
+        f"{PLUGIN}.model_inference",
+    }
 
 
 def test_reader_opens_a_tiff_as_one_multiscale_rgb_layer(make_napari_viewer, svs_file):

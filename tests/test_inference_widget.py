@@ -1,0 +1,133 @@
+"""Prediction heatmaps, the extract/plot-predictions commands, and the inference dock widget."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from napari_pathviz.errors import PathvizError
+from napari_pathviz.heatmap import patch_value_grid
+from napari_pathviz.patches import PatchTable
+
+DEMO_WEIGHTS = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+DEMO_FACTORY = "napari_pathviz._demo_model:build_demo_model"
+DEMO_NORM = ["--mean", "0.8", "0.72", "0.7", "--std", "0.15", "0.18", "0.18"]
+
+
+def test_heatmap_grid_places_each_value_on_its_patch():
+    df = pd.DataFrame(
+        {"x": [64, 192, 64], "y": [32, 32, 96], "patch_size": 64, "p": [0.1, 0.9, 0.5]}
+    )
+    grid = patch_value_grid(PatchTable.from_frame(df), "p")
+    assert grid.stride == 64 and grid.origin == (32, 0)
+    np.testing.assert_allclose(
+        grid.image, [[np.nan, 0.1, np.nan, 0.9], [np.nan, 0.5, np.nan, np.nan]]
+    )
+    # World centre of grid pixel (i, j) = translate + (i, j) * scale = the patch's centre.
+    centre = np.asarray(grid.translate) + np.array([0, 1]) * grid.scale
+    np.testing.assert_allclose(centre, (32 + 31.5, 64 + 31.5))
+    overlapping = PatchTable.from_frame(
+        pd.DataFrame({"x": [0, 32, 64], "y": [0, 0, 0], "patch_size": 64, "p": [1.0, 2.0, 3.0]})
+    )
+    grid = patch_value_grid(overlapping, "p")
+    assert grid.stride == 32 and grid.translate == (31.5, 31.5)
+    np.testing.assert_allclose(grid.image, [[1.0, 2.0, 3.0]])
+    mixed = pd.DataFrame({"x": [0, 64], "y": [0, 0], "patch_size": [64, 128], "p": [1, 2]})
+    with pytest.raises(PathvizError, match="several sizes"):
+        patch_value_grid(PatchTable.from_frame(mixed), "p")
+
+
+def test_extract_and_plot_predictions_end_to_end(tmp_path):
+    from napari_pathviz._demo import ensure_demo_data, load_demo
+
+    paths = ensure_demo_data()
+    out = tmp_path / "pred.parquet"
+    args = [
+        "extract",
+        "-m",
+        DEMO_WEIGHTS,
+        "--factory",
+        DEMO_FACTORY,
+        *DEMO_NORM,
+        "--slide",
+        paths["slide"],
+        "--patches",
+        paths["patches"],
+        "-o",
+        out,
+        "--batch-size",
+        "100",
+    ]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    df = pd.read_parquet(out)
+    _, table = load_demo()
+    assert len(df) == len(table) and {"prob_0", "prob_2", "y_pred", "feat_63"} <= set(df.columns)
+    np.testing.assert_allclose(df["prob_2"], table.df["prob_dab_positive"], atol=1e-3)
+    assert (tmp_path / "pred.parquet.store.zarr").exists()  # the resumable store
+
+    png = tmp_path / "pred.png"
+    result = run_cli("plot-predictions", "--slide", paths["slide"], "-p", out, "-o", png)
+    assert result.returncode == 0, result.stderr
+    assert png.stat().st_size > 50_000
+
+    bad = run_cli("extract", "-m", DEMO_WEIGHTS, "--slide", paths["slide"], "-o", out)
+    assert bad.returncode == 2
+    assert "a state dict; give its architecture with --factory" in bad.stderr
+    bad = run_cli(
+        "plot-predictions", "--slide", paths["slide"], "-p", out, "--column", "nope", "-o", png
+    )
+    assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
+
+
+napari = pytest.importorskip("napari")
+
+
+def test_widget_runs_the_model_and_shows_a_heatmap(make_napari_viewer, qtbot):
+    from napari_pathviz._widgets.inference import HEATMAP_SUFFIX, InferenceWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    widget = InferenceWidget(viewer)
+    widget.model_path.value = DEMO_WEIGHTS
+    widget.factory.value = DEMO_FACTORY
+    widget.mean.value, widget.std.value = "0.8 0.72 0.7", "0.15 0.18 0.18"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert widget.status.value == f"predictions for {len(patches.data)} patches"
+    features = patches.features
+    np.testing.assert_allclose(features["prob_2"], features["prob_dab_positive"], atol=1e-3)
+    assert "prob_dab_positive" in features.columns  # earlier columns are kept
+    heat = viewer.layers[f"{patches.name}{HEATMAP_SUFFIX}"]
+    assert heat.metadata["pathviz_heatmap_of"] == "prob_2"
+    # Every patch's value sits in the heatmap pixel over the patch's centre.
+    centres = patches.data
+    pixel = np.round((centres - np.asarray(heat.translate)) / np.asarray(heat.scale)).astype(int)
+    np.testing.assert_allclose(heat.data[pixel[:, 0], pixel[:, 1]], features["prob_2"], atol=1e-6)
+
+    widget.heatmap_column.value = "prob_0"
+    np.testing.assert_allclose(heat.data[pixel[:, 0], pixel[:, 1]], features["prob_0"], atol=1e-6)
+
+
+def test_widget_bad_input(make_napari_viewer, qtbot, notifications, tmp_path):
+    from napari_pathviz._widgets.inference import InferenceWidget
+
+    viewer = make_napari_viewer()
+    widget = InferenceWidget(viewer)
+    widget.run_button.clicked.emit()
+    assert any("open a slide and its patches first" in m for m in notifications)
+    viewer.open_sample("napari-pathviz", "demo")
+    widget.model_path.value = DEMO_WEIGHTS
+    widget.mean.value = "0.8 0.7"
+    widget.run_button.clicked.emit()
+    assert any("Mean: expected three numbers, got 2" in m for m in notifications)
+    widget.mean.value = ""
+    widget.run_button.clicked.emit()  # a state dict without its architecture
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    assert any("give its architecture with --factory" in m for m in notifications)
+    assert "prob_0" not in viewer.layers[-1].features.columns  # nothing half-written
