@@ -201,7 +201,7 @@ def test_a_failing_chunk_fails_its_slide_only(cohort, recipe, cluster, tmp_path,
         scheduler=cluster,
     )
     rows = summary.set_index("ID")
-    print(summary.to_string())
+
     assert rows.loc["case_a", "status"] == "done"
     assert rows.loc["torn", "status"] == "failed"
     assert "torn.ome.zarr" in rows.loc["torn", "error"]

@@ -176,6 +176,22 @@ def test_alignment_without_embeddings(coded_slide, means_model_path):
     _check_aligned(result, table, embeddings=False)
 
 
+def test_single_output_model(coded_slide, tmp_path):
+    """One output: a sigmoid by default, and y_pred is whether it passes 0.5."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[10.0, 0.0, 0.0]]))
+        model[2].bias.fill_(-4.0)  # logit = 10 * red - 4: positive for red > 0.4 (rows 5 on)
+    path = tmp_path / "one.pt"
+    torch.save(model, path)
+    table = _grid_table(np.random.default_rng(2).permutation(NY * NX))
+    result = extract(coded_slide, table, load_model(path, trust_pickle=True), batch_size=16)
+    assert [c for c in result.columns if c.startswith("prob_")] == ["prob_0"]
+    red = _expected(table)[:, 0]
+    np.testing.assert_allclose(result["prob_0"], 1 / (1 + np.exp(-(10 * red - 4))), rtol=1e-5)
+    np.testing.assert_array_equal(result["y_pred"], (table.df["y"] // P >= 5).astype(np.int64))
+
+
 # --- lower levels --------------------------------------------------------------------------
 
 
@@ -299,12 +315,6 @@ def test_store_of_another_job_is_refused(coded_slide, means_model_path, tmp_path
         assert str(store) in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inference.py extract/_open_store: a reopened store keeps its first run's batch "
-    "layout but done[] is read with the new batch_size (not in job_key): a larger batch size "
-    "leaves rows as NaN, a smaller one raises IndexError",
-)
 @pytest.mark.parametrize("resume_batch_size", [24, 10])
 def test_resume_with_another_batch_size(coded_slide, means_model_path, tmp_path, resume_batch_size):
     table = _grid_table()
@@ -320,11 +330,6 @@ def test_resume_with_another_batch_size(coded_slide, means_model_path, tmp_path,
     pd.testing.assert_frame_equal(resumed, full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inference.py extract: a store written with embeddings=False has no 'feats' array; "
-    "rerunning with embeddings=True on it raises KeyError('feats') (embeddings not in job_key)",
-)
 def test_store_without_embeddings_then_with(coded_slide, means_model_path, tmp_path):
     table = _grid_table()
     store = tmp_path / "results.zarr"
@@ -335,6 +340,13 @@ def test_store_without_embeddings_then_with(coded_slide, means_model_path, tmp_p
     except PathvizError:
         return
     _check_aligned(result, table)
+
+
+def test_store_path_that_is_a_file(coded_slide, means_model_path, tmp_path):
+    store = tmp_path / "results.txt"
+    store.write_text("not a store")
+    with pytest.raises(PathvizError, match="results.txt"):
+        extract(coded_slide, _grid_table(), _means_spec(means_model_path), store=store)
 
 
 # --- bad inputs ----------------------------------------------------------------------------

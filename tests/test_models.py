@@ -211,11 +211,15 @@ def test_pathflowai_extracted_model(tmp_path, x):
     mean, std = [0.7, 0.6, 0.65], np.array([0.1, 0.2, 0.15])
     path = tmp_path / "pathflowai.pkl"
     torch.save(
-        dict(
-            model=model,
-            dataset_opts=dict(patch_size=64, patch_info_file="patch_info.db", input_dir="inputs"),
-            transform_opts=dict(mean=mean, std=std, resize=48, patch_size=64),
-        ),
+        {
+            "model": model,
+            "dataset_opts": {
+                "patch_size": 64,
+                "patch_info_file": "patch_info.db",
+                "input_dir": "inputs",
+            },
+            "transform_opts": {"mean": mean, "std": std, "resize": 48, "patch_size": 64},
+        },
         path,
     )
     spec = load_model(path, trust_pickle=True)
@@ -229,7 +233,9 @@ def test_pathflowai_extracted_model(tmp_path, x):
     assert tuple(spec.preprocess(patches).shape) == (2, 3, 48, 48)
     assert check_model(spec, 64) == 3
     # Without a resize, the model's input is its patch size; the user's choices come first.
-    torch.save(dict(model=model, transform_opts=dict(mean=mean, std=std, patch_size=32)), path)
+    torch.save(
+        {"model": model, "transform_opts": {"mean": mean, "std": std, "patch_size": 32}}, path
+    )
     assert load_model(path, trust_pickle=True).input_size == 32
     spec = load_model(path, trust_pickle=True, input_size=40, mean=(0.5, 0.5, 0.5))
     assert spec.input_size == 40 and spec.mean == (0.5, 0.5, 0.5)
@@ -255,7 +261,7 @@ def test_untrusted_pickle_is_refused_without_running_its_code(tmp_path, payload_
 
 def test_pathflowai_dict_needs_trust_too(tmp_path):
     path = tmp_path / "pathflowai.pkl"
-    torch.save(dict(model=_sequential(), transform_opts=dict(mean=[0.5] * 3)), path)
+    torch.save({"model": _sequential(), "transform_opts": {"mean": [0.5] * 3}}, path)
     with pytest.raises(PathvizError, match="--trust-pickle"):
         load_model(path)
 
@@ -311,11 +317,6 @@ def test_state_dict_keys_that_do_not_fit(tmp_path):
     assert "unexpected keys head.weight, head.bias" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.py _from_state_dict: load_state_dict(strict=False) still raises a raw "
-    "RuntimeError on shape mismatches; it is not turned into a PathvizError",
-)
 def test_state_dict_shapes_that_do_not_fit(tmp_path):
     path = tmp_path / "three_classes.pt"
     torch.save(build_demo_model().state_dict(), path)  # fc: 3 classes
@@ -342,19 +343,14 @@ def test_not_a_model(tmp_path):
 
 
 def test_random_bytes_trusted(tmp_path):
+    """Trust does not make garbage a model: it is refused before any unpickling."""
     path = tmp_path / "random.bin"
     path.write_bytes(b"_" + np.random.default_rng(0).bytes(4095))
-    with pytest.raises(PathvizError, match="cannot load") as err:
+    with pytest.raises(PathvizError, match="not a model file") as err:
         load_model(path, trust_pickle=True)
     assert str(path) in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.py _from_torch_file: any pickle.UnpicklingError of the weights-only load "
-    "(here 'invalid load key') is taken for a pickle holding code, so random bytes are "
-    "reported as 'is a pickle ... pass --trust-pickle' instead of 'not a model file'",
-)
 def test_random_bytes_are_not_called_a_pickle(tmp_path):
     path = tmp_path / "random.bin"
     path.write_bytes(b"_" + np.random.default_rng(0).bytes(4095))

@@ -52,8 +52,11 @@ def read_patch_batch(slide: Slide, df: pd.DataFrame, level: int = 0) -> np.ndarr
     return np.stack(patches)
 
 
-def job_key(table: PatchTable, spec: ModelSpec, level: int) -> str:
-    """What a results store's content depends on: the patches, the model file, preprocessing."""
+def job_key(
+    table: PatchTable, spec: ModelSpec, level: int, batch_size: int = 0, embeddings: bool = True
+) -> str:
+    """What a results store's content and layout depend on: the patches, the model file, the
+    preprocessing, the batch size (one done flag per batch) and whether embeddings are kept."""
     stat = os.stat(spec.source)
     keys = table.df[list(KEY_COLUMNS)].astype(str).to_numpy().astype("U")
     return array_key(
@@ -68,6 +71,8 @@ def job_key(table: PatchTable, spec: ModelSpec, level: int) -> str:
         order=spec.channel_order,
         activation=spec.activation,
         feature_layer=spec.feature_layer,
+        batch_size=batch_size,
+        embeddings=embeddings,
     )
 
 
@@ -115,7 +120,13 @@ def extract(
         dim = _feature_dim(spec, first, device, features) if embeddings else 0
         n, n_batches = len(df), -(-len(df) // batch_size)
         root = _open_store(
-            store, job_key(table, spec, level), n, n_classes, dim, batch_size, n_batches
+            store,
+            job_key(table, spec, level, batch_size, embeddings),
+            n,
+            n_classes,
+            dim,
+            batch_size,
+            n_batches,
         )
         done = root["done"][:]
         todo = [b for b in range(n_batches) if not done[b]]
@@ -157,7 +168,9 @@ def extract(
         probs = root["probs"][:]
         for i in range(n_classes):
             result[f"prob_{i}"] = probs[:, i]
-        result["y_pred"] = probs.argmax(axis=1) if n_classes > 1 else (probs[:, 0] > 0.5)
+        # One output: a probability splits at 0.5, a raw logit (activation none) at 0.
+        threshold = 0.0 if spec.activation == "none" else 0.5
+        result["y_pred"] = probs.argmax(axis=1) if n_classes > 1 else (probs[:, 0] > threshold)
         result["y_pred"] = result["y_pred"].astype(np.int64)
         if embeddings:
             feats = pd.DataFrame(root["feats"][:], columns=[f"feat_{j}" for j in range(dim)])
@@ -207,12 +220,17 @@ def _open_store(path, key, n, n_classes, dim, batch_size, n_batches):
         root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     else:
         path = Path(path)
-        if path.exists():
-            root = zarr.open_group(str(path), mode="a")
+        if path.exists() and not path.is_dir():
+            raise PathvizError(f"--store {path}: is a file, not a results store folder")
+        if path.exists() and any(path.iterdir()):
+            try:
+                root = zarr.open_group(str(path), mode="a")
+            except Exception as exc:
+                raise PathvizError(f"--store {path}: not a results store ({exc})") from exc
             if root.attrs.get("job") != key:
                 raise PathvizError(
-                    f"{path}: holds results of another job (other patches, model "
-                    "or preprocessing); remove it or choose another --store"
+                    f"{path}: holds results of another job (other patches, model, "
+                    "preprocessing, batch size or embeddings); remove it or choose another --store"
                 )
             return root
         root = zarr.open_group(str(path), mode="w")

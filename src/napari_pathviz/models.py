@@ -235,7 +235,20 @@ def _from_state_dict(path: str, factory: str, kwargs: dict):
         raise PathvizError(
             f"--factory {factory}: building the model failed ({type(exc).__name__}: {exc})"
         ) from exc
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit raise even when not strict
+        mismatched = [
+            line.strip().removeprefix("size mismatch for ").split(":")[0]
+            for line in str(exc).splitlines()
+            if "size mismatch for" in line
+        ]
+        detail = (
+            f"tensors of other shapes: {', '.join(mismatched[:5])}"
+            if mismatched
+            else str(exc).splitlines()[0]
+        )
+        raise PathvizError(f"{path}: the state dict does not fit {factory}: {detail}") from exc
     problems = []
     if result.missing_keys:
         problems.append(
@@ -261,8 +274,14 @@ def _from_torch_file(path: str, trust_pickle: bool):
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        obj = None  # holds code objects (a whole module): a pickle proper
+    except pickle.UnpicklingError as exc:
+        # A real pickle of a module fails on its classes ("Unsupported global"); anything else
+        # that fails to unpickle is not a model file, and must not be called one to trust.
+        if "Unsupported global" not in str(exc):
+            lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
+            reason = lines[0][:120] if lines else "not a torch file"
+            raise PathvizError(f"{path}: not a model file ({reason})") from exc
+        obj = None
     except Exception as exc:
         raise PathvizError(f"{path}: not a model file ({type(exc).__name__}: {exc})") from exc
     if obj is not None:
