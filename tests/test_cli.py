@@ -21,6 +21,8 @@ COMMANDS = {
     "render",
     "plot-embeddings",
     "plot-image-umap-embeddings",
+    "extract",
+    "plot-predictions",
 }
 
 

@@ -161,7 +161,14 @@ def test_rerun_skips_finished_slides(first_run, cohort, recipe, cluster):
 
 
 def test_chunked_run_matches_unchunked(first_run, cohort, recipe, cluster, tmp_path):
+    import zarr
+
     out = tmp_path / "chunked"
+    # Left by a run with other patches or model: replaced, not an error. And one left by a run
+    # with another chunk size: removed once the slide is done.
+    stale = zarr.open_group(str(out / "stores" / "case_a.part1.zarr"), mode="w")
+    stale.attrs["job"] = "another job"
+    zarr.open_group(str(out / "stores" / "case_a.part9.zarr"), mode="w")
     summary = run_cohort(
         [cohort["a"], cohort["b"]],
         recipe,
@@ -177,6 +184,24 @@ def test_chunked_run_matches_unchunked(first_run, cohort, recipe, cluster, tmp_p
     for name in ("case_a.parquet", "case_b.parquet"):
         _assert_same(pd.read_parquet(out / name), pd.read_parquet(first_run["out"] / name))
     assert not list((out / "stores").iterdir())
+
+
+def test_an_interrupted_slide_resumes_from_its_store(first_run, cohort, recipe, cluster, tmp_path):
+    """A slide whose results are all in its store but whose parquet is missing (as when a run
+    stops between the two) is written from the store, which is reused as it is."""
+    kwargs = {"patches": cohort["csv"], "batch_size": 8, "device": "cpu", "scheduler": cluster}
+    run_cohort([cohort["b"]], recipe, tmp_path, keep_stores=True, **kwargs)
+    store = tmp_path / "stores" / "case_b.zarr"
+    stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    assert stamps
+    (tmp_path / "case_b.parquet").unlink()
+    summary = run_cohort([cohort["b"]], recipe, tmp_path, keep_stores=True, **kwargs)
+    assert summary["status"].tolist() == ["done"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # read, never rewritten
+    _assert_same(
+        pd.read_parquet(tmp_path / "case_b.parquet"),
+        pd.read_parquet(first_run["out"] / "case_b.parquet"),
+    )
 
 
 def test_a_failing_chunk_fails_its_slide_only(cohort, recipe, cluster, tmp_path, tissue_rgb):
@@ -284,3 +309,19 @@ def test_run_cohort_rejects_bad_input(cohort, recipe, tmp_path):
     with pytest.raises(PathvizError, match="chunk-size"):
         run_cohort([cohort["a"]], recipe, tmp_path / "out", chunk_size=0)
     assert not os.path.exists(tmp_path / "out" / "summary.csv")
+
+
+def test_worker_device_spreads_gpus_on_a_local_cluster(monkeypatch):
+    import distributed
+    import torch
+
+    from napari_pathviz.cohort import _worker_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "get_worker", lambda: type("W", (), {"name": 3})())
+    assert _worker_device("auto", True) == "cuda:1"
+    assert _worker_device("cuda", True) == "cuda:1"
+    assert _worker_device("cuda:0", True) == "cuda:0"
+    assert _worker_device("cpu", True) == "cpu"
+    assert _worker_device("auto", False) == "auto"  # another's cluster: its own GPU placement

@@ -84,6 +84,49 @@ def test_extract_and_plot_predictions_end_to_end(tmp_path):
     assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
 
 
+def test_extract_a_cohort_folder_with_a_broken_slide(tmp_path):
+    """A folder of slides runs as a cohort on a dask LocalCluster: the good slide is done, the
+    broken one is reported and skipped, and a rerun skips the finished slide."""
+    import shutil
+
+    from napari_pathviz._demo import ensure_demo_data
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    shutil.copytree(ensure_demo_data()["slide"], cohort / "demo_ihc.ome.zarr")
+    (cohort / "broken.svs").write_text("not a tiff")
+    args = [
+        "extract",
+        "-m",
+        DEMO_WEIGHTS,
+        "--factory",
+        DEMO_FACTORY,
+        *DEMO_NORM,
+        "--slide",
+        cohort,
+        "--patch-size",
+        "64",
+        "--min-tissue",
+        "0.3",
+        "-o",
+        tmp_path / "out",
+        "--no-embeddings",
+    ]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("ID")
+    assert summary.loc["demo_ihc", "status"] == "done"
+    assert summary.loc["broken", "status"] == "failed"
+    assert "broken.svs: not a readable TIFF" in summary.loc["broken", "error"]
+    assert "warning: skipped: " in result.stderr and "broken.svs" in result.stderr
+    predictions = pd.read_parquet(tmp_path / "out" / "demo_ihc.parquet")
+    assert len(predictions) == summary.loc["demo_ihc", "patches"] > 0
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("ID")
+    assert summary.loc["demo_ihc", "status"] == "skipped"
+
+
 napari = pytest.importorskip("napari")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ._layers import patches_layer_data, slide_layer_data
 
 PLUGIN = "napari-pathviz"
-DOCK_WIDGETS = ("Slide & patches", "Embedding explorer")
+DOCK_WIDGETS = ("Slide & patches", "Model inference", "Embedding explorer")
+TABBED = ("Model inference",)  # shares a tab group with the widget before it
 
 
 def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
@@ -22,7 +23,11 @@ def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
             patches_layer_data(table, color_by="annotation"),
         )
     ]
-    widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in DOCK_WIDGETS}
+    widgets = {
+        name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)[1]
+        for name in DOCK_WIDGETS
+    }
+    _prefill_inference(widgets["Model inference"])
     explorer = widgets["Embedding explorer"]
     explorer.embeddings_path.value = str(demo_embeddings_path())
     if embedding is not None:
@@ -60,3 +65,15 @@ def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
         return 0
     napari.run()
     return 0
+
+
+def _prefill_inference(widget) -> None:
+    """The demo model, ready to run on the demo patches."""
+    from importlib import resources
+
+    from ._demo_model import MEAN, STD
+
+    widget.model_path.value = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    widget.factory.value = "napari_pathviz._demo_model:build_demo_model"
+    widget.mean.value = " ".join(map(str, MEAN))
+    widget.std.value = " ".join(map(str, STD))

@@ -186,10 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
         "results store (--store), so a rerun resumes.",
     )
     _add_model_options(p)
-    p.add_argument("--slide", required=True, help="slide file or folder")
+    p.add_argument(
+        "--slide",
+        required=True,
+        nargs="+",
+        help="a slide; or, for a cohort, several slides, a folder of slides, or a "
+        ".txt file listing them (then -o is an output folder)",
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     p.add_argument("--patches", help="patch table (default: a tissue grid of --patch-size)")
-    p.add_argument("--patch-size", type=int, default=224, help="grid patch size / db table")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        help="tissue-grid patch size (default 224); with --patches, keeps that size",
+    )
     p.add_argument("--min-tissue", type=float, default=0.5, help="tissue grid threshold")
     p.add_argument("-o", "--out", required=True, help="output table (.parquet or .csv)")
     p.add_argument("--store", help="results store for resuming (default: OUT + .store.zarr)")
@@ -199,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=0, help="pyramid level to read patches from")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the GPU")
     p.add_argument("--no-embeddings", action="store_true", help="predictions only")
+    p.add_argument(
+        "--scheduler",
+        help="cohort: address of an existing dask cluster "
+        "(default: a LocalCluster on this machine)",
+    )
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        help="cohort: LocalCluster workers (default: one per GPU, else one)",
+    )
+    p.add_argument("--chunk-size", type=int, help="cohort: patches per task (default: a slide)")
+    p.add_argument(
+        "--keep-stores",
+        action="store_true",
+        help="cohort: keep each slide's results store after its table is written",
+    )
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser(
@@ -529,12 +555,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .slide import open_slide
     from .tissue import tissue_grid
 
+    if _is_cohort(args.slide):
+        return _extract_cohort(args)
     spec = _model_from_args(args)
-    slide = open_slide(args.slide, args.layout)
+    slide = open_slide(args.slide[0], args.layout)
     if args.patches:
-        table = _load_table_for(slide, args.patches, None, None)
+        table = _load_table_for(slide, args.patches, args.patch_size, None)
     else:
-        table = tissue_grid(slide, args.patch_size, None, args.min_tissue)
+        table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
     store = args.store or f"{args.out}.store.zarr"
     with _progress_bar("patches") as progress:
         result = extract(
@@ -551,6 +579,64 @@ def cmd_extract(args: argparse.Namespace) -> int:
             progress=lambda done, total, _rate: progress(done, total),
         )
     print(write_table(result, args.out))
+    return 0
+
+
+def _is_cohort(sources: list[str]) -> bool:
+    from .io.zarr_io import is_zarr_path
+
+    if len(sources) > 1:
+        return True
+    source = Path(sources[0])
+    return source.suffix.lower() == ".txt" or (source.is_dir() and not is_zarr_path(source))
+
+
+def _extract_cohort(args: argparse.Namespace) -> int:
+    import json
+
+    from .cohort import ModelRecipe, find_cohort_slides, run_cohort
+
+    slides = find_cohort_slides(args.slide)
+    try:
+        kwargs = json.loads(args.factory_kwargs)
+    except json.JSONDecodeError as exc:
+        raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
+    recipe = ModelRecipe(
+        path=args.model,
+        factory=args.factory,
+        factory_kwargs=kwargs,
+        trust_pickle=args.trust_pickle,
+        input_size=args.input_size,
+        resize_mode=args.resize_mode,
+        channel_order=args.channel_order,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        activation=args.activation,
+        feature_layer=args.feature_layer,
+    )
+    with _progress_bar("slides") as progress:
+        summary = run_cohort(
+            slides,
+            recipe,
+            args.out,
+            patches=args.patches,
+            patch_size=args.patch_size,
+            min_tissue=args.min_tissue,
+            batch_size=args.batch_size,
+            device=args.device,
+            level=args.level,
+            bf16=args.bf16,
+            embeddings=not args.no_embeddings,
+            chunk_size=args.chunk_size,
+            scheduler=args.scheduler,
+            n_workers=args.n_workers,
+            keep_stores=args.keep_stores,
+            progress=lambda done, total, _message: progress(done, total),
+        )
+    print(summary.to_string(index=False))
+    failed = summary[summary["status"] == "failed"]
+    for _, row in failed.iterrows():
+        print(f"pathviz extract: warning: skipped: {row['error']}", file=sys.stderr)
     return 0
 
 

@@ -99,7 +99,7 @@ def _expand(path: Path, via: Path | None) -> Iterator[Path]:
     where = f" (listed in {via})" if via else ""
     if not path.exists():
         raise PathvizError(f"{path}: no such file or directory{where}")
-    path = path.resolve()
+    path = Path(os.path.abspath(path))  # not resolved: a symlink's name is the slide's ID
     if _is_slide(path):
         yield path
     elif path.is_dir():
@@ -266,7 +266,7 @@ def _run_chunk(
     slide = open_slide(path)
     table = PatchTable(rows.reset_index(drop=True), source)
     with _borrow_model(recipe) as spec:
-        _drop_stale_store(store, table, spec, level)
+        _drop_stale_store(store, table, spec, level, batch_size, embeddings)
         result = extract(
             slide,
             table,
@@ -303,10 +303,14 @@ def _assemble_slide(out: str, parts: list[str], stores: list[str], keep_stores: 
         for s in stores:
             shutil.rmtree(s, ignore_errors=True)
         # and what runs with another chunk size left of this slide
-        leftover = re.compile(rf"{re.escape(out_path.stem)}\.part\d+\.(zarr|parquet)")
+        leftover = re.compile(rf"{re.escape(out_path.stem)}(\.part\d+)?\.(zarr|parquet)")
         for path in Path(stores[0]).parent.iterdir():
-            if leftover.fullmatch(path.name):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+            if not leftover.fullmatch(path.name):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     n = sum(c[0] for c in chunks)
     return n, sum(c[1] for c in chunks) + time.perf_counter() - started
 
@@ -321,7 +325,9 @@ def _write_parquet(df, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _drop_stale_store(store: str, table, spec, level: int) -> None:
+def _drop_stale_store(
+    store: str, table, spec, level: int, batch_size: int, embeddings: bool
+) -> None:
     """A chunk store left by a run with other patches, chunking or model is removed: the
     cohort's stores are its own journal, not the user's files."""
     import zarr
@@ -334,7 +340,7 @@ def _drop_stale_store(store: str, table, spec, level: int) -> None:
         job = zarr.open_group(store, mode="r").attrs.get("job")
     except Exception:
         job = None
-    if job != job_key(table, spec, level):
+    if job != job_key(table, spec, level, batch_size, embeddings):
         shutil.rmtree(store)
 
 
