@@ -23,6 +23,10 @@ CORE = [
     "napari_pathviz.embedding_plot",
     "napari_pathviz.mosaic",
     "napari_pathviz.store",
+    "napari_pathviz.models",
+    "napari_pathviz.inference",
+    "napari_pathviz.cohort",
+    "napari_pathviz.heatmap",
 ]
 HEAVY = [
     "napari",
