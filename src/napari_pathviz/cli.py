@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--workers", type=int, default=2, help="threads reading patches ahead")
     p.add_argument("--level", type=int, default=0, help="pyramid level to read patches from")
+    p.add_argument(
+        "--target-mpp",
+        type=float,
+        help="read from the level closest to this many microns per pixel (needs the "
+        "slide's own calibration); overrides --level",
+    )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the GPU")
     p.add_argument("--no-embeddings", action="store_true", help="predictions only")
     p.add_argument(
@@ -559,6 +565,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return _extract_cohort(args)
     spec = _model_from_args(args)
     slide = open_slide(args.slide[0], args.layout)
+    if args.target_mpp is not None:
+        args.level = slide.level_for_mpp(args.target_mpp)
     if args.patches:
         table = _load_table_for(slide, args.patches, args.patch_size, None)
     else:

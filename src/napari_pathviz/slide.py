@@ -70,6 +70,17 @@ class Slide:
         candidates = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.001]
         return max(candidates) if candidates else 0
 
+    def level_for_mpp(self, target_mpp: float) -> int:
+        """The level closest to ``target_mpp`` microns per pixel without being coarser."""
+        if target_mpp <= 0:
+            raise PathvizError(f"--target-mpp must be positive, got {target_mpp}")
+        if not self.mpp:
+            raise PathvizError(
+                f"{self.path}: the file does not say its microns per pixel; "
+                "choose a --level instead of --target-mpp"
+            )
+        return self.best_level_for_downsample(target_mpp / self.mpp)
+
     def read_region(self, y: int, x: int, height: int, width: int, level: int = 0) -> np.ndarray:
         """Pixels of a (y, x, c) region at ``level``; y, x, height, width are in that level's pixels.
 
