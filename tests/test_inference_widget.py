@@ -89,17 +89,14 @@ def test_level_for_a_target_resolution(svs_file, ome_zarr, tmp_path):
 
     from napari_pathviz.slide import open_slide
 
-    def level_for_mpp(slide, mpp):
-        return slide.level_for_mpp(mpp)
-
     slide = open_slide(ome_zarr)  # 0.5 um/px at level 0, levels 2x apart
-    assert level_for_mpp(slide, 0.5) == 0
-    assert level_for_mpp(slide, 1.0) == 1
-    assert level_for_mpp(slide, 1.5) == 1  # never coarser than asked
-    assert level_for_mpp(open_slide(svs_file), 2.0) == 2  # SVS levels 0.499, 0.998, 1.996
+    assert slide.level_for_mpp(0.5) == 0
+    assert slide.level_for_mpp(1.0) == 1
+    assert slide.level_for_mpp(1.5) == 1  # never coarser than asked
+    assert open_slide(svs_file).level_for_mpp(2.0) == 2  # SVS levels 0.499, 0.998, 1.996
     zarr.create_array(str(tmp_path / "plain.zarr"), shape=(600, 600, 3), dtype="uint8")
     with pytest.raises(PathvizError, match="does not say its microns per pixel"):
-        level_for_mpp(open_slide(tmp_path / "plain.zarr"), 1.0)
+        open_slide(tmp_path / "plain.zarr").level_for_mpp(1.0)
 
 
 def test_extract_a_cohort_folder_with_a_broken_slide(tmp_path):
