@@ -529,10 +529,11 @@ def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_from_args(args: argparse.Namespace):
+def _recipe_from_args(args: argparse.Namespace):
+    """The model options as a picklable recipe (cohort workers load the model themselves)."""
     import json
 
-    from .models import load_model
+    from .cohort import ModelRecipe
 
     try:
         kwargs = json.loads(args.factory_kwargs)
@@ -540,8 +541,8 @@ def _model_from_args(args: argparse.Namespace):
         raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
     if not isinstance(kwargs, dict):
         raise PathvizError("--factory-kwargs must be a JSON object")
-    return load_model(
-        args.model,
+    return ModelRecipe(
+        path=args.model,
         factory=args.factory,
         factory_kwargs=kwargs,
         trust_pickle=args.trust_pickle,
@@ -563,7 +564,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     if _is_cohort(args.slide):
         return _extract_cohort(args)
-    spec = _model_from_args(args)
+    spec = _recipe_from_args(args).load()
     slide = open_slide(args.slide[0], args.layout)
     if args.target_mpp is not None:
         args.level = slide.level_for_mpp(args.target_mpp)
@@ -600,28 +601,10 @@ def _is_cohort(sources: list[str]) -> bool:
 
 
 def _extract_cohort(args: argparse.Namespace) -> int:
-    import json
-
-    from .cohort import ModelRecipe, find_cohort_slides, run_cohort
+    from .cohort import find_cohort_slides, run_cohort
 
     slides = find_cohort_slides(args.slide)
-    try:
-        kwargs = json.loads(args.factory_kwargs)
-    except json.JSONDecodeError as exc:
-        raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
-    recipe = ModelRecipe(
-        path=args.model,
-        factory=args.factory,
-        factory_kwargs=kwargs,
-        trust_pickle=args.trust_pickle,
-        input_size=args.input_size,
-        resize_mode=args.resize_mode,
-        channel_order=args.channel_order,
-        mean=tuple(args.mean) if args.mean else None,
-        std=tuple(args.std) if args.std else None,
-        activation=args.activation,
-        feature_layer=args.feature_layer,
-    )
+    recipe = _recipe_from_args(args)
     with _progress_bar("slides") as progress:
         summary = run_cohort(
             slides,
