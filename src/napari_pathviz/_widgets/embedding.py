@@ -10,7 +10,7 @@ selection on the layer highlights the scatter points. A re-entrancy guard stops 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -24,12 +24,12 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
 from ..errors import Cancelled, PathvizError
 from ..render import column_colors
+from ._jobs import JobRunner
 from ._notify import report_error
 from .scatter import MODES, ScatterCanvas
 
@@ -45,8 +45,6 @@ class EmbeddingWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        self._worker: Any = None
-        self._cancel_requested = False
         self._syncing = False  # re-entrancy guard between scatter and layer selections
         self._linked_layer = None
         self.rows = np.zeros(0, np.int64)  # scatter point i is row rows[i] of the patches layer
@@ -100,6 +98,9 @@ class EmbeddingWidget(QWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self.status = Label(value="")
+        self._jobs = JobRunner(
+            self.run_button, self.cancel_button, self._show_progress, self._report
+        )
 
         self.color_by = ComboBox(label="Colour by", choices=self._feature_columns)
         self.mode = ComboBox(
@@ -247,8 +248,6 @@ class EmbeddingWidget(QWidget):
     def run(self) -> None:
         """Loads the embeddings, joins them to the patches layer and runs UMAP off the GUI
         thread; the result lands in the layer's features and in the scatter."""
-        from napari.qt.threading import create_worker
-
         from ..embedding import UMAPParams
         from ..patches import PatchTable
 
@@ -285,33 +284,12 @@ class EmbeddingWidget(QWidget):
             params,
             self.knn.value,
         )
-        self._cancel_requested = False
-        signals = _ProgressSignals()
-        signals.changed.connect(self._show_progress)
-        # Errors are reported by _report; passing it here also stops the worker re-raising them.
-        worker = create_worker(
-            job.run,
-            signals.changed.emit,
-            lambda: self._cancel_requested,
-            _connect={
-                "returned": lambda result: self._umap_done(result, layer),
-                "errored": self._report,
-                "finished": lambda: self._set_running(False),
-            },
-            _start_thread=False,
-        )
-        self._worker, self._signals = worker, signals
-        self._set_running(True)
         self.status.value = "running UMAP…"
-        worker.start()
+        self._jobs.start(job.run, lambda result: self._umap_done(result, layer))
 
     def cancel(self) -> None:
-        self._cancel_requested = True
+        self._jobs.cancel()
         self.status.value = "cancelling…"
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
 
     def _show_progress(self, fraction: float, stage: str) -> None:
         self.progress.value = int(round(100 * fraction))
@@ -609,11 +587,6 @@ class _UmapJob:
             es.features, self.params, knn=self.knn, progress=progress, cancelled=cancelled
         )
         return es, coords
-
-
-class _ProgressSignals(QObject):
-    # Emitted from the worker thread; Qt queues the call to the GUI thread.
-    changed = Signal(float, str)
 
 
 def _legend_html(mapping) -> str:

@@ -4,7 +4,7 @@ layer's features (so the other widgets colour and select by them)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -17,11 +17,11 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QObject, Signal
 
 from .._layers import META_COLOR_BY, META_SLIDE
 from ..errors import Cancelled, PathvizError
 from ..patches import KEY_COLUMNS
+from ._jobs import JobRunner
 from ._notify import report_error
 
 if TYPE_CHECKING:
@@ -30,17 +30,10 @@ if TYPE_CHECKING:
 HEATMAP_SUFFIX = " heatmap"
 
 
-class _ProgressSignals(QObject):
-    # Emitted from the worker thread; Qt queues the call to the GUI thread.
-    changed = Signal(int, int, float)
-
-
 class InferenceWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = viewer
-        self._worker: Any = None
-        self._cancel_requested = False
         self.model_path = LineEdit(label="Model", tooltip="TorchScript, state dict, or pickle")
         self.factory = LineEdit(label="Factory", tooltip="package.module:function for a state dict")
         self.factory_kwargs = LineEdit(label="Factory kwargs", value="{}", tooltip="JSON")
@@ -60,6 +53,9 @@ class InferenceWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self.status = Label(value="")
+        self._jobs = JobRunner(
+            self.run_button, self.cancel_button, self._show_progress, self._report
+        )
         self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
         self.extend(
             [
@@ -111,8 +107,6 @@ class InferenceWidget(Container):
             report_error(self.status, err)
 
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
-
         from ..patches import PatchTable
 
         slide_layer, layer = self._layer_with(META_SLIDE), self.patches_layer()
@@ -131,24 +125,8 @@ class InferenceWidget(Container):
             self.level.value,
             self.embeddings.value,
         )
-        self._cancel_requested = False
-        signals = _ProgressSignals()
-        signals.changed.connect(self._show_progress)
-        worker = create_worker(
-            job.run,
-            signals.changed.emit,
-            lambda: self._cancel_requested,
-            _connect={
-                "returned": lambda result: self._done(result, layer),
-                "errored": self._report,
-                "finished": lambda: self._set_running(False),
-            },
-            _start_thread=False,
-        )
-        self._worker, self._signals = worker, signals
-        self._set_running(True)
         self.status.value = "running the model…"
-        worker.start()
+        self._jobs.start(job.run, lambda result: self._done(result, layer))
 
     def _model_arguments(self) -> dict:
         import json
@@ -180,12 +158,8 @@ class InferenceWidget(Container):
         }
 
     def cancel(self) -> None:
-        self._cancel_requested = True
+        self._jobs.cancel()
         self.status.value = "cancelling…"
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.enabled = not running
-        self.cancel_button.enabled = running
 
     def _show_progress(self, done: int, total: int, rate: float) -> None:
         self.progress.value = int(100 * done / max(total, 1))

@@ -1,0 +1,55 @@
+"""Running one long job of a dock widget off the GUI thread, with Run/Cancel buttons.
+
+A job is ``job(progress, cancelled)``: it calls ``progress(*values)`` from its thread (delivered
+to the widget on the GUI thread through a Qt signal) and checks ``cancelled()`` between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+
+class _ProgressSignal(QObject):
+    # Emitted from the worker thread; Qt queues the call to the GUI thread.
+    changed = Signal(tuple)
+
+
+class JobRunner:
+    def __init__(self, run_button, cancel_button, on_progress: Callable, on_error: Callable):
+        self.run_button, self.cancel_button = run_button, cancel_button
+        self.on_progress, self.on_error = on_progress, on_error
+        self.worker: Any = None
+        self.cancel_requested = False
+        self._signal: _ProgressSignal | None = None
+
+    def start(self, job: Callable, on_done: Callable) -> None:
+        from napari.qt.threading import create_worker
+
+        self.cancel_requested = False
+        signal = _ProgressSignal()
+        signal.changed.connect(lambda values: self.on_progress(*values))
+        # Errors go to on_error; connecting it here also stops the worker re-raising them.
+        self.worker = create_worker(
+            job,
+            lambda *values: signal.changed.emit(values),
+            lambda: self.cancel_requested,
+            _connect={
+                "returned": on_done,
+                "errored": self.on_error,
+                "finished": lambda: self._set_running(False),
+            },
+            _start_thread=False,
+        )
+        self._signal = signal  # kept alive while the job runs
+        self._set_running(True)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
