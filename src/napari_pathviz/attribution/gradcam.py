@@ -1,0 +1,126 @@
+"""Grad-CAM and Grad-CAM++ (arXiv 1610.02391, 1710.11063) on a chosen layer.
+
+Maps keep their sign and scale (no ReLU, no per-map [0, 1] normalisation as pytorch-grad-cam
+does), so they are comparable across patches; normalising is a display choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PathvizError
+from ._target import explained_output, forward_checked, resolve_targets
+from .result import AttributionResult
+
+
+def find_cam_layer(model, example) -> str:
+    """The last module (in forward order) whose output is a spatial feature map (N, C, h, w)
+    with h * w > 1: the last convolutional block."""
+    import torch
+
+    finished: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _inp, out, name=name):
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+                finished.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    if not finished:
+        raise PathvizError(
+            "Grad-CAM: the model has no layer with a spatial output; name one with --layer"
+        )
+    return finished[-1]
+
+
+def grad_cam(
+    model,
+    inputs,
+    *,
+    layer: str | None = None,
+    target="predicted",
+    output: str = "none",
+    plus_plus: bool = False,
+    batch_size: int = 64,
+) -> AttributionResult:
+    """Grad-CAM (or Grad-CAM++) maps of ``inputs`` (N, C, H, W), upsampled to H x W."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    modules = dict(model.named_modules())
+    layer = layer or find_cam_layer(model, inputs)
+    if layer not in modules:
+        names = [n for n in modules if n][-12:]
+        raise PathvizError(
+            f"--layer {layer!r} is not a module of the model "
+            f"(the last ones are: {', '.join(names)})"
+        )
+    saved: dict = {}
+
+    def keep(_m, _inp, out):
+        saved["activation"] = out
+
+    handle = modules[layer].register_forward_hook(keep)
+    maps, all_logits, all_targets = [], [], []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start : start + batch_size]
+            logits = forward_checked(model, x)
+            activation = saved["activation"]
+            if not isinstance(activation, torch.Tensor) or activation.ndim != 4:
+                raise PathvizError(
+                    f"--layer {layer!r}: its output is not a feature map (N, C, h, w)"
+                )
+            per_batch = (
+                target
+                if isinstance(target, (str, int, np.integer))
+                else np.asarray(target)[start : start + batch_size]
+            )
+            targets = resolve_targets(per_batch, logits.detach())
+            out = explained_output(logits, output)
+            chosen = out.gather(1, torch.as_tensor(targets, device=x.device).view(-1, 1)).sum()
+            (grads,) = torch.autograd.grad(chosen, activation)
+            cam = cam_from(activation.detach(), grads.detach(), plus_plus)
+            cam = F.interpolate(
+                cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False
+            )[:, 0]
+            maps.append(cam.cpu().numpy())
+            all_logits.append(logits.detach())
+            all_targets.append(targets)
+    finally:
+        handle.remove()
+    logits = torch.cat(all_logits).float()
+    probs = torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+    return AttributionResult(
+        method="gradcampp" if plus_plus else "gradcam",
+        maps=np.concatenate(maps),
+        targets=np.concatenate(all_targets),
+        logits=logits.cpu().numpy(),
+        probabilities=probs.cpu().numpy(),
+        metadata={"layer": layer, "output": output},
+    )
+
+
+def cam_from(activation, grads, plus_plus: bool):
+    """Signed class-activation map (N, h, w) from a layer's activations and gradients."""
+    import torch
+
+    if plus_plus:
+        g2, g3 = grads.pow(2), grads.pow(3)
+        summed = activation.sum(dim=(2, 3), keepdim=True)
+        denominator = 2 * g2 + summed * g3
+        alpha = torch.where(denominator != 0, g2 / denominator, torch.zeros_like(g2))
+        weights = (alpha * torch.relu(grads)).sum(dim=(2, 3))
+    else:
+        weights = grads.mean(dim=(2, 3))
+    return (weights[:, :, None, None] * activation).sum(dim=1)

@@ -1,0 +1,31 @@
+"""What every attribution method returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class AttributionResult:
+    """Signed attribution maps and the model's view of each explained patch.
+
+    ``maps[i]`` (H x W) is the attribution of patch i for its explained target, summed over
+    colour channels; ``per_channel[i]`` (C x H x W) keeps the channels where the method has them.
+    Values are in the units of the explained output and comparable across patches (no per-map
+    normalisation; that is a display choice).
+    """
+
+    method: str
+    maps: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+    per_channel: np.ndarray | None = None
+    completeness_error: np.ndarray | None = None  # |sum(attr) - (f(x) - E f(b))| / |f(x) - E f(b)|
+    output_delta: np.ndarray | None = None  # f(x) - E f(b): what the attributions should sum to
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.maps)

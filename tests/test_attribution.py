@@ -1,0 +1,179 @@
+"""The attribution engine against its references: shap.GradientExplainer for expected
+gradients, a direct computation of the Grad-CAM / Grad-CAM++ formulas, and completeness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from napari_pathviz.attribution import attribute
+from napari_pathviz.attribution.gradcam import find_cam_layer
+from napari_pathviz.errors import PathvizError
+
+
+@pytest.fixture(scope="module")
+def demo_inputs():
+    """The trained demo model and its real patches, model-ready."""
+    from napari_pathviz._demo import load_demo
+    from napari_pathviz._demo_model import load_demo_model, read_patches, to_model_input
+
+    slide, table = load_demo(with_predictions=False)
+    x = to_model_input(read_patches(slide, table))
+    rng = np.random.default_rng(0)
+    explained = rng.choice(len(x), 8, replace=False)
+    background = rng.choice(np.setdiff1d(np.arange(len(x)), explained), 16, replace=False)
+    return load_demo_model(), x[explained], x[background]
+
+
+def _smoothed(maps: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.gaussian_filter(m, 2) for m in maps])
+
+
+def _shap_values(model, x, background, n_samples):
+    import shap
+
+    explainer = shap.GradientExplainer(model, background)
+    values, index = explainer.shap_values(x, nsamples=n_samples, ranked_outputs=1, rseed=0)
+    return np.asarray(values)[..., 0], np.asarray(index).ravel()
+
+
+def test_expected_gradients_agree_with_shap(demo_inputs):
+    model, x, background = demo_inputs
+    ours = attribute(model, x, "gradient", background=background, n_samples=400)
+    reference, shap_targets = _shap_values(model, x, background, 400)
+    np.testing.assert_array_equal(ours.targets, shap_targets)  # both explain the predicted class
+    a, b = _smoothed(ours.maps), _smoothed(reference.sum(axis=1))
+    correlations = [np.corrcoef(p.ravel(), q.ravel())[0, 1] for p, q in zip(a, b, strict=True)]
+    assert min(correlations) > 0.85, correlations
+
+
+def test_completeness_beats_shap_and_is_within_5_percent(demo_inputs):
+    model, x, background = demo_inputs
+    ours = attribute(model, x, "gradient", background=background, n_samples=400)
+    # A relative error means little where f(x) barely differs from the background's mean:
+    # judge the patches whose output differs by at least a tenth of the typical difference.
+    delta = np.abs(ours.output_delta)
+    meaningful = delta >= 0.1 * np.median(delta)
+    assert meaningful.sum() >= 6
+    assert ours.completeness_error[meaningful].max() <= 0.05, ours.completeness_error
+    # In absolute terms every patch is close (well under the typical difference).
+    absolute = ours.completeness_error * delta
+    assert absolute.max() <= 0.05 * np.median(delta)
+    reference, targets = _shap_values(model, x, background, 400)
+    with torch.no_grad():
+        delta = (model(x)[np.arange(len(x)), targets] - model(background).mean(0)[targets]).numpy()
+    shap_error = np.abs(reference.reshape(len(x), -1).sum(1) - delta) / np.abs(delta)
+    assert ours.completeness_error.mean() <= shap_error.mean()
+    # Plain random sampling (what shap does) at the same count is the worse estimator.
+    plain = attribute(model, x, "gradient", background=background, n_samples=400, stratified=False)
+    assert plain.completeness_error.mean() > ours.completeness_error.mean()
+
+
+def test_expected_gradients_options(demo_inputs):
+    model, x, background = demo_inputs
+    first = attribute(model, x[:2], "gradient", background=background, n_samples=32, seed=3)
+    again = attribute(
+        model, x[:2], "gradient", background=background, n_samples=32, seed=3, batch_size=7
+    )  # batching does not change the estimate
+    np.testing.assert_allclose(first.maps, again.maps, rtol=1e-4, atol=1e-6)
+    smooth = attribute(
+        model, x[:2], "gradient", background=background, n_samples=32, seed=3, local_smoothing=0.5
+    )
+    assert not np.allclose(smooth.maps, first.maps)
+    fixed = attribute(model, x[:2], "gradient", background=background, n_samples=16, target=0)
+    assert (fixed.targets == 0).all()
+    prob = attribute(
+        model, x[:2], "gradient", background=background, n_samples=64, output="softmax"
+    )
+    # Attributions of a probability sum to a probability difference: within [-1, 1].
+    assert np.abs(prob.maps.reshape(2, -1).sum(1)).max() <= 1.0
+    seen = []
+    attribute(
+        model,
+        x[:2],
+        "gradient",
+        background=background,
+        n_samples=16,
+        batch_size=8,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen[-1] == (32, 32) and len(seen) == 4
+
+
+class TinyCam(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 5, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _direct_cam(model, x, target, plus_plus):
+    """The formulas written out on the layer's activations and their gradients, in numpy."""
+    activation = model.features(x).detach().requires_grad_(True)
+    score = model.head(activation)[np.arange(len(x)), target].sum()
+    (grad,) = torch.autograd.grad(score, activation)
+    a, g = activation.detach().numpy(), grad.numpy()
+    if plus_plus:
+        denominator = 2 * g**2 + a.sum(axis=(2, 3), keepdims=True) * g**3
+        alpha = np.divide(g**2, denominator, out=np.zeros_like(g), where=denominator != 0)
+        weights = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
+    else:
+        weights = g.mean(axis=(2, 3))
+    cam = (weights[:, :, None, None] * a).sum(axis=1)
+    return torch.nn.functional.interpolate(
+        torch.from_numpy(cam)[:, None], size=x.shape[2:], mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_grad_cam_matches_the_formulas(method):
+    model = TinyCam().eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    result = attribute(model, x, method, layer="features", target=[0, 1, 2, 1], batch_size=3)
+    expected = _direct_cam(model, x, np.array([0, 1, 2, 1]), method == "gradcampp")
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-4, atol=1e-6)
+    assert result.maps.shape == (4, 16, 16)
+    if method == "gradcam":
+        assert (result.maps < 0).any()  # signed: no ReLU, no clipping
+
+
+def test_cam_layer_found_automatically(demo_inputs):
+    model, x, _ = demo_inputs
+    assert find_cam_layer(model, x) == "layer3"  # the last block with a spatial output
+    assert find_cam_layer(TinyCam(), torch.zeros(1, 3, 16, 16)) == "features"
+    result = attribute(model, x, "gradcam")
+    assert result.metadata["layer"] == "layer3" and result.maps.shape == (8, 64, 64)
+
+
+def test_bad_inputs(demo_inputs):
+    model, x, background = demo_inputs
+    with pytest.raises(PathvizError, match="target class 7 is out of range: the model has 3"):
+        attribute(model, x, "gradcam", target=7)
+    with pytest.raises(PathvizError, match="--layer 'layer9' is not a module of the model"):
+        attribute(model, x, "gradcam", layer="layer9")
+    with pytest.raises(PathvizError, match="selection is empty"):
+        attribute(model, x[:0], "gradient", background=background)
+    with pytest.raises(PathvizError, match="needs background patches"):
+        attribute(model, x, "gradient")
+    with pytest.raises(PathvizError, match="method must be one of"):
+        attribute(model, x, "lime")
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2))
+    with pytest.raises(PathvizError, match=r"rejects patches of shape \(3, 32, 32\)"):
+        attribute(flat, torch.zeros(2, 3, 32, 32), "gradient", background=torch.zeros(2, 3, 32, 32))
+    spatial = nn.Conv2d(3, 2, 3)  # output (N, 2, h, w), not (N, classes)
+    with pytest.raises(PathvizError, match="output must be \\(patches, classes\\)"):
+        attribute(spatial, x, "gradient", background=background)
+    with pytest.raises(PathvizError, match="background patches .* differ"):
+        attribute(model, x, "gradient", background=background[:, :, :32, :32])
