@@ -177,3 +177,54 @@ def test_bad_inputs(demo_inputs):
         attribute(spatial, x, "gradient", background=background)
     with pytest.raises(PathvizError, match="background patches .* differ"):
         attribute(model, x, "gradient", background=background[:, :, :32, :32])
+
+
+def test_deeplift_on_a_resnet_style_model_is_complete(demo_inputs):
+    """The demo network reuses one in-place ReLU twice per block and adds residuals in place:
+    DeepLIFT on its rewritten copy sums to f(x) - E f(reference) to float precision."""
+    model, x, background = demo_inputs
+    result = attribute(model, x, "deep", background=background)
+    assert result.completeness_error.max() <= 1e-4, result.completeness_error
+    assert result.per_channel.shape == (8, 3, 64, 64)
+    # Both estimate Shapley-style attributions of the same output: the maps agree.
+    gradient = attribute(model, x, "gradient", background=background, n_samples=400)
+    correlations = [
+        np.corrcoef(p.ravel(), q.ravel())[0, 1]
+        for p, q in zip(_smoothed(result.maps), _smoothed(gradient.maps), strict=True)
+    ]
+    assert np.median(correlations) > 0.9, correlations
+
+
+def test_the_libraries_fail_on_this_model_which_is_why_we_rewrite_it(demo_inputs):
+    """shap's DeepExplainer and captum's DeepLift both break on the in-place ReLU module used
+    twice per block; the rewritten copy computes the same outputs and has neither pattern."""
+    import warnings
+
+    import shap
+    from captum.attr import DeepLift
+
+    from napari_pathviz.attribution.deeplift import functional_copy
+
+    model, x, background = demo_inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="modified inplace"):
+            shap.DeepExplainer(model, background).shap_values(x[:2])
+        with pytest.raises(RuntimeError, match="modified inplace"):
+            DeepLift(model).attribute(x[:2], baselines=background[:2], target=0)
+    rewritten = functional_copy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x))
+    relus = [m for m in rewritten.modules() if isinstance(m, nn.ReLU)]
+    assert relus and not any(m.inplace for m in relus)
+    assert len({id(m) for m in relus}) == len(relus) == 7  # stem + 2 per block, one per call
+    # The original model is untouched.
+    assert model.layer1.relu.inplace
+
+
+def test_deeplift_needs_references(demo_inputs):
+    model, x, background = demo_inputs
+    with pytest.raises(PathvizError, match="at least two background patches"):
+        attribute(model, x, "deep", background=background[:1])
+    with pytest.raises(PathvizError, match="'deep' needs background"):
+        attribute(model, x, "deep")

@@ -1,7 +1,7 @@
 """Pixel attributions for patches: one entry point, one result type, one module per method.
 
-Methods: ``gradient`` (SHAP expected gradients, batched and stratified), ``gradcam`` and
-``gradcampp``. The engine imports no napari; torch is imported where it runs.
+Methods: ``gradient`` (SHAP expected gradients, batched and stratified), ``deep`` (DeepLIFT /
+DeepSHAP on a functionally equal rewrite of the model), ``gradcam`` and ``gradcampp``. The engine imports no napari; torch is imported where it runs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import PathvizError
 from .result import AttributionResult
 
-METHODS = ("gradient", "gradcam", "gradcampp")
+METHODS = ("gradient", "deep", "gradcam", "gradcampp")
 
 
 def attribute(
@@ -35,6 +35,12 @@ def attribute(
         return expected_gradients(
             model, inputs, background, target=target, output=output, **options
         )
+    if method == "deep":
+        from .deeplift import deeplift
+
+        if background is None:
+            raise PathvizError("method 'deep' needs background patches (references)")
+        return deeplift(model, inputs, background, target=target, output=output, **options)
     if method in ("gradcam", "gradcampp"):
         from .gradcam import grad_cam
 
