@@ -228,3 +228,86 @@ def test_deeplift_needs_references(demo_inputs):
         attribute(model, x, "deep", background=background[:1])
     with pytest.raises(PathvizError, match="'deep' needs background"):
         attribute(model, x, "deep")
+
+
+def _cli_model_args():
+    from importlib import resources
+
+    weights = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    return [
+        "-m",
+        weights,
+        "--factory",
+        "napari_pathviz._demo_model:build_demo_model",
+        "--mean",
+        "0.8",
+        "0.72",
+        "0.7",
+        "--std",
+        "0.15",
+        "0.18",
+        "0.18",
+    ]
+
+
+def test_shapley_plot_and_gradcam_commands(tmp_path):
+    from conftest import run_cli
+    from napari_pathviz._demo import ensure_demo_data
+
+    paths = ensure_demo_data()
+    common = [*_cli_model_args(), "--slide", paths["slide"], "--patches", paths["patches"]]
+    result = run_cli(
+        "shapley-plot",
+        *common,
+        "-bs",
+        "4",
+        "-ns",
+        "64",
+        "-o",
+        tmp_path / "s.png",
+        "--attributions-out",
+        tmp_path / "maps.npz",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.png").stat().st_size > 20_000
+    saved = np.load(tmp_path / "maps.npz")
+    assert saved["maps"].shape == (4, 64, 64) and len(saved["x"]) == 4
+    assert "completeness error: median" in result.stdout
+    result = run_cli(
+        "shapley-plot",
+        *common,
+        "-mth",
+        "deep",
+        "--ids",
+        "0",
+        "5",
+        "-bs",
+        "4",
+        "-o",
+        tmp_path / "d.png",
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_cli(
+        "gradcam",
+        *common,
+        "--top",
+        "3",
+        "dab_positive",
+        "--method",
+        "gradcampp",
+        "-o",
+        tmp_path / "g.png",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "g.png").stat().st_size > 20_000
+
+    for args, message in (
+        (["shapley-plot", "--ids", "99999"], "--ids: row 99999 is not in"),
+        (["shapley-plot", "--target", "9", "-bs", "2", "-ns", "8"], "target class 9 is out of"),
+        (["gradcam", "--layer", "nope"], "--layer 'nope' is not a module"),
+        (["gradcam", "--top", "0", "dab_positive"], "the selection is empty"),
+    ):
+        bad = run_cli(args[0], *common, *args[1:], "-o", tmp_path / "x.png")
+        assert bad.returncode == 2, bad.stderr
+        lines = bad.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"pathviz {args[0]}: error: ") and message in lines[-1]

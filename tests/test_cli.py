@@ -23,6 +23,8 @@ COMMANDS = {
     "plot-image-umap-embeddings",
     "extract",
     "plot-predictions",
+    "shapley-plot",
+    "gradcam",
 }
 
 

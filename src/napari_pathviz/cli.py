@@ -245,6 +245,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     p.set_defaults(func=cmd_plot_predictions)
+
+    for name, helptext in (
+        (
+            "shapley-plot",
+            "SHAP expected gradients or DeepLIFT for patches, as a gallery PNG "
+            "(PathFlowAI's shapley_plot)",
+        ),
+        ("gradcam", "Grad-CAM / Grad-CAM++ for patches, as a gallery PNG"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _add_model_options(p)
+        p.add_argument("--slide", required=True, help="slide file or folder")
+        p.add_argument("--layout", choices=LAYOUTS, default="auto")
+        p.add_argument("--patches", required=True, help="patch table")
+        p.add_argument("--patch-size", type=int, help="patch size (a PathFlowAI db table)")
+        p.add_argument("--ids", type=int, nargs="+", help="table rows to explain")
+        p.add_argument(
+            "--top",
+            nargs=2,
+            metavar=("N", "COL"),
+            help="explain the N patches with the highest COL",
+        )
+        p.add_argument(
+            "-bs",
+            "--batch_size",
+            type=int,
+            default=16,
+            help="patches explained when neither --ids nor --top is given (drawn at "
+            "random, seeded), and the background size",
+        )
+        p.add_argument(
+            "-p",
+            "--output",
+            choices=("none", "sigmoid", "softmax"),
+            default="none",
+            help="explain the logit, or the probability after sigmoid/softmax",
+        )
+        p.add_argument(
+            "--target",
+            default="predicted",
+            help="class to explain: predicted (default) or an index",
+        )
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        p.add_argument(
+            "--per-patch-scale",
+            action="store_true",
+            help="scale each overlay on its own (default: one shared scale)",
+        )
+        p.add_argument("-o", "--out", required=True, help="output PNG")
+        if name == "shapley-plot":
+            p.add_argument("-mth", "--method", choices=("gradient", "deep"), default="gradient")
+            p.add_argument(
+                "-ns", "--n_samples", type=int, default=400, help="samples per patch (gradient)"
+            )
+            p.add_argument(
+                "-l",
+                "--local_smoothing",
+                type=float,
+                default=0.0,
+                help="std of the noise added to each sample (gradient)",
+            )
+            p.add_argument("--attributions-out", help="also write the maps to this .npz")
+        else:
+            p.add_argument("--method", choices=("gradcam", "gradcampp"), default="gradcam")
+            p.add_argument("--layer", help="module to explain (default: the last conv block)")
+        p.set_defaults(func=cmd_explain)
     return parser
 
 
@@ -589,6 +656,100 @@ def cmd_extract(args: argparse.Namespace) -> int:
         )
     print(write_table(result, args.out))
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """shapley-plot and gradcam: choose patches, explain them, draw the gallery."""
+    import numpy as np
+
+    from .attribution import attribute
+    from .attribution.gallery import render_gallery
+    from .inference import read_patch_batch, resolve_device
+    from .slide import open_slide
+
+    spec = _recipe_from_args(args).load()
+    slide = open_slide(args.slide, args.layout)
+    table = _load_table_for(slide, args.patches, args.patch_size, None)
+    df = table.df
+    rng = np.random.default_rng(args.seed)
+    if args.ids:
+        bad = [i for i in args.ids if not 0 <= i < len(df)]
+        if bad:
+            raise PathvizError(f"--ids: row {bad[0]} is not in {args.patches} ({len(df)} rows)")
+        chosen = np.asarray(args.ids)
+    elif args.top:
+        count, column = args.top
+        if column not in df.columns:
+            raise PathvizError(f"--top: no column {column!r} in {args.patches}")
+        chosen = np.argsort(-df[column].to_numpy(float), kind="stable")[: int(count)]
+    else:
+        chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
+    if not len(chosen):
+        raise PathvizError("no patches to explain (the selection is empty)")
+    target = args.target if args.target == "predicted" else _int(args.target, "--target")
+    device = resolve_device(args.device)
+    model = spec.model.to(device).eval()
+    images = read_patch_batch(slide, df.iloc[chosen])
+    inputs = spec.preprocess(images, device)
+    options = {}
+    background = None
+    if args.command == "shapley-plot":
+        rest = np.setdiff1d(np.arange(len(df)), chosen)
+        pool = rest if len(rest) >= 2 else np.arange(len(df))
+        picks = rng.choice(pool, size=min(args.batch_size, len(pool)), replace=False)
+        background = spec.preprocess(read_patch_batch(slide, df.iloc[picks]), device)
+        if args.method == "gradient":
+            options = {
+                "n_samples": args.n_samples,
+                "local_smoothing": args.local_smoothing,
+                "seed": args.seed,
+            }
+    else:
+        options = {"layer": args.layer}
+    with _progress_bar("samples") as progress:
+        if args.command == "shapley-plot" or args.method == "deep":
+            options["progress"] = progress
+        result = attribute(
+            model,
+            inputs,
+            args.method,
+            background=background,
+            target=target,
+            output=args.output,
+            **options,
+        )
+    titles = [f"x={df['x'].iat[i]} y={df['y'].iat[i]}" for i in chosen]
+    print(
+        render_gallery(
+            images, result, args.out, titles=titles, per_patch_scale=args.per_patch_scale
+        )
+    )
+    if result.completeness_error is not None:
+        print(
+            f"completeness error: median {np.median(result.completeness_error):.4f}, "
+            f"max {result.completeness_error.max():.4f}"
+        )
+    if getattr(args, "attributions_out", None):
+        keys = df.iloc[chosen][["ID", "x", "y", "patch_size"]]
+        np.savez_compressed(
+            args.attributions_out,
+            maps=result.maps,
+            targets=result.targets,
+            probabilities=result.probabilities,
+            x=keys["x"].to_numpy(),
+            y=keys["y"].to_numpy(),
+            patch_size=keys["patch_size"].to_numpy(),
+            ID=keys["ID"].astype(str).to_numpy(),
+        )
+        print(args.attributions_out)
+    return 0
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PathvizError(f"{option} must be 'predicted' or a class index, got {text!r}") from None
 
 
 def _is_cohort(sources: list[str]) -> bool:
