@@ -136,6 +136,8 @@ def test_headless_demo_writes_results(tmp_path):
     assert list(coords.columns) == ["ID", "x", "y", "patch_size", "umap_0", "umap_1", "umap_2"]
     assert len(coords) == len(df)
     assert (out / "umap_image_mosaic.png").stat().st_size > 50_000
+    for method in ("gradient", "deep", "gradcam", "gradcampp"):
+        assert (out / f"attributions_{method}.png").stat().st_size > 20_000
 
 
 def test_demo_without_display_falls_back_to_files(tmp_path):

@@ -865,6 +865,42 @@ def write_demo_outputs(slide, table, out: Path) -> list[Path]:
             )
         )
         written.extend(_write_demo_embedding_outputs(slide, table, out))
+        written.extend(_write_demo_attribution_outputs(slide, table, out))
+    return written
+
+
+def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
+    """A gallery per attribution method for a few demo patches (the most DAB-positive ones,
+    explained against random background patches)."""
+    import numpy as np
+
+    from ._demo import ANNOTATIONS
+    from ._demo_model import load_demo_model, read_patches, to_model_input
+    from .attribution import METHODS, attribute
+    from .attribution.gallery import render_gallery
+    from .patches import PatchTable
+
+    df = table.df
+    chosen = np.argsort(-df["dab_positive"].to_numpy(), kind="stable")[:4]
+    rest = np.setdiff1d(np.arange(len(df)), chosen)
+    background = np.random.default_rng(0).choice(rest, 16, replace=False)
+    images = read_patches(slide, PatchTable(df.iloc[chosen], table.source))
+    inputs = to_model_input(images)
+    reference = to_model_input(read_patches(slide, PatchTable(df.iloc[background], table.source)))
+    model = load_demo_model()
+    written = []
+    for method in METHODS:
+        result = attribute(model, inputs, method, background=reference)
+        titles = [f"x={df['x'].iat[i]} y={df['y'].iat[i]}" for i in chosen]
+        written.append(
+            render_gallery(
+                images,
+                result,
+                out / f"attributions_{method}.png",
+                class_names=list(ANNOTATIONS),
+                titles=titles,
+            )
+        )
     return written
 
 
