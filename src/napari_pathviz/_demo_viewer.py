@@ -69,11 +69,4 @@ def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
 
 def _prefill_inference(widget) -> None:
     """The demo model, ready to run on the demo patches."""
-    from importlib import resources
-
-    from ._demo_model import MEAN, STD
-
-    widget.model_path.value = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
-    widget.factory.value = "napari_pathviz._demo_model:build_demo_model"
-    widget.mean.value = " ".join(map(str, MEAN))
-    widget.std.value = " ".join(map(str, STD))
+    widget.form.prefill_demo()

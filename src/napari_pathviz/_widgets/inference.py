@@ -12,7 +12,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     Label,
-    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -22,6 +21,7 @@ from .._layers import META_COLOR_BY, META_SLIDE
 from ..errors import Cancelled, PathvizError
 from ..patches import KEY_COLUMNS
 from ._jobs import JobRunner
+from ._model_form import ModelForm
 from ._notify import report_error
 
 if TYPE_CHECKING:
@@ -34,17 +34,10 @@ class InferenceWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = viewer
-        self.model_path = LineEdit(label="Model", tooltip="TorchScript, state dict, or pickle")
-        self.factory = LineEdit(label="Factory", tooltip="package.module:function for a state dict")
-        self.factory_kwargs = LineEdit(label="Factory kwargs", value="{}", tooltip="JSON")
-        self.trust_pickle = CheckBox(text="Trust this pickle (it can run code)", value=False)
-        self.mean = LineEdit(
-            label="Mean", tooltip="three numbers on [0, 1] inputs, e.g. 0.8 0.7 0.7"
-        )
-        self.std = LineEdit(label="Std", tooltip="three numbers")
-        self.input_size = SpinBox(
-            label="Input size", value=0, min=0, max=4096, tooltip="0: patches as read"
-        )
+        self.form = ModelForm()
+        # The fields by name, as the demo and the tests reach them.
+        self.model_path, self.factory = self.form.model_path, self.form.factory
+        self.mean, self.std = self.form.mean, self.form.std
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.level = SpinBox(label="Level", value=0, min=0, max=20)
@@ -59,13 +52,7 @@ class InferenceWidget(Container):
         self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
         self.extend(
             [
-                self.model_path,
-                self.factory,
-                self.factory_kwargs,
-                self.trust_pickle,
-                self.mean,
-                self.std,
-                self.input_size,
+                *self.form.widgets,
                 self.batch_size,
                 self.device,
                 self.level,
@@ -112,12 +99,10 @@ class InferenceWidget(Container):
         slide_layer, layer = self._layer_with(META_SLIDE), self.patches_layer()
         if slide_layer is None or layer is None:
             raise PathvizError("Model inference: open a slide and its patches first")
-        if not self.model_path.value.strip():
-            raise PathvizError("Model inference: give a model file first")
         slide = slide_layer.metadata[META_SLIDE]
         table = PatchTable(layer.features[list(KEY_COLUMNS)].reset_index(drop=True), layer.name)
         job = _InferenceJob(
-            self._model_arguments(),
+            self.form.arguments(),
             slide,
             table,
             self.batch_size.value,
@@ -127,35 +112,6 @@ class InferenceWidget(Container):
         )
         self.status.value = "running the model…"
         self._jobs.start(job.run, lambda result: self._done(result, layer))
-
-    def _model_arguments(self) -> dict:
-        import json
-
-        def numbers(text: str, name: str):
-            text = text.strip()
-            if not text:
-                return None
-            try:
-                values = tuple(float(v) for v in text.replace(",", " ").split())
-            except ValueError:
-                raise PathvizError(f"{name}: expected three numbers, got {text!r}") from None
-            if len(values) != 3:
-                raise PathvizError(f"{name}: expected three numbers, got {len(values)}")
-            return values
-
-        try:
-            kwargs = json.loads(self.factory_kwargs.value or "{}")
-        except json.JSONDecodeError as exc:
-            raise PathvizError(f"Factory kwargs is not JSON: {exc}") from None
-        return {
-            "path": self.model_path.value.strip(),
-            "factory": self.factory.value.strip() or None,
-            "factory_kwargs": kwargs,
-            "trust_pickle": self.trust_pickle.value,
-            "input_size": self.input_size.value or None,
-            "mean": numbers(self.mean.value, "Mean"),
-            "std": numbers(self.std.value, "Std"),
-        }
 
     def cancel(self) -> None:
         self._jobs.cancel()
