@@ -5,8 +5,8 @@ from __future__ import annotations
 from ._layers import patches_layer_data, slide_layer_data
 
 PLUGIN = "napari-pathviz"
-DOCK_WIDGETS = ("Slide & patches", "Model inference", "Embedding explorer")
-TABBED = ("Model inference",)  # shares a tab group with the widget before it
+DOCK_WIDGETS = ("Slide & patches", "Model inference", "Attributions", "Embedding explorer")
+TABBED = ("Model inference", "Attributions")  # share a tab group with the widget before them
 
 
 def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
@@ -27,7 +27,8 @@ def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
         name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)[1]
         for name in DOCK_WIDGETS
     }
-    _prefill_inference(widgets["Model inference"])
+    for name in ("Model inference", "Attributions"):
+        widgets[name].form.prefill_demo()  # the demo model, ready to run
     explorer = widgets["Embedding explorer"]
     explorer.embeddings_path.value = str(demo_embeddings_path())
     if embedding is not None:
@@ -65,8 +66,3 @@ def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
         return 0
     napari.run()
     return 0
-
-
-def _prefill_inference(widget) -> None:
-    """The demo model, ready to run on the demo patches."""
-    widget.form.prefill_demo()
