@@ -311,3 +311,32 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
         assert bad.returncode == 2, bad.stderr
         lines = bad.stderr.strip().splitlines()
         assert lines[-1].startswith(f"pathviz {args[0]}: error: ") and message in lines[-1]
+
+
+class MemoryCapped(nn.Module):
+    """Raises torch's real out-of-memory error above a batch size, like a full GPU would."""
+
+    def __init__(self, model, cap):
+        super().__init__()
+        self.model, self.cap = model, cap
+
+    def forward(self, x):
+        if len(x) > self.cap:
+            raise torch.OutOfMemoryError(f"simulated: {len(x)} > {self.cap}")
+        return self.model(x)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(demo_inputs):
+    from napari_pathviz.errors import PathvizWarning
+
+    model, x, background = demo_inputs
+    reference = attribute(
+        model, x[:3], "gradient", background=background, n_samples=40, batch_size=120
+    )
+    capped = MemoryCapped(model, cap=30)
+    with pytest.warns(PathvizWarning, match="batch size lowered to 30"):
+        result = attribute(
+            capped, x[:3], "gradient", background=background, n_samples=40, batch_size=120
+        )
+    assert result.metadata["batch_size"] == 30
+    np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-4, atol=1e-7)

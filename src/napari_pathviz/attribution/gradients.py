@@ -13,11 +13,12 @@ completeness within 5%) needs several times fewer samples than plain random samp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import Cancelled, PathvizError
+from ..errors import Cancelled, PathvizError, PathvizWarning
 from ._target import explained_output, forward_checked, resolve_targets
 from .result import AttributionResult
 
@@ -92,12 +93,11 @@ def expected_gradients(
     attributions = torch.zeros_like(inputs, dtype=torch.float32)
     generator = torch.Generator(device=device).manual_seed(seed)
     total = len(patch_index)
-    for start in range(0, total, batch_size):
-        if cancelled is not None and cancelled():
-            raise Cancelled("attribution cancelled")
-        p = patch_index[start : start + batch_size]
-        x, b = inputs[p], background[base_index[start : start + batch_size]]
-        a = alphas[start : start + batch_size].view(-1, 1, 1, 1)
+
+    def contribution(begin: int, end: int):
+        p = patch_index[begin:end]
+        x, b = inputs[p], background[base_index[begin:end]]
+        a = alphas[begin:end].view(-1, 1, 1, 1)
         sample = b + a * (x - b)
         if local_smoothing > 0:
             sample = sample + local_smoothing * torch.randn(
@@ -108,9 +108,32 @@ def expected_gradients(
             out = explained_output(model(sample).float(), output)
         chosen = out.gather(1, target_t[p].view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(chosen, sample)
-        attributions.index_add_(0, p, (grad.float() * (x - b).float()).detach())
+        return p, (grad.float() * (x - b).float()).detach()
+
+    start = 0
+    while start < total:
+        if cancelled is not None and cancelled():
+            raise Cancelled("attribution cancelled")
+        stop = min(start + batch_size, total)
+        try:
+            p, contrib = contribution(start, stop)
+        except torch.OutOfMemoryError:
+            # Halve the batch and retry the same samples: nothing computed is lost.
+            if batch_size == 1:
+                raise PathvizError("out of device memory even with one sample per batch") from None
+            batch_size = max(1, batch_size // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(
+                f"out of device memory: batch size lowered to {batch_size}",
+                PathvizWarning,
+                stacklevel=2,
+            )
+            continue
+        attributions.index_add_(0, p, contrib)
+        start = stop
         if progress is not None:
-            progress(min(start + batch_size, total), total)
+            progress(start, total)
     attributions /= n_samples
     per_channel = attributions.cpu().numpy()
     delta = (
@@ -133,6 +156,7 @@ def expected_gradients(
             "output": output,
             "local_smoothing": local_smoothing,
             "n_background": len(background),
+            "batch_size": batch_size,
         },
     )
 
