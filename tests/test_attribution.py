@@ -340,3 +340,40 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(demo_inputs):
         )
     assert result.metadata["batch_size"] == 30
     np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-4, atol=1e-7)
+
+
+def test_model_randomisation_sanity_check(demo_inputs, tmp_path):
+    """Maps that explain the model lose their structure as its weights are randomised."""
+    from conftest import run_cli
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.attribution.sanity import model_randomisation, parameterised_layers
+
+    model, x, background = demo_inputs
+    layers = parameterised_layers(model)
+    assert layers[0] == "fc" and layers[-1] == "conv1"  # from the top down
+    table = model_randomisation(model, x[:4], "gradient", background=background, n_samples=32)
+    assert list(table["randomised_up_to"]) == layers
+    assert table["spearman_mean"].iloc[-1] < 0.3  # signed maps: no longer related
+    assert table["spearman_abs_mean"].iloc[-1] < 0.6
+    assert model.fc.weight.abs().sum() > 0 and model.training is False  # original untouched
+
+    paths = ensure_demo_data()
+    out = tmp_path / "sanity.csv"
+    result = run_cli(
+        "sanity-check",
+        *_cli_model_args(),
+        "--slide",
+        paths["slide"],
+        "--patches",
+        paths["patches"],
+        "-mth",
+        "gradcam",
+        "-bs",
+        "3",
+        "-o",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    assert len(pd.read_csv(out)) == len(layers)

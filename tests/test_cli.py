@@ -25,6 +25,7 @@ COMMANDS = {
     "plot-predictions",
     "shapley-plot",
     "gradcam",
+    "sanity-check",
 }
 
 

@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
             "(PathFlowAI's shapley_plot)",
         ),
         ("gradcam", "Grad-CAM / Grad-CAM++ for patches, as a gallery PNG"),
+        (
+            "sanity-check",
+            "model-randomisation test of an attribution method (Adebayo et al. 2018): "
+            "Spearman correlation of the maps as the weights are randomised from the top down",
+        ),
     ):
         p = sub.add_parser(name, help=helptext)
         _add_model_options(p)
@@ -294,7 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="scale each overlay on its own (default: one shared scale)",
         )
-        p.add_argument("-o", "--out", required=True, help="output PNG")
+        p.add_argument(
+            "-o",
+            "--out",
+            required=True,
+            help="output CSV" if name == "sanity-check" else "output PNG",
+        )
+        if name == "sanity-check":
+            p.add_argument(
+                "-mth",
+                "--method",
+                choices=("gradient", "deep", "gradcam", "gradcampp"),
+                default="gradient",
+            )
+            p.add_argument(
+                "-ns", "--n_samples", type=int, default=100, help="samples per patch (gradient)"
+            )
+            p.add_argument("-l", "--local_smoothing", type=float, default=0.0)
+            p.add_argument("--layer", help="Grad-CAM layer (default: the last conv block)")
+            p.set_defaults(func=cmd_sanity_check)
+            continue
         if name == "shapley-plot":
             p.add_argument("-mth", "--method", choices=("gradient", "deep"), default="gradient")
             p.add_argument(
@@ -658,19 +682,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    """shapley-plot and gradcam: choose patches, explain them, draw the gallery."""
+def _explanation_inputs(args: argparse.Namespace):
+    """What the explaining commands share: the model on its device, the chosen patches (by
+    --ids, --top or a seeded random draw) as model inputs and images, and -bs background
+    patches drawn from the rest for the methods that need references."""
     import numpy as np
 
-    from .attribution import attribute
-    from .attribution.gallery import render_gallery
     from .inference import read_patch_batch, resolve_device
     from .slide import open_slide
 
     spec = _recipe_from_args(args).load()
     slide = open_slide(args.slide, args.layout)
-    table = _load_table_for(slide, args.patches, args.patch_size, None)
-    df = table.df
+    df = _load_table_for(slide, args.patches, args.patch_size, None).df
     rng = np.random.default_rng(args.seed)
     if args.ids:
         bad = [i for i in args.ids if not 0 <= i < len(df)]
@@ -691,23 +714,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model = spec.model.to(device).eval()
     images = read_patch_batch(slide, df.iloc[chosen])
     inputs = spec.preprocess(images, device)
-    options = {}
     background = None
-    if args.command == "shapley-plot":
+    if args.method in ("gradient", "deep"):
         rest = np.setdiff1d(np.arange(len(df)), chosen)
         pool = rest if len(rest) >= 2 else np.arange(len(df))
         picks = rng.choice(pool, size=min(args.batch_size, len(pool)), replace=False)
         background = spec.preprocess(read_patch_batch(slide, df.iloc[picks]), device)
-        if args.method == "gradient":
-            options = {
-                "n_samples": args.n_samples,
-                "local_smoothing": args.local_smoothing,
-                "seed": args.seed,
-            }
-    else:
-        options = {"layer": args.layer}
+    return model, inputs, background, target, images, df.iloc[chosen]
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    if args.method == "gradient":
+        return {
+            "n_samples": args.n_samples,
+            "local_smoothing": args.local_smoothing,
+            "seed": args.seed,
+        }
+    if args.method in ("gradcam", "gradcampp"):
+        return {"layer": args.layer}
+    return {}
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """shapley-plot and gradcam: choose patches, explain them, draw the gallery."""
+    import numpy as np
+
+    from .attribution import attribute
+    from .attribution.gallery import render_gallery
+
+    model, inputs, background, target, images, rows = _explanation_inputs(args)
+    options = _method_options(args)
     with _progress_bar("samples") as progress:
-        if args.command == "shapley-plot" or args.method == "deep":
+        if args.method in ("gradient", "deep"):
             options["progress"] = progress
         result = attribute(
             model,
@@ -718,7 +756,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             output=args.output,
             **options,
         )
-    titles = [f"x={df['x'].iat[i]} y={df['y'].iat[i]}" for i in chosen]
+    titles = [f"x={x} y={y}" for x, y in zip(rows["x"], rows["y"], strict=True)]
     print(
         render_gallery(
             images, result, args.out, titles=titles, per_patch_scale=args.per_patch_scale
@@ -730,18 +768,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"max {result.completeness_error.max():.4f}"
         )
     if getattr(args, "attributions_out", None):
-        keys = df.iloc[chosen][["ID", "x", "y", "patch_size"]]
         np.savez_compressed(
             args.attributions_out,
             maps=result.maps,
             targets=result.targets,
             probabilities=result.probabilities,
-            x=keys["x"].to_numpy(),
-            y=keys["y"].to_numpy(),
-            patch_size=keys["patch_size"].to_numpy(),
-            ID=keys["ID"].astype(str).to_numpy(),
+            x=rows["x"].to_numpy(),
+            y=rows["y"].to_numpy(),
+            patch_size=rows["patch_size"].to_numpy(),
+            ID=rows["ID"].astype(str).to_numpy(),
         )
         print(args.attributions_out)
+    return 0
+
+
+def cmd_sanity_check(args: argparse.Namespace) -> int:
+    from .attribution.sanity import model_randomisation
+    from .io.tables import write_table
+
+    model, inputs, background, target, _images, _rows = _explanation_inputs(args)
+    table = model_randomisation(
+        model,
+        inputs,
+        args.method,
+        background=background,
+        target=target,
+        output=args.output,
+        init_seed=args.seed,
+        **_method_options(args),
+    )
+    print(table.to_string(index=False))
+    print(write_table(table, args.out))
     return 0
 
 
