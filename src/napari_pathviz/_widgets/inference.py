@@ -21,6 +21,7 @@ from .._layers import META_COLOR_BY, META_SLIDE
 from ..errors import Cancelled, PathvizError
 from ..patches import KEY_COLUMNS
 from ._jobs import JobRunner
+from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
 
@@ -71,11 +72,7 @@ class InferenceWidget(Container):
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_with(self, key: str):
-        active = self._viewer.layers.selection.active
-        if active is not None and key in active.metadata:
-            return active
-        found = [ly for ly in self._viewer.layers if key in ly.metadata]
-        return found[-1] if found else None
+        return layer_with(self._viewer, key)
 
     def patches_layer(self):
         return self._layer_with(META_COLOR_BY)

@@ -29,6 +29,7 @@ from .._layers import (
 )
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
+from ._lookup import layer_with
 from ._notify import report_error
 
 if TYPE_CHECKING:
@@ -122,18 +123,10 @@ class SlideLoaderWidget(Container):
     # -- layers this widget works on ---------------------------------------------------------
     def slide_layer(self):
         """The active slide layer, else the most recently added one."""
-        active = self._viewer.layers.selection.active
-        if active is not None and META_SLIDE in active.metadata:
-            return active
-        slides = [ly for ly in self._viewer.layers if META_SLIDE in ly.metadata]
-        return slides[-1] if slides else None
+        return layer_with(self._viewer, META_SLIDE)
 
     def patches_layer(self):
-        active = self._viewer.layers.selection.active
-        if active is not None and META_COLOR_BY in active.metadata:
-            return active
-        layers = [ly for ly in self._viewer.layers if META_COLOR_BY in ly.metadata]
-        return layers[-1] if layers else None
+        return layer_with(self._viewer, META_COLOR_BY)
 
     # -- actions -----------------------------------------------------------------------------
     def open_slide(self) -> None:
