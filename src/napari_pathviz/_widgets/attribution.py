@@ -21,7 +21,7 @@ from magicgui.widgets import (
 
 from .._layers import META_COLOR_BY, META_SLIDE
 from ..attribution import METHODS
-from ..errors import Cancelled, PathvizError
+from ..errors import PathvizError
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
@@ -192,9 +192,6 @@ class AttributionWidget(Container):
         self.progress.value = int(100 * done / max(total, 1))
 
     def _report(self, err: Exception) -> None:
-        if isinstance(err, Cancelled):
-            self.status.value = "cancelled"
-            return
         report_error(self.status, err)
 
     # -- results -------------------------------------------------------------------------------

@@ -558,9 +558,7 @@ class EmbeddingWidget(QWidget):
         from napari.utils.notifications import show_info
 
         if isinstance(err, Cancelled):
-            self.status.value = "cancelled"
             show_info("UMAP cancelled")
-            return
         report_error(self.status, err)
 
 

@@ -18,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from .._layers import META_COLOR_BY, META_SLIDE
-from ..errors import Cancelled, PathvizError
+from ..errors import PathvizError
 from ..patches import KEY_COLUMNS
 from ._jobs import JobRunner
 from ._lookup import layer_with
@@ -119,9 +119,6 @@ class InferenceWidget(Container):
         self.status.value = f"{done}/{total} patches, {rate:.0f} patches/s"
 
     def _report(self, err: Exception) -> None:
-        if isinstance(err, Cancelled):
-            self.status.value = "cancelled"
-            return
         report_error(self.status, err)
 
     def _done(self, result, layer) -> None:
