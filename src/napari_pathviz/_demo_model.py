@@ -95,13 +95,10 @@ def demo_labels(table) -> np.ndarray:
 
 
 def read_patches(slide, table) -> np.ndarray:
-    df = table.df
-    return np.stack(
-        [
-            slide.read_region(int(y), int(x), int(p), int(p))[..., :3]
-            for x, y, p in zip(df["x"], df["y"], df["patch_size"], strict=True)
-        ]
-    )
+    """(N, P, P, 3) uint8 level-0 patches of the table, as inference reads them."""
+    from .inference import read_patch_batch
+
+    return read_patch_batch(slide, table.df)
 
 
 def run_demo_model(slide, table, model=None, batch_size: int = 128):
