@@ -11,6 +11,7 @@ from torch import nn
 
 from napari_pathviz.attribution import attribute
 from napari_pathviz.attribution.gradcam import find_cam_layer
+from napari_pathviz.attribution.stored import open_attributions
 from napari_pathviz.errors import PathvizError
 
 
@@ -269,13 +270,52 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
         "-o",
         tmp_path / "s.png",
         "--attributions-out",
-        tmp_path / "maps.npz",
+        tmp_path / "maps.zarr",
+        "--chunk-size",
+        "3",
     )
     assert result.returncode == 0, result.stderr
+    assert "warning: no CUDA GPU: attributions run on the CPU" in result.stderr
     assert (tmp_path / "s.png").stat().st_size > 20_000
-    saved = np.load(tmp_path / "maps.npz")
-    assert saved["maps"].shape == (4, 64, 64) and len(saved["x"]) == 4
+    saved, keys = open_attributions(tmp_path / "maps.zarr")
+    assert saved.maps.shape == (4, 64, 64) and list(keys.columns) == [
+        "ID",
+        "x",
+        "y",
+        "patch_size",
+    ]
     assert "completeness error: median" in result.stdout
+    # Every class of two patches, against references given as a .npy of images.
+    from napari_pathviz.inference import read_patch_batch
+    from napari_pathviz.patches import load_patches
+    from napari_pathviz.slide import open_slide
+
+    references = read_patch_batch(
+        open_slide(paths["slide"]), load_patches(paths["patches"]).df.iloc[-6:]
+    )
+    np.save(tmp_path / "refs.npy", references)
+    result = run_cli(
+        "shapley-plot",
+        *common,
+        "--ids",
+        "0",
+        "1",
+        "--target",
+        "each",
+        "--background",
+        tmp_path / "refs.npy",
+        "-ns",
+        "16",
+        "-o",
+        tmp_path / "each.png",
+        "--attributions-out",
+        tmp_path / "each.zarr",
+    )
+    assert result.returncode == 0, result.stderr
+    each, _ = open_attributions(tmp_path / "each.zarr")
+    np.testing.assert_array_equal(each.patch_of_rows(), [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(each.targets, [0, 1, 2, 0, 1, 2])
+    assert (tmp_path / "each.png").stat().st_size > 20_000
     result = run_cli(
         "shapley-plot",
         *common,
@@ -304,11 +344,15 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "g.png").stat().st_size > 20_000
 
+    np.save(tmp_path / "bad.npy", np.zeros((2, 64, 64), np.float32))
     for args, message in (
         (["shapley-plot", "--ids", "99999"], "--ids: row 99999 is not in"),
         (["shapley-plot", "--target", "9", "-bs", "2", "-ns", "8"], "target class 9 is out of"),
         (["gradcam", "--layer", "nope"], "--layer 'nope' is not a module"),
         (["gradcam", "--top", "0", "dab_positive"], "the selection is empty"),
+        (["shapley-plot", "--background", tmp_path / "s.png"], "s.png"),
+        (["shapley-plot", "--background", tmp_path / "bad.npy"], "expected (N, H, W, 3) uint8"),
+        (["shapley-plot", "--attributions-out", tmp_path / "maps.zarr"], "another job"),
     ):
         bad = run_cli(args[0], *common, *args[1:], "-o", tmp_path / "x.png")
         assert bad.returncode == 2, bad.stderr

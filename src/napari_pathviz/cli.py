@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import PathvizError
+from .errors import PathvizError, PathvizWarning
 from .io.zarr_io import LAYOUTS
 
 EXIT_BAD_INPUT = 2
@@ -290,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--target",
             default="predicted",
-            help="class to explain: predicted (default) or an index",
+            help="class to explain: predicted (default), each (every class) or an index",
+        )
+        p.add_argument(
+            "--background",
+            help="reference patches: a patch table of this slide, or a .npy of (N, H, W, 3) "
+            "uint8 images (default: -bs random patches of --patches)",
         )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -331,10 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
                 default=0.0,
                 help="std of the noise added to each sample (gradient)",
             )
-            p.add_argument("--attributions-out", help="also write the maps to this .npz")
+            p.add_argument(
+                "--samples-per-batch",
+                type=int,
+                default=256,
+                help="model inputs per forward/backward pass (halved on out-of-memory)",
+            )
+            p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+            p.add_argument("--channels-last", action="store_true", help="channels_last memory")
         else:
             p.add_argument("--method", choices=("gradcam", "gradcampp"), default="gradcam")
             p.add_argument("--layer", help="module to explain (default: the last conv block)")
+        p.add_argument(
+            "--attributions-out",
+            help="zarr store the maps are written to, chunk by chunk; a rerun of the same "
+            "job resumes it (default: a store in the results cache)",
+        )
+        p.add_argument(
+            "--chunk-size", type=int, default=16, help="patches per stored chunk (resume unit)"
+        )
         p.set_defaults(func=cmd_explain)
     return parser
 
@@ -410,13 +431,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command)
+            return int(args.func(args) or 0)
     except PathvizError as err:
         print(f"pathviz {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"pathviz {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(command: str):
+    """Our warnings as one stderr line each; other libraries' as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PathvizWarning):
+            print(f"pathviz {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -509,17 +545,14 @@ def _progress_bar(unit: str):
 
 
 def _embeddings_from_args(args: argparse.Namespace, path: str):
-    import warnings
-
     from .embedding import load_embeddings, remove_background
-    from .errors import PathvizWarning
     from .patches import load_patches
 
     patches = None
     if args.patches:
         patches = load_patches(args.patches, patch_size=args.patch_size)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PathvizWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PathvizWarning)  # every dropped-row report, not once
         es = load_embeddings(
             path,
             keys=args.keys,
@@ -528,9 +561,6 @@ def _embeddings_from_args(args: argparse.Namespace, path: str):
             slide_id=args.basename,
             patch_size=args.patch_size,
         )
-    for w in caught:
-        if issubclass(w.category, PathvizWarning):
-            print(f"pathviz {args.command}: warning: {w.message}", file=sys.stderr)
     if args.remove_background_annotation:
         es = remove_background(es, args.remove_background_annotation, args.max_background_area)
     return es
@@ -684,8 +714,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def _explanation_inputs(args: argparse.Namespace):
     """What the explaining commands share: the model on its device, the chosen patches (by
-    --ids, --top or a seeded random draw) as model inputs and images, and -bs background
-    patches drawn from the rest for the methods that need references."""
+    --ids, --top or a seeded random draw) as model inputs and images, and the references for
+    the methods that need them (--background, else -bs patches drawn from the rest)."""
     import numpy as np
 
     from .inference import read_patch_batch, resolve_device
@@ -709,18 +739,49 @@ def _explanation_inputs(args: argparse.Namespace):
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):
         raise PathvizError("no patches to explain (the selection is empty)")
-    target = args.target if args.target == "predicted" else _int(args.target, "--target")
+    target = args.target if args.target in ("predicted", "each") else _int(args.target, "--target")
     device = resolve_device(args.device)
+    if args.device == "auto" and device == "cpu":
+        warnings.warn("no CUDA GPU: attributions run on the CPU", PathvizWarning, stacklevel=1)
     model = spec.model.to(device).eval()
     images = read_patch_batch(slide, df.iloc[chosen])
     inputs = spec.preprocess(images, device)
     background = None
     if args.method in ("gradient", "deep"):
-        rest = np.setdiff1d(np.arange(len(df)), chosen)
-        pool = rest if len(rest) >= 2 else np.arange(len(df))
-        picks = rng.choice(pool, size=min(args.batch_size, len(pool)), replace=False)
-        background = spec.preprocess(read_patch_batch(slide, df.iloc[picks]), device)
+        if args.background:
+            references = _background_images(args.background, slide, args.patch_size)
+        else:
+            rest = np.setdiff1d(np.arange(len(df)), chosen)
+            pool = rest if len(rest) >= 2 else np.arange(len(df))
+            picks = rng.choice(pool, size=min(args.batch_size, len(pool)), replace=False)
+            references = read_patch_batch(slide, df.iloc[picks])
+        if references.shape[1:] != images.shape[1:]:
+            raise PathvizError(
+                f"--background: patches of {references.shape[1:3]} px, the explained ones are "
+                f"{images.shape[1:3]} px"
+            )
+        background = spec.preprocess(references, device)
     return model, inputs, background, target, images, df.iloc[chosen]
+
+
+def _background_images(path: str, slide, patch_size: int | None):
+    """--background: (N, H, W, 3) uint8 images from a .npy, or the patches of a table."""
+    import numpy as np
+
+    from .inference import read_patch_batch
+
+    if path.lower().endswith(".npy"):
+        try:
+            images = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PathvizError(f"--background {path}: not a readable .npy ({exc})") from None
+        if images.ndim != 4 or images.shape[-1] < 3 or images.dtype != np.uint8:
+            raise PathvizError(
+                f"--background {path}: expected (N, H, W, 3) uint8 images, "
+                f"found {images.dtype} {images.shape}"
+            )
+        return images[..., :3]
+    return read_patch_batch(slide, _load_table_for(slide, path, patch_size, None).df)
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -729,6 +790,15 @@ def _method_options(args: argparse.Namespace) -> dict:
             "n_samples": args.n_samples,
             "local_smoothing": args.local_smoothing,
             "seed": args.seed,
+            **(
+                {
+                    "batch_size": args.samples_per_batch,
+                    "bf16": args.bf16,
+                    "channels_last": args.channels_last,
+                }
+                if hasattr(args, "samples_per_batch")
+                else {}
+            ),
         }
     if args.method in ("gradcam", "gradcampp"):
         return {"layer": args.layer}
@@ -736,24 +806,29 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """shapley-plot and gradcam: choose patches, explain them, draw the gallery."""
+    """shapley-plot and gradcam: choose patches, explain them chunk by chunk into a store,
+    draw the gallery."""
     import numpy as np
 
-    from .attribution import attribute
     from .attribution.gallery import render_gallery
+    from .attribution.stored import explain
 
     model, inputs, background, target, images, rows = _explanation_inputs(args)
     options = _method_options(args)
-    with _progress_bar("samples") as progress:
-        if args.method in ("gradient", "deep"):
-            options["progress"] = progress
-        result = attribute(
+    seed = options.pop("seed", 0)
+    with _progress_bar("patches") as progress:
+        result = explain(
             model,
             inputs,
             args.method,
             background=background,
             target=target,
             output=args.output,
+            store=args.attributions_out or "auto",
+            keys=rows,
+            chunk_size=args.chunk_size,
+            seed=seed,
+            progress=progress,
             **options,
         )
     titles = [f"x={x} y={y}" for x, y in zip(rows["x"], rows["y"], strict=True)]
@@ -767,18 +842,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"completeness error: median {np.median(result.completeness_error):.4f}, "
             f"max {result.completeness_error.max():.4f}"
         )
-    if getattr(args, "attributions_out", None):
-        np.savez_compressed(
-            args.attributions_out,
-            maps=result.maps,
-            targets=result.targets,
-            probabilities=result.probabilities,
-            x=rows["x"].to_numpy(),
-            y=rows["y"].to_numpy(),
-            patch_size=rows["patch_size"].to_numpy(),
-            ID=rows["ID"].astype(str).to_numpy(),
-        )
-        print(args.attributions_out)
+    print(f"attributions store: {result.metadata['store']}")
     return 0
 
 
@@ -787,6 +851,8 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
     from .io.tables import write_table
 
     model, inputs, background, target, _images, _rows = _explanation_inputs(args)
+    if target == "each":
+        raise PathvizError("sanity-check: --target each is not supported; give a class index")
     table = model_randomisation(
         model,
         inputs,

@@ -124,7 +124,9 @@ def deeplift(
             # captum warns that it hooks the ReLU modules: on the rewritten copy that is safe.
             warnings.simplefilter("ignore", UserWarning)
             chunk = explainer.attribute(
-                x, baselines=background, target=torch.as_tensor(targets[start : start + batch_size])
+                x,
+                baselines=background,
+                target=torch.as_tensor(targets[start : start + batch_size], device=x.device),
             )
         chunks.append(chunk.detach().float().cpu().numpy())
         if progress is not None:

@@ -40,7 +40,10 @@ def render_gallery(
     per_patch_scale: bool = False,
     columns: int = 4,
 ) -> Path:
-    """Writes the gallery PNG; ``patches`` are the (N, H, W, 3) uint8 images explained."""
+    """Writes the gallery PNG; ``patches`` are the (N, H, W, 3) uint8 images explained and
+    ``titles`` one per patch. One row per explained class (target "each") puts each patch on a
+    line of its own, its image then one overlay per class, as shap.image_plot does; otherwise
+    the (patch, overlay) pairs fill ``columns`` pairs a line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -48,44 +51,46 @@ def render_gallery(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = len(result.maps)
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    fig = Figure(figsize=(2.6 * columns * 2 / 2 + 1.2, 2.4 * rows), dpi=120)
+    patch_of_row = result.patch_of_rows()
+    maps = np.asarray(result.maps)
+    explained = list(dict.fromkeys(patch_of_row.tolist()))  # patches, in first-row order
+    rows_of = {p: np.flatnonzero(patch_of_row == p) for p in explained}
+    per_line = max(len(r) for r in rows_of.values())
+    if per_line > 1:  # every class of each patch: a line per patch
+        lines, slots = len(explained), 1 + per_line
+        places = [(i, 0) for i in range(len(explained))]
+    else:
+        pairs = max(1, min(columns, len(explained)))
+        lines, slots = -(-len(explained) // pairs), 2 * pairs
+        places = [(i // pairs, 2 * (i % pairs)) for i in range(len(explained))]
+    fig = Figure(figsize=(1.3 * slots + 1.2, 2.4 * lines), dpi=120)
     FigureCanvasAgg(fig)
     cmap = red_blue_colormap()
-    limit = shared_limit(result.maps)
+    limit = shared_limit(maps)
     grid = fig.add_gridspec(
-        rows, columns * 2, left=0.02, right=0.88, top=0.9, bottom=0.03, wspace=0.05, hspace=0.35
+        lines, slots, left=0.02, right=0.88, top=0.9, bottom=0.03, wspace=0.05, hspace=0.35
     )
-    for i in range(n):
-        r, c = divmod(i, columns)
-        ax_img = fig.add_subplot(grid[r, 2 * c])
-        ax_map = fig.add_subplot(grid[r, 2 * c + 1])
-        image = patches[i][..., :3]
-        gray = image.mean(axis=2)
-        m = result.maps[i]
-        if m.shape != gray.shape:
-            from skimage.transform import resize
-
-            m = resize(m, gray.shape, order=1)
-        lim = shared_limit(m[None]) if per_patch_scale else limit
+    for p, (line, slot) in zip(explained, places, strict=True):
+        image = patches[p][..., :3]
+        ax_img = fig.add_subplot(grid[line, slot])
         ax_img.imshow(image)
-        ax_map.imshow(gray, cmap="gray", alpha=0.35)
-        ax_map.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
-        target = int(result.targets[i])
-        name = class_names[target] if class_names and target < len(class_names) else str(target)
-        probability = (
-            float(result.probabilities[i, target])
-            if result.probabilities.shape[1] > 1
-            else float(result.probabilities[i, 0])
-        )
-        label = titles[i] if titles else f"patch {i}"
-        ax_img.set_title(label, fontsize=6)
-        ax_map.set_title(f"{name}: p={probability:.2f}", fontsize=6)
-        for ax in (ax_img, ax_map):
-            ax.set_xticks([])
-            ax.set_yticks([])
+        ax_img.set_title(titles[p] if titles else f"patch {p}", fontsize=6)
+        _no_ticks(ax_img)
+        gray = image.mean(axis=2)
+        for k, row in enumerate(rows_of[p]):
+            ax_map = fig.add_subplot(grid[line, slot + 1 + k])
+            m = maps[row]
+            if m.shape != gray.shape:
+                from skimage.transform import resize
+
+                m = resize(m, gray.shape, order=1)
+            lim = shared_limit(m[None]) if per_patch_scale else limit
+            ax_map.imshow(gray, cmap="gray", alpha=0.35)
+            ax_map.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
+            target = int(result.targets[row])
+            name = class_names[target] if class_names and target < len(class_names) else target
+            ax_map.set_title(f"{name}: p={_probability(result, row, target):.2f}", fontsize=6)
+            _no_ticks(ax_map)
     cax = fig.add_axes((0.9, 0.15, 0.02, 0.7))
     bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=cax)
     bar.set_label(
@@ -96,3 +101,15 @@ def render_gallery(
     fig.suptitle(f"{result.method}: red raises, blue lowers the explained output", fontsize=8)
     fig.savefig(out)
     return out
+
+
+def _probability(result: AttributionResult, row: int, target: int) -> float:
+    """The model's probability for the explained class (the only output of a one-output model)."""
+    probabilities = np.asarray(result.probabilities)
+    column = target if probabilities.shape[1] > 1 else 0
+    return float(probabilities[row, column])
+
+
+def _no_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])

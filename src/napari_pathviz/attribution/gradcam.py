@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import PathvizError
+from ..errors import Cancelled, PathvizError
 from ._target import explained_output, forward_checked, resolve_targets
 from .result import AttributionResult
 
@@ -51,6 +51,8 @@ def grad_cam(
     output: str = "none",
     plus_plus: bool = False,
     batch_size: int = 64,
+    progress=None,
+    cancelled=None,
 ) -> AttributionResult:
     """Grad-CAM (or Grad-CAM++) maps of ``inputs`` (N, C, H, W), upsampled to H x W."""
     import torch
@@ -74,6 +76,8 @@ def grad_cam(
     maps, all_logits, all_targets = [], [], []
     try:
         for start in range(0, len(inputs), batch_size):
+            if cancelled is not None and cancelled():
+                raise Cancelled("attribution cancelled")
             x = inputs[start : start + batch_size]
             logits = forward_checked(model, x)
             activation = saved["activation"]
@@ -97,6 +101,8 @@ def grad_cam(
             maps.append(cam.cpu().numpy())
             all_logits.append(logits.detach())
             all_targets.append(targets)
+            if progress is not None:
+                progress(min(start + batch_size, len(inputs)), len(inputs))
     finally:
         handle.remove()
     logits = torch.cat(all_logits).float()

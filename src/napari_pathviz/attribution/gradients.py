@@ -53,6 +53,7 @@ def expected_gradients(
     batch_size: int = 256,
     seed: int = 0,
     bf16: bool = False,
+    channels_last: bool = False,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> AttributionResult:
@@ -73,6 +74,9 @@ def expected_gradients(
         )
     model.eval()
     device = inputs.device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     autocast = torch.autocast(
         device_type="cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"
     )
@@ -103,7 +107,7 @@ def expected_gradients(
             sample = sample + local_smoothing * torch.randn(
                 sample.shape, device=device, generator=generator
             )
-        sample.requires_grad_(True)
+        sample = sample.contiguous(memory_format=memory_format).requires_grad_(True)
         with autocast:
             out = explained_output(model(sample).float(), output)
         chosen = out.gather(1, target_t[p].view(-1, 1)).sum()
@@ -157,6 +161,8 @@ def expected_gradients(
             "local_smoothing": local_smoothing,
             "n_background": len(background),
             "batch_size": batch_size,
+            "bf16": bf16,
+            "channels_last": channels_last,
         },
     )
 

@@ -11,7 +11,7 @@ import numpy as np
 class AttributionResult:
     """Signed attribution maps and the model's view of each explained patch.
 
-    ``maps[i]`` (H x W) is the attribution of patch i for its explained target, summed over
+    ``maps[i]`` (H x W) is the attribution of row i for its explained target, summed over
     colour channels; ``per_channel[i]`` (C x H x W) keeps the channels where the method has them.
     Values are in the units of the explained output and comparable across patches (no per-map
     normalisation; that is a display choice).
@@ -25,7 +25,17 @@ class AttributionResult:
     per_channel: np.ndarray | None = None
     completeness_error: np.ndarray | None = None  # |sum(attr) - (f(x) - E f(b))| / |f(x) - E f(b)|
     output_delta: np.ndarray | None = None  # f(x) - E f(b): what the attributions should sum to
+    patch_index: np.ndarray | None = (
+        None  # the explained patch of each row (None: row i is patch i)
+    )
     metadata: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.maps)
+
+    def patch_of_rows(self) -> np.ndarray:
+        """The explained patch of each row: several rows share a patch when every class of it
+        was explained (target "each")."""
+        if self.patch_index is None:
+            return np.arange(len(self))
+        return np.asarray(self.patch_index)

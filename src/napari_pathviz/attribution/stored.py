@@ -1,0 +1,292 @@
+"""Attributions of many patches, chunk by chunk, each finished chunk written to a zarr store.
+
+Nothing computed is lost: a cancel or a crash keeps every finished chunk, and a rerun of the same
+job (same model weights, patches, background, method and options) resumes at the first
+unfinished one. The chunking and each chunk's random seed belong to the job, so a resumed run
+gives the same maps as an uninterrupted one.
+
+Store layout (one zarr group): ``maps`` (rows, H, W) and, where the method has them,
+``per_channel`` (rows, C, H, W), chunked one chunk of rows per zarr chunk; per row ``patch``
+(index of the explained patch), ``target``, ``logits``, ``probabilities``,
+``completeness_error``, ``output_delta``; ``done`` (one flag per chunk); attrs ``job`` (the
+job's hash), ``method``, ``output``, ``n_patches`` and ``keys`` (the patches' ID/x/y/patch_size
+when given). A row is one (patch, explained class) pair: one per patch, or one per class and
+patch with target "each".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import Cancelled, PathvizError
+from ..store import array_key
+from . import attribute
+from .result import AttributionResult
+
+EACH = "each"
+STORE_VERSION = 1
+_PER_ROW = ("patch", "target", "completeness_error", "output_delta")
+
+
+def explain(
+    model,
+    inputs,
+    method: str,
+    *,
+    background=None,
+    target="predicted",
+    output: str = "none",
+    store: str | os.PathLike | None = None,
+    keys: pd.DataFrame | None = None,
+    chunk_size: int = 16,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    **options,
+) -> AttributionResult:
+    """:func:`attribute` over ``inputs`` in chunks of ``chunk_size`` rows, each chunk stored
+    in ``store`` (a zarr folder; in memory when None) as soon as it is finished.
+
+    ``store`` "auto" means a folder of the user's results cache named by the job's hash.
+    ``target``: "predicted", a class index, one index per patch, or "each" (every class of
+    every patch; the result then has one row per (patch, class)). ``progress(done, total)``
+    counts rows. Raises :class:`Cancelled` between chunks (and, where the method allows,
+    inside one) with every finished chunk kept.
+    """
+    import torch
+
+    if chunk_size < 1:
+        raise PathvizError(f"chunk size must be positive, got {chunk_size}")
+    if len(inputs) == 0:
+        raise PathvizError("no patches to explain (the selection is empty)")
+    patch_of_row, target_of_row = _rows(model, inputs, target)
+    n_rows = len(patch_of_row)
+    n_chunks = -(-n_rows // chunk_size)
+    job = _job_key(
+        model, inputs, background, method, target, output, options, chunk_size, seed, keys
+    )
+    if store == "auto":  # the user's results cache: a rerun of the same job resumes
+        from ..store import cache_root
+
+        store = cache_root() / "attributions" / f"{job}.zarr"
+    root = _open_store(store, job, n_chunks)
+    root.attrs.update(method=method, output=output, n_patches=len(inputs), n_rows=n_rows)
+    if keys is not None:
+        root.attrs["keys"] = _keys_json(keys, len(inputs))
+    done = root["done"][:]
+    finished_rows = sum(_chunk_len(c, chunk_size, n_rows) for c in np.flatnonzero(done))
+    if progress is not None:
+        progress(finished_rows, n_rows)
+    metadata: dict = {}
+    for c in np.flatnonzero(~done):
+        if cancelled is not None and cancelled():
+            raise Cancelled("attribution cancelled; finished chunks are kept")
+        rows = slice(c * chunk_size, c * chunk_size + _chunk_len(c, chunk_size, n_rows))
+        chunk_options = dict(options)
+        if method == "gradient":
+            chunk_options["seed"] = _chunk_seed(seed, c)
+        if method in ("gradient", "deep", "gradcam", "gradcampp"):
+            chunk_options["cancelled"] = cancelled
+            if progress is not None:
+                size, base = rows.stop - rows.start, finished_rows
+                chunk_options["progress"] = lambda d, t, size=size, base=base: progress(
+                    base + int(size * d / max(t, 1)), n_rows
+                )
+        index = patch_of_row[rows]
+        try:
+            result = attribute(
+                model,
+                inputs[torch.as_tensor(index, device=inputs.device)],
+                method,
+                background=background,
+                target=target_of_row if isinstance(target_of_row, str) else target_of_row[rows],
+                output=output,
+                **chunk_options,
+            )
+        except Cancelled:
+            raise Cancelled("attribution cancelled; finished chunks are kept") from None
+        _write_chunk(root, rows, index, result, n_rows, chunk_size, n_chunks)
+        root["done"][c] = True
+        finished_rows += rows.stop - rows.start
+        metadata = result.metadata
+        if progress is not None:
+            progress(finished_rows, n_rows)
+    result = _result_from(root, method, in_memory=True)
+    result.metadata = {**root.attrs.get("metadata", {}), **metadata, "store": _where(store)}
+    return result
+
+
+def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.DataFrame | None]:
+    """A finished store as a result whose ``maps`` (and ``per_channel``) stay on disk, read
+    lazily, and the explained patches' keys (None when the store has none)."""
+    import zarr
+
+    path = Path(path)
+    if not path.is_dir():
+        raise PathvizError(f"{path}: no attributions store (a folder written by pathviz)")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise PathvizError(f"{path}: not an attributions store ({exc})") from None
+    if "job" not in root.attrs or "done" not in root:
+        raise PathvizError(f"{path}: not an attributions store (no job or done flags)")
+    done = root["done"][:]
+    if not done.all() or "maps" not in root:
+        raise PathvizError(
+            f"{path}: unfinished ({int(done.sum())} of {len(done)} chunks done); "
+            "rerun the same command to finish it"
+        )
+    result = _result_from(root, root.attrs["method"], in_memory=False)
+    keys = root.attrs.get("keys")
+    return result, (pd.DataFrame(keys) if keys else None)
+
+
+def _rows(model, inputs, target):
+    """(patch of each row, target of each row or the string "predicted")."""
+    n = len(inputs)
+    if isinstance(target, str) and target == EACH:
+        import torch
+
+        from ._target import forward_checked
+
+        with torch.no_grad():
+            n_classes = forward_checked(model.eval(), inputs[:1]).shape[1]
+        return np.repeat(np.arange(n), n_classes), np.tile(np.arange(n_classes), n)
+    if isinstance(target, str):
+        return np.arange(n), target
+    return np.arange(n), np.broadcast_to(np.asarray(target, np.int64), (n,)).copy()
+
+
+def _chunk_len(c: int, chunk_size: int, n_rows: int) -> int:
+    return min(chunk_size, n_rows - c * chunk_size)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """A seed of its own for each chunk, so that a resumed chunk draws what it drew before."""
+    return int(np.random.SeedSequence([seed, int(chunk)]).generate_state(1)[0])
+
+
+def _job_key(model, inputs, background, method, target, output, options, chunk_size, seed, keys):
+    """What a store's content depends on: the weights, the input and background tensors (as
+    the model sees them), the method and every option that changes a number."""
+    weights = [t.detach().float().cpu().numpy() for t in model.state_dict().values()]
+    arrays = [inputs.detach().float().cpu().numpy(), *weights]
+    if background is not None:
+        arrays.append(background.detach().float().cpu().numpy())
+    settings = {k: v for k, v in options.items() if not callable(v)}
+    settings.pop("batch_size", None)  # batch size changes speed, not results
+    return array_key(
+        *arrays,
+        version=STORE_VERSION,
+        model=type(model).__name__,
+        method=method,
+        target=target if isinstance(target, str) else np.asarray(target).tolist(),
+        output=output,
+        options=settings,
+        chunk_size=chunk_size,
+        seed=seed,
+        keys=None if keys is None else _keys_json(keys, len(inputs)),
+    )
+
+
+def _keys_json(keys: pd.DataFrame, n: int) -> dict:
+    columns = [c for c in ("ID", "x", "y", "patch_size") if c in keys.columns]
+    if len(keys) != n:
+        raise PathvizError(f"attribution keys: {len(keys)} rows for {n} patches")
+    return {
+        c: keys[c].astype(str).tolist() if c == "ID" else keys[c].astype(int).tolist()
+        for c in columns
+    }
+
+
+def _open_store(path, job: str, n_chunks: int):
+    import zarr
+
+    if path is None:
+        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    else:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise PathvizError(f"--attributions-out {path}: is a file, not a store folder")
+        if path.exists() and any(path.iterdir()):
+            try:
+                root = zarr.open_group(str(path), mode="a")
+            except Exception as exc:
+                raise PathvizError(f"{path}: not an attributions store ({exc})") from None
+            if root.attrs.get("job") != job:
+                raise PathvizError(
+                    f"{path}: holds attributions of another job (other model, patches, "
+                    "background, method or options); remove it or choose another store"
+                )
+            return root
+        root = zarr.open_group(str(path), mode="w")
+    root.create_array("done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=0)
+    root.attrs["job"] = job
+    return root
+
+
+def _write_chunk(root, rows: slice, index, result: AttributionResult, n_rows, chunk_size, n_chunks):
+    """Creates the arrays at the first finished chunk (their shapes come from the method) and
+    writes this chunk's rows into them."""
+    arrays = {
+        "maps": np.asarray(result.maps, np.float32),
+        "logits": np.asarray(result.logits, np.float32),
+        "probabilities": np.asarray(result.probabilities, np.float32),
+        "patch": np.asarray(index, np.int64),
+        "target": np.asarray(result.targets, np.int64),
+        "completeness_error": _or_nan(result.completeness_error, len(index)),
+        "output_delta": _or_nan(result.output_delta, len(index)),
+    }
+    if result.per_channel is not None:
+        arrays["per_channel"] = np.asarray(result.per_channel, np.float32)
+    for name, values in arrays.items():
+        if name not in root:
+            root.create_array(
+                name,
+                shape=(n_rows, *values.shape[1:]),
+                chunks=(chunk_size, *values.shape[1:]),
+                dtype=values.dtype,
+                fill_value=np.nan if values.dtype.kind == "f" else 0,
+            )
+        root[name][rows] = values
+    if "metadata" not in root.attrs:
+        root.attrs["metadata"] = _jsonable(result.metadata)
+
+
+def _or_nan(values, n: int) -> np.ndarray:
+    return np.full(n, np.nan, np.float32) if values is None else np.asarray(values, np.float32)
+
+
+def _jsonable(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _result_from(root, method: str, in_memory: bool) -> AttributionResult:
+    def load(name):
+        if name not in root:
+            return None
+        return root[name][:] if in_memory or name not in ("maps", "per_channel") else root[name]
+
+    error = load("completeness_error")
+    delta = load("output_delta")
+    return AttributionResult(
+        method=method,
+        maps=load("maps"),
+        targets=load("target"),
+        logits=load("logits"),
+        probabilities=load("probabilities"),
+        per_channel=load("per_channel"),
+        completeness_error=None if error is None or np.isnan(error).all() else error,
+        output_delta=None if delta is None or np.isnan(delta).all() else delta,
+        patch_index=load("patch"),
+        metadata=dict(root.attrs.get("metadata", {})),
+    )
+
+
+def _where(store) -> str | None:
+    return None if store is None else str(store)
