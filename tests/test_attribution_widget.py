@@ -8,11 +8,11 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_pathviz._widgets.attribution import (  # noqa: E402
+from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     LAYER_PREFIX,
     META_ATTRIBUTION,
-    AttributionWidget,
 )
+from napari_pathviz._widgets.attribution import AttributionWidget  # noqa: E402
 from napari_pathviz.attribution.layer import attribution_pyramid  # noqa: E402
 
 
@@ -93,3 +93,99 @@ def test_empty_selection_and_bad_target(demo_viewer, qtbot, notifications):
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     assert any("target class 7 is out of range" in m for m in notifications)
+
+
+def _stores():
+    from napari_pathviz.store import cache_root
+
+    folder = cache_root() / "attributions"
+    return set(folder.iterdir()) if folder.exists() else set()
+
+
+def test_cancel_keeps_finished_chunks_and_explain_resumes(demo_viewer, qtbot):
+    import zarr
+
+    viewer, widget, patches = demo_viewer
+    rows = list(range(0, 480, 10))  # 48 patches: three stored chunks of 16
+    patches.selected_data = set(rows)
+    widget.n_samples.value = 200
+    widget.n_background.value = 8
+    before = _stores()
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value >= 30, timeout=120_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert "cancelled" in widget.status.value
+    assert f"{LAYER_PREFIX}gradient" not in viewer.layers
+    (store,) = _stores() - before
+    done = zarr.open_group(str(store), mode="r")["done"][:]
+    assert 1 <= done.sum() < 3  # the finished chunks were kept, not the whole job
+    kept = zarr.open_group(str(store), mode="r")["maps"][:16]
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert widget.status.value.startswith("gradient: 48 patches"), widget.status.value
+    assert _stores() - before == {store}  # the same job: resumed in the same store
+    assert zarr.open_group(str(store), mode="r")["done"][:].all()
+    np.testing.assert_array_equal(zarr.open_group(str(store), mode="r")["maps"][:16], kept)
+    assert np.isfinite(patches.features["gradient_probability"].to_numpy()[rows]).all()
+
+
+def test_each_class_gives_a_layer_per_class_and_labels(demo_viewer, qtbot):
+    viewer, widget, patches = demo_viewer
+    patches.selected_data = {3, 500}
+    widget.method.value = "gradcampp"
+    widget.target.value = "each"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    names = [layer.name for layer in viewer.layers]
+    for k in range(3):
+        assert f"{LAYER_PREFIX}gradcampp class {k}" in names
+    labels = viewer.layers[f"{LAYER_PREFIX}gradcampp labels"]
+    texts = list(labels.text.values)
+    predicted = patches.features["gradcampp_target"].to_numpy()[[3, 500]]
+    probability = patches.features["gradcampp_probability"].to_numpy()[[3, 500]]
+    assert texts == [f"{int(t)}: p={p:.2f}" for t, p in zip(predicted, probability, strict=True)]
+    # The label sits on its patch.
+    f = patches.features
+    y, x, p = (float(f[c].iat[3]) for c in ("y", "x", "patch_size"))
+    assert y <= labels.data[0][0] < y + p and x <= labels.data[0][1] < x + p
+    # Changing the opacity changes the heatmaps, not the labels.
+    widget.opacity.value = 0.3
+    assert viewer.layers[f"{LAYER_PREFIX}gradcampp class 1"].opacity == pytest.approx(0.3)
+    assert labels.opacity == pytest.approx(1.0)
+
+
+def test_kept_selection_and_file_backgrounds(demo_viewer, qtbot, tmp_path, notifications):
+    _viewer, widget, patches = demo_viewer
+    widget.n_samples.value = 16
+    patches.selected_data = {100, 200, 300}
+    widget.keep_background.clicked.emit()
+    assert widget.background_from.value == "kept selection"
+    patches.selected_data = {7}
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert widget.status.value.startswith("gradient: 1 patches"), widget.status.value
+    np.save(tmp_path / "small.npy", np.zeros((4, 32, 32, 3), np.uint8))
+    widget.background_from.value = "file"
+    widget.background_file.value = str(tmp_path / "small.npy")
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert any("background: patches of (32, 32) px" in m for m in notifications), notifications
+
+
+def test_open_a_store_written_headless(demo_viewer, tmp_path):
+    from napari_pathviz._demo_model import load_demo_model, to_model_input
+    from napari_pathviz.attribution.stored import explain
+    from napari_pathviz.inference import read_patch_batch
+
+    viewer, widget, patches = demo_viewer
+    slide = viewer.layers[0].metadata["pathviz_slide"]
+    keys = patches.features.iloc[[5, 860]]
+    x = to_model_input(read_patch_batch(slide, keys))
+    explain(load_demo_model(), x, "gradcam", store=tmp_path / "cam.zarr", keys=keys)
+    widget.store_path.value = str(tmp_path / "cam.zarr")
+    widget.open_store_button.clicked.emit()
+    heat = viewer.layers[f"{LAYER_PREFIX}gradcam"]
+    x0, y0, p = (int(keys[c].iat[1]) for c in ("x", "y", "patch_size"))
+    window = np.asarray(heat.data[0][y0 - 1 : y0 + p + 1, x0 - 1 : x0 + p + 1])
+    assert np.isfinite(window[1:-1, 1:-1]).all() and np.isnan(window[:, 0]).all()

@@ -718,6 +718,7 @@ def _explanation_inputs(args: argparse.Namespace):
     the methods that need them (--background, else -bs patches drawn from the rest)."""
     import numpy as np
 
+    from .attribution.references import check_same_size, random_reference_rows, reference_images
     from .inference import read_patch_batch, resolve_device
     from .slide import open_slide
 
@@ -749,39 +750,13 @@ def _explanation_inputs(args: argparse.Namespace):
     background = None
     if args.method in ("gradient", "deep"):
         if args.background:
-            references = _background_images(args.background, slide, args.patch_size)
+            references = reference_images(args.background, slide, args.patch_size)
         else:
-            rest = np.setdiff1d(np.arange(len(df)), chosen)
-            pool = rest if len(rest) >= 2 else np.arange(len(df))
-            picks = rng.choice(pool, size=min(args.batch_size, len(pool)), replace=False)
+            picks = random_reference_rows(len(df), chosen, args.batch_size, rng)
             references = read_patch_batch(slide, df.iloc[picks])
-        if references.shape[1:] != images.shape[1:]:
-            raise PathvizError(
-                f"--background: patches of {references.shape[1:3]} px, the explained ones are "
-                f"{images.shape[1:3]} px"
-            )
+        check_same_size(references, images)
         background = spec.preprocess(references, device)
     return model, inputs, background, target, images, df.iloc[chosen]
-
-
-def _background_images(path: str, slide, patch_size: int | None):
-    """--background: (N, H, W, 3) uint8 images from a .npy, or the patches of a table."""
-    import numpy as np
-
-    from .inference import read_patch_batch
-
-    if path.lower().endswith(".npy"):
-        try:
-            images = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise PathvizError(f"--background {path}: not a readable .npy ({exc})") from None
-        if images.ndim != 4 or images.shape[-1] < 3 or images.dtype != np.uint8:
-            raise PathvizError(
-                f"--background {path}: expected (N, H, W, 3) uint8 images, "
-                f"found {images.dtype} {images.shape}"
-            )
-        return images[..., :3]
-    return read_patch_batch(slide, _load_table_for(slide, path, patch_size, None).df)
 
 
 def _method_options(args: argparse.Namespace) -> dict:

@@ -1,6 +1,10 @@
 """Dock widget "Attributions": explain selected (or top-N) patches with SHAP expected gradients,
 DeepLIFT, Grad-CAM or Grad-CAM++ off the GUI thread, and lay the maps over the slide as one
-lazy layer per method, on one shared symmetric red/blue scale transparent at zero."""
+lazy layer per method, on one shared symmetric red/blue scale transparent at zero.
+
+Each run is written chunk by chunk to a store in the results cache, so Cancel keeps what is
+finished and pressing Explain again resumes; a store written by ``pathviz shapley-plot`` or
+``gradcam`` can be opened onto the slide."""
 
 from __future__ import annotations
 
@@ -21,7 +25,13 @@ from magicgui.widgets import (
 
 from .._layers import META_COLOR_BY, META_SLIDE
 from ..attribution import METHODS
+from ..attribution.references import check_same_size, random_reference_rows, reference_images
 from ..errors import PathvizError
+from ._attribution_layers import (
+    add_result_columns,
+    set_opacity,
+    show_attributions,
+)
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
@@ -29,20 +39,6 @@ from ._notify import report_error
 
 if TYPE_CHECKING:
     import napari
-
-LAYER_PREFIX = "attributions: "
-META_ATTRIBUTION = "pathviz_attribution"
-
-
-def diverging_colormap():
-    """Blue (negative), transparent at zero, red (positive)."""
-    from napari.utils import Colormap
-
-    return Colormap(
-        colors=[[0.0, 0.35, 0.9, 1.0], [1.0, 1.0, 1.0, 0.0], [0.9, 0.05, 0.1, 1.0]],
-        name="pathviz_red_blue",
-        interpolation="linear",
-    )
 
 
 class AttributionWidget(Container):
@@ -52,7 +48,9 @@ class AttributionWidget(Container):
         self.form = ModelForm()
         self.method = ComboBox(label="Method", choices=list(METHODS), value="gradient")
         self.target = LineEdit(
-            label="Target", value="predicted", tooltip="predicted, or a class index"
+            label="Target",
+            value="predicted",
+            tooltip="predicted, each (every class: one layer per class), or a class index",
         )
         self.output = ComboBox(
             label="Explain",
@@ -62,16 +60,31 @@ class AttributionWidget(Container):
         )
         self.n_samples = SpinBox(label="Samples", value=400, min=1, max=100_000)
         self.smoothing = FloatSpinBox(label="Smoothing", value=0.0, min=0.0, max=10.0, step=0.05)
-        self.n_background = SpinBox(
+        self.background_from = ComboBox(
             label="Background",
-            value=32,
-            min=2,
-            max=10_000,
-            tooltip="random patches of the slide used as references",
+            choices=["random patches", "kept selection", "file"],
+            value="random patches",
+            tooltip="references of gradient and deep: random patches of the slide, a selection "
+            "kept with the button below, or a patch table / .npy of images",
         )
+        self.n_background = SpinBox(label="Random patches", value=32, min=2, max=10_000)
+        self.keep_background = PushButton(text="Keep selection as background")
+        self.background_file = LineEdit(label="Background file")
         self.layer_name = LineEdit(label="CAM layer", tooltip="blank: the last conv block")
-        self.batch_size = SpinBox(label="Batch size", value=256, min=1, max=100_000)
+        self.batch_size = SpinBox(
+            label="Batch size",
+            value=256,
+            min=1,
+            max=100_000,
+            tooltip="model inputs per pass (halved on out-of-memory)",
+        )
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.precision = ComboBox(
+            label="Precision",
+            choices=["float32", "bfloat16"],
+            value="float32",
+            tooltip="bfloat16 autocast on CUDA (gradient)",
+        )
         self.which = ComboBox(label="Patches", choices=["selection", "top N"], value="selection")
         self.top_n = SpinBox(label="N", value=8, min=1, max=100_000)
         self.top_column = ComboBox(label="By column", choices=self._numeric_columns, nullable=True)
@@ -83,10 +96,13 @@ class AttributionWidget(Container):
         self.status = Label(value="")
         self.gallery_path = LineEdit(label="Gallery PNG")
         self.gallery_button = PushButton(text="Export gallery")
+        self.store_path = LineEdit(label="Attributions store", tooltip="from pathviz shapley-plot")
+        self.open_store_button = PushButton(text="Open store on the slide")
         self._jobs = JobRunner(
             self.run_button, self.cancel_button, self._show_progress, self._report
         )
         self._last = None  # (result, images, titles) of the last run, for the gallery
+        self._kept_background: np.ndarray | None = None
         self.extend(
             [
                 *self.form.widgets,
@@ -95,10 +111,14 @@ class AttributionWidget(Container):
                 self.output,
                 self.n_samples,
                 self.smoothing,
+                self.background_from,
                 self.n_background,
+                self.keep_background,
+                self.background_file,
                 self.layer_name,
                 self.batch_size,
                 self.device,
+                self.precision,
                 self.which,
                 self.top_n,
                 self.top_column,
@@ -111,12 +131,16 @@ class AttributionWidget(Container):
                 self.status,
                 self.gallery_path,
                 self.gallery_button,
+                self.store_path,
+                self.open_store_button,
             ]
         )
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.gallery_button.changed.connect(self.export_gallery)
-        self.opacity.changed.connect(self._set_opacity)
+        self.keep_background.changed.connect(self.keep_selection_as_background)
+        self.open_store_button.changed.connect(self.open_store)
+        self.opacity.changed.connect(lambda value: set_opacity(self._viewer, value))
         viewer.layers.events.inserted.connect(lambda _e: self.top_column.reset_choices())
 
     # -- inputs --------------------------------------------------------------------------------
@@ -144,6 +168,44 @@ class AttributionWidget(Container):
         values = layer.features[column].to_numpy(float)
         return np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[: self.top_n.value]
 
+    def keep_selection_as_background(self) -> None:
+        layer = self._layer_with(META_COLOR_BY)
+        rows = np.sort(np.fromiter(layer.selected_data, np.int64)) if layer is not None else []
+        if len(rows) < 2:
+            report_error(self.status, PathvizError("Background: select at least two patches"))
+            return
+        self._kept_background = rows
+        self.background_from.value = "kept selection"
+        self.status.value = f"background: {len(rows)} kept patches"
+
+    def _target(self):
+        target = self.target.value.strip() or "predicted"
+        if target in ("predicted", "each"):
+            return target
+        try:
+            return int(target)
+        except ValueError:
+            raise PathvizError(
+                f"Target: 'predicted', 'each' or a class index, not {target!r}"
+            ) from None
+
+    def _background(self, features, rows) -> tuple[str, object]:
+        """How the job gets its references: ("rows", table rows) or ("file", path)."""
+        source = self.background_from.value
+        if source == "kept selection":
+            if self._kept_background is None:
+                raise PathvizError("Background: keep a selection first, or choose another source")
+            return "rows", self._kept_background
+        if source == "file":
+            path = self.background_file.value.strip()
+            if not path:
+                raise PathvizError("Background file: give a patch table or a .npy of images")
+            return "file", path
+        picks = random_reference_rows(
+            len(features), rows, self.n_background.value, np.random.default_rng(0)
+        )
+        return "rows", np.sort(picks)
+
     # -- run -----------------------------------------------------------------------------------
     def run(self) -> None:
         try:
@@ -156,28 +218,27 @@ class AttributionWidget(Container):
         if slide_layer is None or layer is None:
             raise PathvizError("Attributions: open a slide and its patches first")
         rows = self.chosen_rows(layer)
-        target = self.target.value.strip() or "predicted"
-        if target != "predicted":
-            try:
-                target = int(target)
-            except ValueError:
-                raise PathvizError(
-                    f"Target: 'predicted' or a class index, not {target!r}"
-                ) from None
+        method = self.method.value
         options = {"batch_size": self.batch_size.value}
-        if self.method.value == "gradient":
-            options.update(n_samples=self.n_samples.value, local_smoothing=self.smoothing.value)
-        elif self.method.value in ("gradcam", "gradcampp"):
+        if method == "gradient":
+            options.update(
+                n_samples=self.n_samples.value,
+                local_smoothing=self.smoothing.value,
+                bf16=self.precision.value == "bfloat16",
+            )
+        elif method == "deep":
+            options["batch_size"] = max(1, min(self.batch_size.value, 16))  # x references
+        else:
             options["layer"] = self.layer_name.value.strip() or None
         job = _AttributionJob(
             self.form.arguments(),
             slide_layer.metadata[META_SLIDE],
             layer.features,
             rows,
-            self.method.value,
-            target,
+            method,
+            self._target(),
             self.output.value,
-            self.n_background.value,
+            self._background(layer.features, rows) if method in ("gradient", "deep") else None,
             self.device.value,
             options,
         )
@@ -186,7 +247,7 @@ class AttributionWidget(Container):
 
     def cancel(self) -> None:
         self._jobs.cancel()
-        self.status.value = "cancelling…"
+        self.status.value = "cancelling… (finished chunks are kept: Explain resumes)"
 
     def _show_progress(self, done: int, total: int) -> None:
         self.progress.value = int(100 * done / max(total, 1))
@@ -196,70 +257,53 @@ class AttributionWidget(Container):
 
     # -- results -------------------------------------------------------------------------------
     def _done(self, outcome, layer, slide_layer) -> None:
-        from ..attribution.gallery import shared_limit
-        from ..attribution.layer import attribution_pyramid
-
-        result, rows, images = outcome
-        features = layer.features
-        maps = result.maps
-        if self.per_patch.value:  # a display choice: each patch on its own [-1, 1]
-            maps = maps / np.array([shared_limit(m[None]) for m in maps])[:, None, None]
-        slide = slide_layer.metadata[META_SLIDE]
-        levels = attribution_pyramid(
-            maps,
-            features["x"].to_numpy()[rows],
-            features["y"].to_numpy()[rows],
-            features["patch_size"].to_numpy()[rows],
-            [lv.shape[:2] for lv in slide.levels],
-        )
-        limit = 1.0 if self.per_patch.value else shared_limit(result.maps)
-        name = f"{LAYER_PREFIX}{result.method}"
-        if name in self._viewer.layers:
-            self._viewer.layers.remove(name)
-        heat = self._viewer.add_image(
-            levels,
-            multiscale=True,
-            name=name,
-            colormap=diverging_colormap(),
-            contrast_limits=(-limit, limit),
+        result, rows, images, warning = outcome
+        keys = layer.features.iloc[rows]
+        show_attributions(
+            self._viewer,
+            result,
+            keys,
+            slide_layer,
             opacity=self.opacity.value,
-            scale=tuple(slide_layer.scale[:2]),
-            blending="translucent",
+            per_patch_scale=self.per_patch.value,
+            patch_rows=rows,
         )
-        heat.metadata[META_ATTRIBUTION] = {
-            "rows": rows,
-            "targets": result.targets,
-            "completeness_error": result.completeness_error,
-        }
-        if hasattr(heat, "colorbar"):
-            heat.colorbar.visible = True
-        # The explained class and its probability beside each patch, as features columns.
-        target_prob = (
-            result.probabilities[np.arange(len(rows)), result.targets]
-            if result.probabilities.shape[1] > 1
-            else result.probabilities[:, 0]
-        )
-        features = features.copy()
-        for column, values in (
-            (f"{result.method}_target", result.targets),
-            (f"{result.method}_probability", target_prob),
-        ):
-            full = np.full(len(features), np.nan)
-            full[rows] = values
-            features[column] = full
-        layer.features = features
-        titles = [f"x={features['x'].iat[r]} y={features['y'].iat[r]}" for r in rows]
+        layer.features = add_result_columns(layer.features, result, rows)
+        titles = [f"x={x} y={y}" for x, y in zip(keys["x"], keys["y"], strict=True)]
         self._last = (result, images, titles)
         message = f"{result.method}: {len(rows)} patches"
         if result.completeness_error is not None:
             message += f", completeness error median {np.median(result.completeness_error):.3f}"
+        if warning:
+            message += f" ({warning})"
         self.status.value = message
         self.progress.value = 100
 
-    def _set_opacity(self, value: float) -> None:
-        for ly in self._viewer.layers:
-            if META_ATTRIBUTION in ly.metadata:
-                ly.opacity = value
+    def open_store(self) -> None:
+        """Lays a finished store (e.g. from pathviz shapley-plot) on the open slide."""
+        from ..attribution.stored import open_attributions
+
+        try:
+            slide_layer = self._layer_with(META_SLIDE)
+            if slide_layer is None:
+                raise PathvizError("Attributions store: open its slide first")
+            path = self.store_path.value.strip()
+            if not path:
+                raise PathvizError("Attributions store: give the store folder first")
+            result, keys = open_attributions(path)
+            if keys is None or not {"x", "y", "patch_size"} <= set(keys.columns):
+                raise PathvizError(f"{path}: the store has no patch coordinates to place it by")
+            show_attributions(
+                self._viewer,
+                result,
+                keys,
+                slide_layer,
+                opacity=self.opacity.value,
+                per_patch_scale=self.per_patch.value,
+            )
+            self.status.value = f"{path}: {keys.shape[0]} patches ({result.method})"
+        except PathvizError as err:
+            report_error(self.status, err)
 
     def export_gallery(self) -> None:
         from ..attribution.gallery import render_gallery
@@ -280,58 +324,52 @@ class AttributionWidget(Container):
 
 
 class _AttributionJob:
-    """One Explain, in a worker thread: load the model, read patches and references, attribute."""
+    """One Explain, in a worker thread: load the model, read patches and references, attribute
+    chunk by chunk into a store of the results cache (so a rerun after Cancel resumes)."""
 
     def __init__(
-        self,
-        model_args,
-        slide,
-        features,
-        rows,
-        method,
-        target,
-        output,
-        n_background,
-        device,
-        options,
+        self, model_args, slide, features, rows, method, target, output, background, device, options
     ):
         self.model_args, self.slide, self.features, self.rows = model_args, slide, features, rows
         self.method, self.target, self.output = method, target, output
-        self.n_background, self.device, self.options = n_background, device, options
+        self.background, self.device, self.options = background, device, options
 
     def run(self, progress, cancelled):
-        from ..attribution import attribute
+        from ..attribution.stored import explain
         from ..inference import read_patch_batch, resolve_device
         from ..models import load_model
 
         args = dict(self.model_args)
         spec = load_model(args.pop("path"), **args)
         device = resolve_device(self.device)
+        warning = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
         model = spec.model.to(device).eval()
         images = read_patch_batch(self.slide, self.features.iloc[self.rows])
         inputs = spec.preprocess(images, device)
         background = None
-        if self.method in ("gradient", "deep"):
-            rest = np.setdiff1d(np.arange(len(self.features)), self.rows)
-            pool = rest if len(rest) >= 2 else np.arange(len(self.features))
-            picks = np.random.default_rng(0).choice(
-                pool, size=min(self.n_background, len(pool)), replace=False
-            )
-            background = spec.preprocess(
-                read_patch_batch(self.slide, self.features.iloc[picks]), device
-            )
-        options = dict(self.options)
-        if self.method in ("gradient", "deep"):
-            options.update(progress=progress, cancelled=cancelled)
-        if self.method == "deep":
-            options["batch_size"] = max(1, min(options["batch_size"], 16))
-        result = attribute(
+        if self.background is not None:
+            references = self._references()
+            check_same_size(references, images)
+            background = spec.preprocess(references, device)
+        result = explain(
             model,
             inputs,
             self.method,
             background=background,
             target=self.target,
             output=self.output,
-            **options,
+            store="auto",
+            keys=self.features.iloc[self.rows],
+            progress=progress,
+            cancelled=cancelled,
+            **self.options,
         )
-        return result, self.rows, images
+        return result, self.rows, images, warning
+
+    def _references(self) -> np.ndarray:
+        from ..inference import read_patch_batch
+
+        kind, value = self.background
+        if kind == "rows":
+            return read_patch_batch(self.slide, self.features.iloc[value])
+        return reference_images(value, self.slide)
