@@ -360,6 +360,16 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
         assert lines[-1].startswith(f"pathviz {args[0]}: error: ") and message in lines[-1]
 
 
+def fail_above(x, cap: int):
+    if len(x) > cap:
+        raise torch.OutOfMemoryError(f"simulated: {len(x)} > {cap}")
+    return x
+
+
+# A leaf for torch.fx, so that DeepLIFT's rewritten copy of a capped model stays capped.
+torch.fx.wrap("fail_above")
+
+
 class MemoryCapped(nn.Module):
     """Raises torch's real out-of-memory error above a batch size, like a full GPU would."""
 
@@ -368,9 +378,7 @@ class MemoryCapped(nn.Module):
         self.model, self.cap = model, cap
 
     def forward(self, x):
-        if len(x) > self.cap:
-            raise torch.OutOfMemoryError(f"simulated: {len(x)} > {self.cap}")
-        return self.model(x)
+        return self.model(fail_above(x, self.cap))
 
 
 def test_out_of_memory_halves_the_batch_and_loses_nothing(demo_inputs):

@@ -168,3 +168,23 @@ def test_channels_last_gives_the_same_maps(demo):
     )
     np.testing.assert_allclose(last.maps, plain.maps, rtol=1e-3, atol=1e-5)
     assert last.metadata["channels_last"] is True
+
+
+@pytest.mark.parametrize("method", ["gradcam", "deep"])
+def test_out_of_memory_halves_the_batch_for_every_method(demo, method):
+    from napari_pathviz.errors import PathvizWarning
+    from test_attribution import MemoryCapped
+
+    model, x, background, _ = demo
+    references = background[:2]
+    reference = explain(model, x, method, background=references, batch_size=8)
+    capped = MemoryCapped(model, cap=6 if method == "gradcam" else 8)
+    # DeepLiftShap runs each patch against every reference, and captum's DeepLift runs the
+    # inputs and the references together: 2 patches x 2 references x 2 fit in 8.
+    with pytest.warns(PathvizWarning, match="batch size lowered to 4") as caught:
+        result = explain(capped, x, method, background=references, batch_size=8, chunk_size=7)
+    lowered = [str(w.message) for w in caught if issubclass(w.category, PathvizWarning)]
+    assert lowered[-1].endswith("4" if method == "gradcam" else "2")
+    np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-4, atol=1e-6)
+    with pytest.raises(PathvizError, match="out of device memory even with one patch"):
+        explain(MemoryCapped(model, cap=0), x[:1], "gradcam", batch_size=1)

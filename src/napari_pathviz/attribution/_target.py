@@ -28,6 +28,8 @@ def forward_checked(model, x):
 
     try:
         out = model(x)
+    except torch.OutOfMemoryError:
+        raise  # the callers halve their batch and retry
     except RuntimeError as exc:
         raise PathvizError(
             f"the model rejects patches of shape {tuple(x.shape[1:])} "
@@ -37,6 +39,16 @@ def forward_checked(model, x):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PathvizError(f"the model's output must be (patches, classes), found {shape}")
     return out
+
+
+def forward_batched(model, x, batch_size: int):
+    """The model's checked logits for ``x`` in batches of ``batch_size`` (the whole input at
+    once could exhaust device memory that the attribution batches fit in)."""
+    import torch
+
+    return torch.cat(
+        [forward_checked(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
 
 
 def resolve_targets(target, logits) -> np.ndarray:

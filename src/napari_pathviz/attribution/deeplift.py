@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from ..errors import PathvizError
-from ._target import explained_output, forward_checked, resolve_targets
+from ._target import explained_output, forward_batched, resolve_targets
 from .result import AttributionResult
 
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.imul: operator.mul}
@@ -106,9 +106,9 @@ def deeplift(
         raise PathvizError("DeepLIFT (DeepSHAP) needs at least two background patches")
     model.eval()
     with torch.no_grad():
-        logits = forward_checked(model, inputs).float()
+        logits = forward_batched(model, inputs, batch_size).float()
         f_x = explained_output(logits, output)
-        f_b = explained_output(forward_checked(model, background).float(), output)
+        f_b = explained_output(forward_batched(model, background, batch_size).float(), output)
     targets = resolve_targets(target, logits)
     rewritten = functional_copy(model)
     with torch.no_grad():

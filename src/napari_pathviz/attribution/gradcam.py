@@ -60,7 +60,7 @@ def grad_cam(
 
     model.eval()
     modules = dict(model.named_modules())
-    layer = layer or find_cam_layer(model, inputs)
+    layer = layer or find_cam_layer(model, inputs[:1])
     if layer not in modules:
         names = [n for n in modules if n][-12:]
         raise PathvizError(

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import Cancelled, PathvizError, PathvizWarning
-from ._target import explained_output, forward_checked, resolve_targets
+from ._target import explained_output, forward_batched, resolve_targets
 from .result import AttributionResult
 
 
@@ -81,9 +81,9 @@ def expected_gradients(
         device_type="cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"
     )
     with torch.no_grad(), autocast:
-        logits = forward_checked(model, inputs).float()
+        logits = forward_batched(model, inputs, batch_size).float()
         f_x = explained_output(logits, output)
-        f_b = explained_output(forward_checked(model, background).float(), output)
+        f_b = explained_output(forward_batched(model, background, batch_size).float(), output)
     targets = resolve_targets(target, logits)
     n = len(inputs)
     rng = np.random.default_rng(seed)

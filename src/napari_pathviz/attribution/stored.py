@@ -99,14 +99,15 @@ def explain(
                 )
         index = patch_of_row[rows]
         try:
-            result = attribute(
+            result = _attribute_backing_off(
+                options,
+                chunk_options,
                 model,
                 inputs[torch.as_tensor(index, device=inputs.device)],
                 method,
                 background=background,
                 target=target_of_row if isinstance(target_of_row, str) else target_of_row[rows],
                 output=output,
-                **chunk_options,
             )
         except Cancelled:
             raise Cancelled("attribution cancelled; finished chunks are kept") from None
@@ -144,6 +145,35 @@ def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.Da
     result = _result_from(root, root.attrs["method"], in_memory=False)
     keys = root.attrs.get("keys")
     return result, (pd.DataFrame(keys) if keys else None)
+
+
+_DEFAULT_BATCH = {"gradient": 256, "deep": 8, "gradcam": 64, "gradcampp": 64}
+
+
+def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, method, **kwargs):
+    """attribute() on one chunk; on device out-of-memory the batch size is halved (for this
+    chunk and the ones after it: ``options`` is updated) and the chunk computed again."""
+    import warnings
+
+    import torch
+
+    from ..errors import PathvizWarning
+
+    while True:
+        try:
+            return attribute(model, inputs, method, **kwargs, **chunk_options)
+        except torch.OutOfMemoryError:
+            batch = chunk_options.get("batch_size", _DEFAULT_BATCH.get(method, 1))
+            if batch <= 1:
+                raise PathvizError("out of device memory even with one patch per batch") from None
+            if inputs.device.type == "cuda":
+                torch.cuda.empty_cache()
+            options["batch_size"] = chunk_options["batch_size"] = max(1, batch // 2)
+            warnings.warn(
+                f"out of device memory: batch size lowered to {batch // 2}",
+                PathvizWarning,
+                stacklevel=2,
+            )
 
 
 def _rows(model, inputs, target):
