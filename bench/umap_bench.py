@@ -41,6 +41,8 @@ the run had the machine to itself, lower means it shared the cores with other wo
 paths, against the full-dimensional features.
 
 Run: /work/main/.venv/bin/python bench/umap_bench.py [--n 100000] [--dims 512] [--repeats 2]
+[--ours-knn auto|nndescent|torch] (on a GPU machine "auto" is the torch k-NN, so bench/gpu.sh
+passes ``--ours-knn nndescent`` to time the CPU path against plain as well as the GPU path)
 (about 4-5 minutes at the default size on a 2-core machine, 1.5 of them import and warm-up;
 ``--n 20000`` takes about 2).  The last lines are the summary, with PASS/FAIL against the targets.
 """
@@ -131,6 +133,13 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=DIMS, help=f"dimensions (default {DIMS})")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (default 2)")
     parser.add_argument(
+        "--ours-knn",
+        default="auto",
+        choices=["auto", "nndescent", "torch"],
+        help='k-NN of "ours" (default auto: torch on CUDA, else NN-descent); on a GPU machine, '
+        "nndescent times the CPU path against plain (the GPU path is timed separately)",
+    )
+    parser.add_argument(
         "--user-cache",
         action="store_true",
         help="leave PATHVIZ_CACHE_DIR alone (use the user's numba cache) instead of a temp folder",
@@ -200,8 +209,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     warm = features[: min(WARMUP, len(features))]
     _, t = timed(lambda: plain(warm))
     print(f"warm-up plain on {len(warm):,} points: {t:.1f} s (includes numba compilation)")
-    _, t = timed(lambda: ours(warm, "auto"))
-    print(f"warm-up ours (knn=auto) on {len(warm):,} points: {t:.1f} s")
+    _, t = timed(lambda: ours(warm, args.ours_knn))
+    print(f"warm-up ours (knn={args.ours_knn}) on {len(warm):,} points: {t:.1f} s")
     for label, knn in extra:
         _, t = timed(lambda knn=knn: ours(warm, knn))
         print(f"warm-up {label} on {len(warm):,} points: {t:.1f} s")
@@ -220,7 +229,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         for name in order:
             stages = Stages()
             if name == "ours":
-                coords, t, c = timed_cpu(lambda stages=stages: ours(features, "auto", stages))
+                coords, t, c = timed_cpu(
+                    lambda stages=stages: ours(features, args.ours_knn, stages)
+                )
                 detail = f"  [{stages.summary(t)}]"
             else:
                 coords, t, c = timed_cpu(lambda: plain(features))
@@ -251,7 +262,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
     print()
     print(f"UMAP {args.n:,} x {args.dims} -> 3-D, best of {args.repeats} round(s):")
-    print(f"  ours (PCA 50 + NN-descent) {best_ours:.1f} s, plain umap-learn {best_plain:.1f} s")
+    ours_knn = args.ours_knn
+    if ours_knn == "auto":
+        ours_knn = "torch" if cuda else "nndescent"
+    ours_label = (
+        "NN-descent" if ours_knn == "nndescent" else f"torch k-NN on {'CUDA' if cuda else 'CPU'}"
+    )
+    print(f"  ours (PCA 50 + {ours_label}) {best_ours:.1f} s, plain umap-learn {best_plain:.1f} s")
     print(
         f"  ratio ours/plain = {ratio:.2f} (per round: "
         f"{', '.join(f'{x:.2f}' for x in ratios)}; target <= {RATIO_TARGET:g}) -> "
