@@ -188,3 +188,24 @@ def test_out_of_memory_halves_the_batch_for_every_method(demo, method):
     np.testing.assert_allclose(result.maps, reference.maps, rtol=1e-4, atol=1e-6)
     with pytest.raises(PathvizError, match="out of device memory even with one patch"):
         explain(MemoryCapped(model, cap=0), x[:1], "gradcam", batch_size=1)
+
+
+def test_per_channel_maps_are_stored_unless_declined(demo, tmp_path):
+    import zarr
+
+    model, x, background, _ = demo
+    kept = explain(model, x[:2], "deep", background=background[:3], store=tmp_path / "all")
+    assert kept.per_channel.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(kept.per_channel.sum(axis=1), kept.maps, rtol=1e-5, atol=1e-6)
+    assert "per_channel" in zarr.open_group(str(tmp_path / "all"), mode="r")
+    summed = explain(
+        model,
+        x[:2],
+        "deep",
+        background=background[:3],
+        store=tmp_path / "sum",
+        keep_per_channel=False,
+    )
+    assert summed.per_channel is None
+    assert "per_channel" not in zarr.open_group(str(tmp_path / "sum"), mode="r")
+    np.testing.assert_allclose(summed.maps, kept.maps, rtol=1e-5, atol=1e-7)

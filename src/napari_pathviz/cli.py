@@ -340,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--samples-per-batch",
                 type=int,
-                default=256,
-                help="model inputs per forward/backward pass (halved on out-of-memory)",
+                default=None,
+                help="model inputs per forward/backward pass (default 256 on a GPU, 64 on "
+                "the CPU; halved on out-of-memory)",
             )
             p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
             p.add_argument("--channels-last", action="store_true", help="channels_last memory")

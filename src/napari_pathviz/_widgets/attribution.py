@@ -73,10 +73,11 @@ class AttributionWidget(Container):
         self.layer_name = LineEdit(label="CAM layer", tooltip="blank: the last conv block")
         self.batch_size = SpinBox(
             label="Batch size",
-            value=256,
-            min=1,
+            value=0,
+            min=0,
             max=100_000,
-            tooltip="model inputs per pass (halved on out-of-memory)",
+            tooltip="model inputs per pass, halved on out-of-memory; 0: automatic (gradient: "
+            "256 samples on a GPU, 64 on the CPU)",
         )
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.precision = ComboBox(
@@ -219,7 +220,7 @@ class AttributionWidget(Container):
             raise PathvizError("Attributions: open a slide and its patches first")
         rows = self.chosen_rows(layer)
         method = self.method.value
-        options = {"batch_size": self.batch_size.value}
+        options = {"batch_size": self.batch_size.value} if self.batch_size.value else {}
         if method == "gradient":
             options.update(
                 n_samples=self.n_samples.value,
@@ -227,7 +228,7 @@ class AttributionWidget(Container):
                 bf16=self.precision.value == "bfloat16",
             )
         elif method == "deep":
-            options["batch_size"] = max(1, min(self.batch_size.value, 16))  # x references
+            options["batch_size"] = min(self.batch_size.value or 8, 16)  # x references
         else:
             options["layer"] = self.layer_name.value.strip() or None
         job = _AttributionJob(
@@ -359,6 +360,7 @@ class _AttributionJob:
             target=self.target,
             output=self.output,
             store="auto",
+            keep_per_channel=False,  # the layers and gallery show channel sums; keep the cache small
             keys=self.features.iloc[self.rows],
             progress=progress,
             cancelled=cancelled,

@@ -45,6 +45,7 @@ def explain(
     keys: pd.DataFrame | None = None,
     chunk_size: int = 16,
     seed: int = 0,
+    keep_per_channel: bool = True,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     **options,
@@ -55,7 +56,8 @@ def explain(
     ``store`` "auto" means a folder of the user's results cache named by the job's hash.
     ``target``: "predicted", a class index, one index per patch, or "each" (every class of
     every patch; the result then has one row per (patch, class)). ``progress(done, total)``
-    counts rows. Raises :class:`Cancelled` between chunks (and, where the method allows,
+    counts rows. ``keep_per_channel`` False stores only the channel-summed maps (a third of
+    the space for RGB). Raises :class:`Cancelled` between chunks (and, where the method allows,
     inside one) with every finished chunk kept.
     """
     import torch
@@ -68,7 +70,16 @@ def explain(
     n_rows = len(patch_of_row)
     n_chunks = -(-n_rows // chunk_size)
     job = _job_key(
-        model, inputs, background, method, target, output, options, chunk_size, seed, keys
+        model,
+        inputs,
+        background,
+        method,
+        target,
+        output,
+        {**options, "keep_per_channel": keep_per_channel},
+        chunk_size,
+        seed,
+        keys,
     )
     if store == "auto":  # the user's results cache: a rerun of the same job resumes
         from ..store import cache_root
@@ -111,6 +122,8 @@ def explain(
             )
         except Cancelled:
             raise Cancelled("attribution cancelled; finished chunks are kept") from None
+        if not keep_per_channel:
+            result.per_channel = None
         _write_chunk(root, rows, index, result, n_rows, chunk_size, n_chunks)
         root["done"][c] = True
         finished_rows += rows.stop - rows.start
@@ -147,7 +160,7 @@ def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.Da
     return result, (pd.DataFrame(keys) if keys else None)
 
 
-_DEFAULT_BATCH = {"gradient": 256, "deep": 8, "gradcam": 64, "gradcampp": 64}
+_DEFAULT_BATCH = {"deep": 8, "gradcam": 64, "gradcampp": 64}
 
 
 def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, method, **kwargs):
@@ -163,7 +176,7 @@ def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, me
         try:
             return attribute(model, inputs, method, **kwargs, **chunk_options)
         except torch.OutOfMemoryError:
-            batch = chunk_options.get("batch_size", _DEFAULT_BATCH.get(method, 1))
+            batch = chunk_options.get("batch_size") or _DEFAULT_BATCH.get(method, 1)
             if batch <= 1:
                 raise PathvizError("out of device memory even with one patch per batch") from None
             if inputs.device.type == "cuda":
