@@ -112,7 +112,8 @@ def test_cancel_keeps_finished_chunks_and_explain_resumes(demo_viewer, qtbot):
     widget.n_background.value = 8
     before = _stores()
     widget.run_button.clicked.emit()
-    qtbot.waitUntil(lambda: widget.progress.value >= 30, timeout=120_000)
+    # Past 16 of 48 patches: the first chunk is finished and stored, the second under way.
+    qtbot.waitUntil(lambda: widget.progress.value >= 34, timeout=120_000)
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     assert "cancelled" in widget.status.value

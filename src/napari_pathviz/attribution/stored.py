@@ -30,7 +30,6 @@ from .result import AttributionResult
 
 EACH = "each"
 STORE_VERSION = 1
-_PER_ROW = ("patch", "target", "completeness_error", "output_delta")
 
 
 def explain(
@@ -101,13 +100,12 @@ def explain(
         chunk_options = dict(options)
         if method == "gradient":
             chunk_options["seed"] = _chunk_seed(seed, c)
-        if method in ("gradient", "deep", "gradcam", "gradcampp"):
-            chunk_options["cancelled"] = cancelled
-            if progress is not None:
-                size, base = rows.stop - rows.start, finished_rows
-                chunk_options["progress"] = lambda d, t, size=size, base=base: progress(
-                    base + int(size * d / max(t, 1)), n_rows
-                )
+        chunk_options["cancelled"] = cancelled  # every method checks it between its batches
+        if progress is not None:
+            size, base = rows.stop - rows.start, finished_rows
+            chunk_options["progress"] = lambda d, t, size=size, base=base: progress(
+                base + int(size * d / max(t, 1)), n_rows
+            )
         index = patch_of_row[rows]
         try:
             result = _attribute_backing_off(
@@ -124,7 +122,7 @@ def explain(
             raise Cancelled("attribution cancelled; finished chunks are kept") from None
         if not keep_per_channel:
             result.per_channel = None
-        _write_chunk(root, rows, index, result, n_rows, chunk_size, n_chunks)
+        _write_chunk(root, rows, index, result, n_rows, chunk_size)
         root["done"][c] = True
         finished_rows += rows.stop - rows.start
         metadata = result.metadata
@@ -273,7 +271,7 @@ def _open_store(path, job: str, n_chunks: int):
     return root
 
 
-def _write_chunk(root, rows: slice, index, result: AttributionResult, n_rows, chunk_size, n_chunks):
+def _write_chunk(root, rows: slice, index, result: AttributionResult, n_rows, chunk_size):
     """Creates the arrays at the first finished chunk (their shapes come from the method) and
     writes this chunk's rows into them."""
     arrays = {
