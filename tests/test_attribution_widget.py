@@ -42,11 +42,14 @@ def test_selection_to_attribution_layer(demo_viewer, qtbot, tmp_path):
     viewer, widget, patches = demo_viewer
     rows = [0, 430, 860]  # far apart: no explained neighbour touches the first
     patches.selected_data = set(rows)
+    viewer.layers.selection.active = patches
     widget.n_samples.value = 32
     widget.n_background.value = 8
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     assert widget.status.value.startswith("gradient: 3 patches"), widget.status.value
+    # The patches stay the active layer, ready for the next selection.
+    assert viewer.layers.selection.active is patches
     heat = viewer.layers[f"{LAYER_PREFIX}gradient"]
     assert heat.multiscale and heat.data[0].shape == (2304, 2816)
     meta = heat.metadata[META_ATTRIBUTION]
@@ -190,3 +193,19 @@ def test_open_a_store_written_headless(demo_viewer, tmp_path):
     x0, y0, p = (int(keys[c].iat[1]) for c in ("x", "y", "patch_size"))
     window = np.asarray(heat.data[0][y0 - 1 : y0 + p + 1, x0 - 1 : x0 + p + 1])
     assert np.isfinite(window[1:-1, 1:-1]).all() and np.isnan(window[:, 0]).all()
+
+
+def test_demo_viewer_opens_with_maps_on_the_top_patches(make_napari_viewer, qtbot):
+    from napari_pathviz._demo import load_demo
+    from napari_pathviz._demo_viewer import explain_top_patches, populate_demo_viewer
+
+    viewer = make_napari_viewer()
+    slide, table = load_demo()
+    widgets = populate_demo_viewer(viewer, slide, table)
+    widget = explain_top_patches(widgets["Attributions"])
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    heat = viewer.layers[f"{LAYER_PREFIX}gradient"]
+    expected = np.argsort(-table.df["prob_dab_positive"].to_numpy(), kind="stable")[:8]
+    np.testing.assert_array_equal(heat.metadata[META_ATTRIBUTION]["rows"], expected)
+    assert f"{LAYER_PREFIX}gradient labels" in viewer.layers
+    assert viewer.layers.selection.active.name == viewer.layers[1].name  # still the patches

@@ -9,9 +9,9 @@ DOCK_WIDGETS = ("Slide & patches", "Model inference", "Attributions", "Embedding
 TABBED = ("Model inference", "Attributions")  # share a tab group with the widget before them
 
 
-def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
-    """Slide and patches as layers, the plugin's dock widgets, and, given ``embedding`` =
-    (EmbeddingSet, coords), the embedding explorer filled with it."""
+def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:
+    """Slide and patches as layers, the plugin's dock widgets (returned by name), and, given
+    ``embedding`` = (EmbeddingSet, coords), the embedding explorer filled with it."""
     from napari.layers import Layer
 
     from ._demo import demo_embeddings_path
@@ -37,6 +37,19 @@ def populate_demo_viewer(viewer, slide, table, embedding=None) -> None:
         explorer.color_by.value = "annotation"
     viewer.layers.selection.active = layers[1]
     viewer.reset_view()
+    return widgets
+
+
+def explain_top_patches(widget, n: int = 8):
+    """Starts the Attributions widget on the demo's most DAB-positive patches (SHAP expected
+    gradients), so the demo opens with maps on the slide; the other methods are one click away."""
+    widget.which.value = "top N"
+    widget.top_n.value = n
+    widget.top_column.reset_choices()
+    widget.top_column.value = "prob_dab_positive"
+    widget.n_samples.value = 200
+    widget.run()
+    return widget
 
 
 def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
@@ -53,11 +66,18 @@ def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
     )
     embedding = demo_umap(table)
     viewer = napari.Viewer(title="napari-pathviz demo")
-    populate_demo_viewer(viewer, slide, table, embedding)
+    widgets = populate_demo_viewer(viewer, slide, table, embedding)
+    attributions = explain_top_patches(widgets["Attributions"])
     if screenshot:
+        import time
+
         from qtpy.QtWidgets import QApplication
 
         viewer.window._qt_window.resize(1500, 950)
+        deadline = time.monotonic() + 120
+        while not attributions.run_button.enabled and time.monotonic() < deadline:
+            QApplication.processEvents()  # the attributions are computed in a thread
+            time.sleep(0.05)
         for _ in range(5):  # let Qt lay out the dock widgets before grabbing the window
             QApplication.processEvents()
         viewer.screenshot(screenshot, canvas_only=False, flash=False)

@@ -53,7 +53,9 @@ def show_attributions(
 ) -> list:
     """Adds (or replaces) the layers of ``result``; ``keys`` has x, y and patch_size of each
     explained patch; ``patch_rows`` are those patches' rows in the patches layer (for metadata).
-    Returns the heatmap layers."""
+    Returns the heatmap layers. The active layer stays what it was (usually the patches, where
+    the user selects the next ones)."""
+    active = viewer.layers.selection.active
     patch_of_row = result.patch_of_rows()
     targets = np.asarray(result.targets)
     each_class = len(patch_of_row) > len(np.unique(patch_of_row))
@@ -106,6 +108,8 @@ def show_attributions(
             heat.colorbar.visible = True
         layers.append(heat)
     _show_labels(viewer, result, keys, slide_layer)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
     return layers
 
 
