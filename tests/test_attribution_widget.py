@@ -69,6 +69,15 @@ def test_selection_to_attribution_layer(demo_viewer, qtbot, tmp_path):
     widget.gallery_path.value = str(tmp_path / "gallery.png")
     widget.gallery_button.clicked.emit()
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
+    # The same gallery, viewed in a dock beside the slide.
+    from napari_pathviz._widgets._gallery_view import GALLERY_DOCK
+
+    widget.show_gallery_button.clicked.emit()
+    view = viewer.window.dock_widgets[GALLERY_DOCK]
+    pixmap = view.label.pixmap()
+    assert pixmap.width() > 500 and pixmap.height() > 200
+    widget.show_gallery_button.clicked.emit()  # shown again: the same dock, not a second one
+    assert list(viewer.window.dock_widgets).count(GALLERY_DOCK) == 1
 
 
 def test_top_n_with_gradcam(demo_viewer, qtbot):
@@ -91,6 +100,8 @@ def test_empty_selection_and_bad_target(demo_viewer, qtbot, notifications):
     patches.selected_data = set()
     widget.run_button.clicked.emit()
     assert any("select patches first" in m for m in notifications)
+    widget.show_gallery_button.clicked.emit()
+    assert any("Gallery: explain some patches first" in m for m in notifications)
     patches.selected_data = {1}
     widget.target.value = "7"
     widget.run_button.clicked.emit()

@@ -97,6 +97,8 @@ class AttributionWidget(Container):
         self.status = Label(value="")
         self.gallery_path = LineEdit(label="Gallery PNG")
         self.gallery_button = PushButton(text="Export gallery")
+        self.show_gallery_button = PushButton(text="Show gallery")
+        self._gallery_view = None
         self.store_path = LineEdit(label="Attributions store", tooltip="from pathviz shapley-plot")
         self.open_store_button = PushButton(text="Open store on the slide")
         self._jobs = JobRunner(
@@ -130,8 +132,12 @@ class AttributionWidget(Container):
                 ),
                 self.progress,
                 self.status,
+                Container(
+                    widgets=[self.show_gallery_button, self.gallery_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
                 self.gallery_path,
-                self.gallery_button,
                 self.store_path,
                 self.open_store_button,
             ]
@@ -139,6 +145,7 @@ class AttributionWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.gallery_button.changed.connect(self.export_gallery)
+        self.show_gallery_button.changed.connect(self.show_gallery)
         self.keep_background.changed.connect(self.keep_selection_as_background)
         self.open_store_button.changed.connect(self.open_store)
         self.opacity.changed.connect(lambda value: set_opacity(self._viewer, value))
@@ -305,6 +312,18 @@ class AttributionWidget(Container):
             self.status.value = f"{path}: {keys.shape[0]} patches ({result.method})"
         except PathvizError as err:
             report_error(self.status, err)
+
+    def show_gallery(self) -> None:
+        """The last run's gallery in a scrollable dock beside the viewer."""
+        from ..attribution.gallery import gallery_image
+        from ._gallery_view import show_gallery
+
+        if self._last is None:
+            report_error(self.status, PathvizError("Gallery: explain some patches first"))
+            return
+        result, images, titles = self._last
+        rgba = gallery_image(images, result, titles=titles, per_patch_scale=self.per_patch.value)
+        self._gallery_view = show_gallery(self._viewer, rgba, self._gallery_view)
 
     def export_gallery(self) -> None:
         from ..attribution.gallery import render_gallery

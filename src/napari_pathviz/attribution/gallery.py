@@ -30,17 +30,31 @@ def red_blue_colormap():
     )
 
 
-def render_gallery(
+def render_gallery(patches: np.ndarray, result: AttributionResult, out: str | os.PathLike, **kw):
+    """Writes the gallery (see :func:`gallery_figure`) as a PNG."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gallery_figure(patches, result, **kw).savefig(out)
+    return out
+
+
+def gallery_image(patches: np.ndarray, result: AttributionResult, **kw) -> np.ndarray:
+    """The gallery as an (h, w, 4) uint8 RGBA image, for showing it in an application."""
+    figure = gallery_figure(patches, result, **kw)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba()).copy()
+
+
+def gallery_figure(
     patches: np.ndarray,
     result: AttributionResult,
-    out: str | os.PathLike,
     *,
     class_names: list[str] | None = None,
     titles: list[str] | None = None,
     per_patch_scale: bool = False,
     columns: int = 4,
-) -> Path:
-    """Writes the gallery PNG; ``patches`` are the (N, H, W, 3) uint8 images explained and
+):
+    """A matplotlib Figure; ``patches`` are the (N, H, W, 3) uint8 images explained and
     ``titles`` one per patch. One row per explained class (target "each") puts each patch on a
     line of its own, its image then one overlay per class, as shap.image_plot does; otherwise
     the (patch, overlay) pairs fill ``columns`` pairs a line."""
@@ -49,8 +63,6 @@ def render_gallery(
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     patch_of_row = result.patch_of_rows()
     maps = np.asarray(result.maps)
     explained = list(dict.fromkeys(patch_of_row.tolist()))  # patches, in first-row order
@@ -99,8 +111,7 @@ def render_gallery(
     )
     bar.ax.tick_params(labelsize=6)
     fig.suptitle(f"{result.method}: red raises, blue lowers the explained output", fontsize=8)
-    fig.savefig(out)
-    return out
+    return fig
 
 
 def _probability(result: AttributionResult, row: int, target: int) -> float:
