@@ -293,11 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
             default="predicted",
             help="class to explain: predicted (default), each (every class) or an index",
         )
-        p.add_argument(
-            "--background",
-            help="reference patches: a patch table of this slide, or a .npy of (N, H, W, 3) "
-            "uint8 images (default: -bs random patches of --patches)",
-        )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         p.add_argument(
@@ -311,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
             required=True,
             help="output CSV" if name == "sanity-check" else "output PNG",
         )
+        if name != "gradcam":  # the references of gradient and deep
+            p.add_argument(
+                "--background",
+                help="reference patches: a patch table of this slide, or a .npy of (N, H, W, 3) "
+                "uint8 images (default: -bs random patches of --patches)",
+            )
         if name == "sanity-check":
             p.add_argument(
                 "-mth",
