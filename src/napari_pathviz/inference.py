@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,7 @@ from .errors import Cancelled, PathvizError
 from .models import ModelSpec, check_model
 from .patches import KEY_COLUMNS, PatchTable
 from .slide import Slide
-from .store import array_key
+from .store import array_key, open_job_store
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -214,26 +213,15 @@ def _forward(spec, model, patches, device, bf16, features):
 
 def _open_store(path, key, n, n_classes, dim, batch_size, n_batches):
     """The results store of this job: reopened to resume when it holds the same job."""
-    import zarr
-
-    if path is None:
-        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    else:
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise PathvizError(f"--store {path}: is a file, not a results store folder")
-        if path.exists() and any(path.iterdir()):
-            try:
-                root = zarr.open_group(str(path), mode="a")
-            except Exception as exc:
-                raise PathvizError(f"--store {path}: not a results store ({exc})") from exc
-            if root.attrs.get("job") != key:
-                raise PathvizError(
-                    f"{path}: holds results of another job (other patches, model, "
-                    "preprocessing, batch size or embeddings); remove it or choose another --store"
-                )
-            return root
-        root = zarr.open_group(str(path), mode="w")
+    root, reopened = open_job_store(
+        path,
+        key,
+        option="--store",
+        kind="results",
+        differs="other patches, model, preprocessing, batch size or embeddings",
+    )
+    if reopened:
+        return root
     root.create_array(
         "probs",
         shape=(n, n_classes),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import PathvizError
+
 
 def cache_root() -> Path:
     """$PATHVIZ_CACHE_DIR, else ~/.cache/napari-pathviz."""
@@ -56,3 +58,30 @@ class ResultsStore:
         np.save(tmp, np.asarray(array))
         os.replace(tmp, path)
         return path
+
+
+def open_job_store(path, job: str, *, option: str, kind: str, differs: str):
+    """The zarr group of a resumable job and whether it was reopened: in memory when ``path``
+    is None; reopened when it holds ``job``; created empty otherwise. The caller creates its
+    arrays in a new group, then sets ``attrs["job"]`` (last, so a crash in between leaves a
+    group that is not taken for a finished setup). A file, a non-zarr folder, or another job's
+    store is refused, naming ``option`` and what ``differs`` between jobs."""
+    import zarr
+
+    if path is None:
+        return zarr.open_group(zarr.storage.MemoryStore(), mode="w"), False
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PathvizError(f"{option} {path}: is a file, not a store folder")
+    if path.exists() and any(path.iterdir()):
+        try:
+            root = zarr.open_group(str(path), mode="a")
+        except Exception as exc:
+            raise PathvizError(f"{option} {path}: not a store of pathviz {kind} ({exc})") from None
+        if root.attrs.get("job") != job:
+            raise PathvizError(
+                f"{path}: holds {kind} of another job ({differs}); "
+                f"remove it or choose another {option}"
+            )
+        return root, True
+    return zarr.open_group(str(path), mode="w"), False

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import Cancelled, PathvizError
-from ..store import array_key
+from ..store import array_key, open_job_store
 from . import attribute
 from .result import AttributionResult
 
@@ -246,26 +246,15 @@ def _keys_json(keys: pd.DataFrame, n: int) -> dict:
 
 
 def _open_store(path, job: str, n_chunks: int):
-    import zarr
-
-    if path is None:
-        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    else:
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise PathvizError(f"--attributions-out {path}: is a file, not a store folder")
-        if path.exists() and any(path.iterdir()):
-            try:
-                root = zarr.open_group(str(path), mode="a")
-            except Exception as exc:
-                raise PathvizError(f"{path}: not an attributions store ({exc})") from None
-            if root.attrs.get("job") != job:
-                raise PathvizError(
-                    f"{path}: holds attributions of another job (other model, patches, "
-                    "background, method or options); remove it or choose another store"
-                )
-            return root
-        root = zarr.open_group(str(path), mode="w")
+    root, reopened = open_job_store(
+        path,
+        job,
+        option="--attributions-out",
+        kind="attributions",
+        differs="other model, patches, background, method or options",
+    )
+    if reopened:
+        return root
     root.create_array("done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=0)
     root.attrs["job"] = job
     return root
