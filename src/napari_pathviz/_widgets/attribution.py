@@ -267,15 +267,7 @@ class AttributionWidget(Container):
     def _done(self, outcome, layer, slide_layer) -> None:
         result, rows, images, warning = outcome
         keys = layer.features.iloc[rows]
-        show_attributions(
-            self._viewer,
-            result,
-            keys,
-            slide_layer,
-            opacity=self.opacity.value,
-            per_patch_scale=self.per_patch.value,
-            patch_rows=rows,
-        )
+        self._show(result, keys, slide_layer, patch_rows=rows)
         layer.features = add_result_columns(layer.features, result, rows)
         titles = [f"x={x} y={y}" for x, y in zip(keys["x"], keys["y"], strict=True)]
         self._last = (result, images, titles)
@@ -286,6 +278,17 @@ class AttributionWidget(Container):
             message += f" ({warning})"
         self.status.value = message
         self.progress.value = 100
+
+    def _show(self, result, keys, slide_layer, patch_rows=None) -> None:
+        show_attributions(
+            self._viewer,
+            result,
+            keys,
+            slide_layer,
+            opacity=self.opacity.value,
+            per_patch_scale=self.per_patch.value,
+            patch_rows=patch_rows,
+        )
 
     def open_store(self) -> None:
         """Lays a finished store (e.g. from pathviz shapley-plot) on the open slide."""
@@ -301,14 +304,7 @@ class AttributionWidget(Container):
             result, keys = open_attributions(path)
             if keys is None or not {"x", "y", "patch_size"} <= set(keys.columns):
                 raise PathvizError(f"{path}: the store has no patch coordinates to place it by")
-            show_attributions(
-                self._viewer,
-                result,
-                keys,
-                slide_layer,
-                opacity=self.opacity.value,
-                per_patch_scale=self.per_patch.value,
-            )
+            self._show(result, keys, slide_layer)
             self.status.value = f"{path}: {keys.shape[0]} patches ({result.method})"
         except PathvizError as err:
             report_error(self.status, err)
