@@ -21,6 +21,8 @@ from ..errors import PathvizError
 from ._target import explained_output, forward_batched, resolve_targets
 from .result import AttributionResult
 
+DEFAULT_BATCH_SIZE = 8  # patches per call; captum runs each against every reference
+
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.imul: operator.mul}
 _INPLACE_METHODS = {"relu_": "relu", "add_": "add", "mul_": "mul"}
 
@@ -91,7 +93,7 @@ def deeplift(
     *,
     target="predicted",
     output: str = "none",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress=None,
     cancelled=None,
 ) -> AttributionResult:

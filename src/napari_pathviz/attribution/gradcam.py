@@ -12,6 +12,8 @@ from ..errors import Cancelled, PathvizError
 from ._target import explained_output, forward_checked, resolve_targets
 from .result import AttributionResult
 
+DEFAULT_BATCH_SIZE = 64  # patches per forward/backward pass
+
 
 def find_cam_layer(model, example) -> str:
     """The last module (in forward order) whose output is a spatial feature map (N, C, h, w)
@@ -50,7 +52,7 @@ def grad_cam(
     target="predicted",
     output: str = "none",
     plus_plus: bool = False,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress=None,
     cancelled=None,
 ) -> AttributionResult:

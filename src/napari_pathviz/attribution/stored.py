@@ -158,7 +158,19 @@ def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.Da
     return result, (pd.DataFrame(keys) if keys else None)
 
 
-_DEFAULT_BATCH = {"deep": 8, "gradcam": 64, "gradcampp": 64}
+def _default_batch(method: str, device) -> int:
+    """The batch size a method runs with when none is given."""
+    if method == "gradient":
+        from .gradients import default_batch_size
+
+        return default_batch_size(device)
+    if method == "deep":
+        from .deeplift import DEFAULT_BATCH_SIZE
+
+        return DEFAULT_BATCH_SIZE
+    from .gradcam import DEFAULT_BATCH_SIZE
+
+    return DEFAULT_BATCH_SIZE
 
 
 def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, method, **kwargs):
@@ -174,7 +186,7 @@ def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, me
         try:
             return attribute(model, inputs, method, **kwargs, **chunk_options)
         except torch.OutOfMemoryError:
-            batch = chunk_options.get("batch_size") or _DEFAULT_BATCH.get(method, 1)
+            batch = chunk_options.get("batch_size") or _default_batch(method, inputs.device)
             if batch <= 1:
                 raise PathvizError("out of device memory even with one patch per batch") from None
             if inputs.device.type == "cuda":
