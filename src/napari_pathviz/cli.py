@@ -763,20 +763,16 @@ def _explanation_inputs(args: argparse.Namespace):
 
 def _method_options(args: argparse.Namespace) -> dict:
     if args.method == "gradient":
-        return {
+        options = {
             "n_samples": args.n_samples,
             "local_smoothing": args.local_smoothing,
             "seed": args.seed,
-            **(
-                {
-                    "batch_size": args.samples_per_batch,
-                    "bf16": args.bf16,
-                    "channels_last": args.channels_last,
-                }
-                if hasattr(args, "samples_per_batch")
-                else {}
-            ),
         }
+        if hasattr(args, "samples_per_batch"):  # shapley-plot's speed options
+            options.update(
+                batch_size=args.samples_per_batch, bf16=args.bf16, channels_last=args.channels_last
+            )
+        return options
     if args.method in ("gradcam", "gradcampp"):
         return {"layer": args.layer}
     return {}

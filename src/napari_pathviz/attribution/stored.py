@@ -62,7 +62,7 @@ def explain(
     import torch
 
     if chunk_size < 1:
-        raise PathvizError(f"chunk size must be positive, got {chunk_size}")
+        raise PathvizError(f"--chunk-size must be positive, got {chunk_size}")
     if len(inputs) == 0:
         raise PathvizError("no patches to explain (the selection is empty)")
     patch_of_row, target_of_row = _rows(model, inputs, target)
