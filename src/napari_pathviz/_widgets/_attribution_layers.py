@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._layers import META_SLIDE
 from ..attribution.gallery import shared_limit
 from ..attribution.layer import attribution_pyramid
 from ..attribution.result import AttributionResult
@@ -66,7 +67,7 @@ def show_attributions(
     )
     maps = result.maps
     limit = 1.0 if per_patch_scale else shared_limit(np.asarray(maps))
-    level_shapes = [lv.shape[:2] for lv in slide_layer.metadata["pathviz_slide"].levels]
+    level_shapes = [lv.shape[:2] for lv in slide_layer.metadata[META_SLIDE].levels]
     layers = []
     for suffix, rows in groups:
         scale = (
