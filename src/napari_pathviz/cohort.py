@@ -151,8 +151,7 @@ class ModelRecipe:
         """The :class:`~napari_pathviz.models.ModelSpec` (loaded now, on the CPU)."""
         from .models import load_model
 
-        kwargs = asdict(self)
-        return load_model(kwargs.pop("path"), **kwargs)
+        return load_model(**asdict(self))
 
     def cache_key(self) -> str:
         """Changes with the recipe and with the model file (size, modification time)."""

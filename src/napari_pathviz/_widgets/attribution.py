@@ -355,8 +355,7 @@ class _AttributionJob:
         from ..inference import read_patch_batch, resolve_device
         from ..models import load_model
 
-        args = dict(self.model_args)
-        spec = load_model(args.pop("path"), **args)
+        spec = load_model(**self.model_args)
         device = resolve_device(self.device)
         warning = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
         model = spec.model.to(device).eval()

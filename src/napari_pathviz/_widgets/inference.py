@@ -201,8 +201,7 @@ class _InferenceJob:
         from ..inference import extract
         from ..models import load_model
 
-        args = dict(self.model_args)
-        spec = load_model(args.pop("path"), **args)
+        spec = load_model(**self.model_args)
         return extract(
             self.slide,
             self.table,
