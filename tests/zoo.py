@@ -1,0 +1,125 @@
+"""The architectures users run, built from torch.nn only (no torchvision), for the tests that
+compare our attributions with their reference libraries.
+
+Each builder returns a seeded model in eval mode with BatchNorm statistics that are not the
+identity, so that a rule that ignores BatchNorm or mishandles a layer shows up in the numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _settle(model: nn.Module, seed: int, channels: int = 3, size: int = 32) -> nn.Module:
+    """Give BatchNorm layers realistic running statistics (a few training-mode passes on
+    random data), then switch to eval."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, channels, size, size, generator=gen))
+    return model.eval()
+
+
+def plain_maxpool_cnn(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    """Conv -> ReLU -> MaxPool (a ReLU next to a MaxPool2d, the pattern captum gets wrong),
+    twice, then Flatten -> Dropout -> Linear."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(8 * 8 * 8, n_classes),
+    )
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: one in-place ReLU module used twice, the residual added in
+    place."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNetStyle(nn.Module):
+    """A small ResNet: the max-pool stem (3x3, stride 2, overlapping windows), BasicBlocks with
+    the reused in-place ReLU, AdaptiveAvgPool2d, Flatten, Linear."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 5, 1, 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = BasicBlock(8, 8)
+        self.layer2 = BasicBlock(8, 16, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet_style(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _settle(ResNetStyle(n_classes), seed)
+
+
+def avgpool_cnn(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    """AvgPool2d, BatchNorm, in-place ReLU, functional-style Flatten, Dropout in eval."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(8 * 4 * 4, n_classes),
+    )
+    return _settle(model, seed)
+
+
+# name -> builder; the demo model is added by the tests that load it from the package.
+ARCHITECTURES = {
+    "plain_maxpool": plain_maxpool_cnn,
+    "resnet_maxpool_stem": resnet_style,
+    "avgpool_batchnorm": avgpool_cnn,
+}
+
+
+def inputs(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
+    """Smooth-ish random images (not pure noise: neighbouring pixels correlate, as in tissue)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, size // 4, size // 4, generator=gen)
+    fine = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    return (fine + 0.1 * torch.randn(n, 3, size, size, generator=gen)).float()
