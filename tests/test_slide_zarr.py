@@ -33,9 +33,10 @@ def test_ome_zarr_written_by_the_package(ome_zarr, tissue_rgb):
         expected = _mean2(expected)
     meta = json.loads((ome_zarr / ".zattrs").read_text())["multiscales"][0]
     assert meta["version"] == "0.4"
-    assert [a["name"] for a in meta["axes"]] == ["y", "x", "c"]
+    assert [a["name"] for a in meta["axes"]] == ["c", "y", "x"]  # NGFF: channel before space
+    assert slide.source.axes == "cyx" and slide.rgb  # still one RGB image
     scales = [d["coordinateTransformations"][0]["scale"] for d in meta["datasets"]]
-    assert scales[0] == [0.5, 0.5, 1.0] and scales[1] == [1.0, 1.0, 1.0]
+    assert scales[0] == [1.0, 0.5, 0.5] and scales[1] == [1.0, 1.0, 1.0]
 
 
 def test_ome_zarr_channel_first(tmp_path, tissue_rgb):
@@ -148,7 +149,7 @@ def test_writer_converts_a_pathflowai_slide(tmp_path, pathflowai_project):
         slide.levels, tmp_path / "converted.zarr", n_native=slide.n_native, chunk=256
     )
     converted = open_slide(out)
-    assert converted.source.axes == "yxc" and converted.n_native == len(slide.levels)
+    assert converted.source.axes == "cyx" and converted.n_native == len(slide.levels)
     for a, b in zip(converted.levels, slide.levels, strict=True):
         np.testing.assert_array_equal(a.compute(), b.compute())
 
@@ -166,16 +167,17 @@ def test_writer_reports_progress_and_can_be_cancelled(tmp_path, tissue_rgb):
     assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     with pytest.raises(InterruptedError):
         write_ome_zarr(levels, tmp_path / "c.zarr", chunk=256, cancelled=lambda: True)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.zarr"]  # nothing half-written left
     with pytest.raises(PathvizError, match=r"p\.zarr: already exists"):
         write_ome_zarr(levels, tmp_path / "p.zarr")
 
 
 def test_missing_chunk_is_an_error_naming_it(ome_zarr):
-    (ome_zarr / "0" / "1" / "2" / "0").unlink()
+    (ome_zarr / "0" / "0" / "1" / "2").unlink()  # level 0, channel chunk 0, chunk row 1, col 2
     slide = open_slide(ome_zarr)
-    with pytest.raises(PathvizError, match=r"slide\.ome\.zarr: level 0: chunk 0/1/2/0 is missing"):
+    with pytest.raises(PathvizError, match=r"slide\.ome\.zarr: level 0: chunk 0/0/1/2 is missing"):
         slide.read_region(300, 520, 10, 10)
-    with pytest.raises(PathvizError, match="chunk 0/1/2/0 is missing"):
+    with pytest.raises(PathvizError, match="chunk 0/0/1/2 is missing"):
         slide.levels[0].compute()  # the napari path (dask) reports it too
     np.testing.assert_array_equal(
         slide.read_region(0, 0, 10, 10), open_slide(ome_zarr).levels[0][:10, :10].compute()

@@ -1,7 +1,8 @@
 """Zarr slides: OME-Zarr (NGFF 0.4 and 0.5), groups of numbered levels, single arrays, and
 PathFlowAI's ``{basename}.zarr`` single array laid out (x, y, C).
 
-Also writes OME-Zarr pyramids (NGFF 0.4 on zarr format 2, which every OME-Zarr reader opens).
+Also writes OME-Zarr pyramids (NGFF 0.4 on zarr format 2, axes c, y, x, which every OME-Zarr
+reader opens).
 """
 
 from __future__ import annotations
@@ -185,36 +186,74 @@ def write_ome_zarr(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Path:
-    """Writes y-x-c dask levels as an OME-Zarr (NGFF 0.4, zarr format 2) pyramid.
+    """Writes y-x-c dask levels as an OME-Zarr pyramid: NGFF 0.4 on zarr format 2, axes c, y, x.
+
+    NGFF 0.4 rather than 0.5: both validate (ome-zarr-models 1.7) and open in ome-zarr-py 0.18,
+    but 0.5 needs a zarr-v3 reader, while 0.4 also opens in the readers most users have
+    (napari-ome-zarr, Fiji/BigDataViewer, QuPath, vizarr, older ome-zarr-py). NGFF orders axes
+    time, channel, space, so the channel axis comes first; our reader shows it as one RGB layer.
 
     Levels are written one chunk row at a time so that memory stays bounded, progress can be
     reported as (chunks done, chunks total) and the work can be cancelled between rows. Levels
     past ``n_native`` (those a Slide built lazily) are computed from the level just written rather
-    than from level 0 again, so each source pixel is read once.
+    than from level 0 again, so each source pixel is read once. The pyramid is built in a hidden
+    sibling folder and renamed to ``out`` at the end: a failure or a cancel leaves no output.
     """
+    import shutil
+    import uuid
+
+    out = Path(out)
+    if out.exists():
+        raise PathvizError(f"{out}: already exists; choose another output path or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        n_native = len(levels) if n_native is None else n_native
+        datasets = _write_levels(levels, partial, n_native, mpp, chunk, progress, cancelled)
+        n_channels = int(levels[0].shape[2])
+        attrs = _ngff_attrs(name or out.name, datasets, mpp, n_channels, n_native, levels[0].dtype)
+        import zarr
+
+        zarr.open_group(str(partial), mode="r+", zarr_format=2).attrs.update(attrs)
+        if out.exists():
+            raise PathvizError(f"{out}: appeared while it was being written; not replacing it")
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_levels(
+    levels: list,
+    folder: Path,
+    n_native: int,
+    mpp: float | None,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+    cancelled: Callable[[], bool] | None,
+) -> list[dict]:
+    """Writes each (y, x, c) level as a (c, y, x) array; returns the NGFF ``datasets``."""
     import dask.array as da
     import zarr
     from numcodecs import Blosc
 
     from .pyramid import downsample_2x
 
-    out = Path(out)
-    if out.exists():
-        raise PathvizError(f"{out}: already exists; choose another output path or remove it")
-    group = zarr.open_group(str(out), mode="w", zarr_format=2)
-    n_channels = levels[0].shape[2]
+    group = zarr.open_group(str(folder), mode="w-", zarr_format=2)
+    n_channels = int(levels[0].shape[2])
     total = sum(-(-lv.shape[0] // chunk) * -(-lv.shape[1] // chunk) for lv in levels)
     done = 0
     datasets = []
-    base_h = levels[0].shape[0]
-    n_native = len(levels) if n_native is None else n_native
+    base_h, base_w = levels[0].shape[:2]
+    factors = (1.0, 1.0)
     for i, level in enumerate(levels):
         if i >= n_native:
-            level = downsample_2x(da.from_zarr(group[str(i - 1)]))
+            level = downsample_2x(da.from_zarr(group[str(i - 1)]).transpose(1, 2, 0))
         arr = group.create_array(
             str(i),
-            shape=level.shape,
-            chunks=(chunk, chunk, n_channels),
+            shape=(n_channels, *level.shape[:2]),
+            chunks=(n_channels, chunk, chunk),
             dtype=level.dtype,
             compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE),
             fill_value=0,
@@ -225,27 +264,72 @@ def write_ome_zarr(
             if cancelled is not None and cancelled():
                 raise InterruptedError("conversion cancelled")
             band = np.asarray(level[y0 : y0 + chunk].compute())
-            arr[y0 : y0 + band.shape[0]] = band
+            arr[:, y0 : y0 + band.shape[0]] = band.transpose(2, 0, 1)
             done += -(-level.shape[1] // chunk)
             if progress is not None:
                 progress(done, total)
-        factor = base_h / level.shape[0]
-        scale = [(mpp or 1.0) * factor, (mpp or 1.0) * factor, 1.0]
+        if i >= n_native:  # a 2 x 2 mean that trims an odd edge: exactly twice the last
+            factors = (factors[0] * 2, factors[1] * 2)
+        else:
+            factors = (base_h / level.shape[0], base_w / level.shape[1])
         datasets.append(
-            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            {"path": str(i), "coordinateTransformations": _level_transforms(factors, mpp)}
         )
-    unit = {"unit": "micrometer"} if mpp else {}
-    group.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": name or out.name,
-            "axes": [
-                {"name": "y", "type": "space", **unit},
-                {"name": "x", "type": "space", **unit},
-                {"name": "c", "type": "channel"},
-            ],
-            "datasets": datasets,
-            "type": "mean",
-        }
+    return datasets
+
+
+def _level_transforms(factors: tuple[float, float], mpp: float | None) -> list[dict]:
+    """Scale (microns, or level-0 pixels when the mpp is unknown) and the half-pixel translation
+    that puts a coarse pixel's centre over the centre of the level-0 pixels it averages, as
+    ome-zarr-py writes it."""
+    unit = mpp or 1.0
+    scale = [1.0] + [f * unit for f in factors]
+    translation = [0.0] + [(f - 1.0) / 2.0 * unit for f in factors]
+    return [
+        {"type": "scale", "scale": scale},
+        {"type": "translation", "translation": translation},
     ]
-    return out
+
+
+_CHANNEL_COLORS = {1: ["FFFFFF"], 3: ["FF0000", "00FF00", "0000FF"]}
+_CHANNEL_COLORS[4] = [*_CHANNEL_COLORS[3], "FFFFFF"]
+_CHANNEL_LABELS = {1: ["gray"], 3: ["red", "green", "blue"], 4: ["red", "green", "blue", "alpha"]}
+
+
+def _ngff_attrs(
+    name: str, datasets: list[dict], mpp: float | None, n_channels: int, n_native: int, dtype
+) -> dict:
+    """NGFF 0.4 ``multiscales`` (axes with types and units) and ``omero`` rendering settings, so
+    that OMERO-style viewers composite the channels back into the RGB image."""
+    unit = {"unit": "micrometer"} if mpp else {}
+    multiscale = {
+        "version": "0.4",
+        "name": name,
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", **unit},
+            {"name": "x", "type": "space", **unit},
+        ],
+        "datasets": datasets,
+    }
+    if n_native == 1 and len(datasets) > 1:
+        multiscale["type"] = "mean"  # every coarser level is our 2 x 2 mean
+        multiscale["metadata"] = {"method": "napari_pathviz.io.pyramid.downsample_2x"}
+    top = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
+    colors = _CHANNEL_COLORS.get(n_channels, ["FFFFFF"] * n_channels)
+    labels = _CHANNEL_LABELS.get(n_channels, [f"c{i}" for i in range(n_channels)])
+    channels = [
+        {
+            "label": label,
+            "color": color,
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": {"min": 0.0, "max": top, "start": 0.0, "end": top},
+        }
+        for label, color in zip(labels, colors, strict=True)
+    ]
+    model = "color" if n_channels >= 3 else "greyscale"
+    omero = {"name": name, "version": "0.4", "channels": channels, "rdefs": {"model": model}}
+    return {"multiscales": [multiscale], "omero": omero}
