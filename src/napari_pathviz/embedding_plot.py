@@ -103,3 +103,14 @@ def plot_embeddings_html(
     )
     fig.write_html(out, include_plotlyjs=True, full_html=True)
     return out
+
+
+def write_coords(df, coords, out) -> Path:
+    """The UMAP coordinates with the patch keys, as a table (umap_0, umap_1, ...)."""
+    from .io.tables import write_table
+    from .patches import KEY_COLUMNS
+
+    table = df[list(KEY_COLUMNS)].reset_index(drop=True).copy()
+    for j in range(coords.shape[1]):
+        table[f"umap_{j}"] = coords[:, j]
+    return write_table(table, out)

@@ -528,7 +528,7 @@ class EmbeddingWidget(QWidget):
         )
 
     def export_coords(self, path: str) -> None:
-        from ..cli import write_coords
+        from ..embedding_plot import write_coords
 
         layer = self._linked_layer
         if layer is None or not len(self.rows):

@@ -1,0 +1,127 @@
+"""What the ``pathviz`` commands share: slide and model options, opening a slide, loading a patch
+table for it, the progress bar and integer parsing of options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+
+from ..errors import PathvizError
+from ..io.zarr_io import LAYOUTS
+
+EXIT_BAD_INPUT = 2
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slide", help="slide file or folder (zarr, OME-Zarr, SVS, TIFF, OME-TIFF, NDPI)")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="stored axis order of a single zarr array; xyc = PathFlowAI's {ID}.zarr "
+        "(default: auto)",
+    )
+    p.add_argument(
+        "--allow-untiled",
+        action="store_true",
+        help="read a TIFF stored in strips (slow: whole strips are decoded)",
+    )
+    p.add_argument(
+        "--allow-missing-chunks",
+        action="store_true",
+        help="read missing zarr chunks as blank instead of failing",
+    )
+
+
+def open_slide_from_args(args: argparse.Namespace):
+    from ..slide import open_slide
+
+    return open_slide(
+        args.slide,
+        args.layout,
+        allow_untiled=args.allow_untiled,
+        allow_missing_chunks=args.allow_missing_chunks,
+    )
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="TorchScript, state dict, or pickle")
+    p.add_argument("--factory", help="architecture for a state dict: package.module:function")
+    p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments of --factory")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled model (PathFlowAI's): it can run code",
+    )
+    p.add_argument("--input-size", type=int, help="resize (or crop) patches to this side")
+    p.add_argument("--resize-mode", choices=("resize", "crop"), default="resize")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
+    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean on [0, 1] inputs")
+    p.add_argument("--std", type=float, nargs=3, help="normalisation std")
+    p.add_argument(
+        "--activation",
+        choices=("auto", "none", "sigmoid", "softmax"),
+        default="auto",
+        help="output activation (auto: softmax, sigmoid for 1 output)",
+    )
+    p.add_argument(
+        "--feature-layer",
+        help="module whose output is the embedding (default: the input of the last Linear)",
+    )
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """The model options as a picklable recipe (cohort workers load the model themselves)."""
+    import json
+
+    from ..cohort import ModelRecipe
+
+    try:
+        kwargs = json.loads(args.factory_kwargs)
+    except json.JSONDecodeError as exc:
+        raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise PathvizError("--factory-kwargs must be a JSON object")
+    return ModelRecipe(
+        path=args.model,
+        factory=args.factory,
+        factory_kwargs=kwargs,
+        trust_pickle=args.trust_pickle,
+        input_size=args.input_size,
+        resize_mode=args.resize_mode,
+        channel_order=args.channel_order,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        activation=args.activation,
+        feature_layer=args.feature_layer,
+    )
+
+
+def load_table_for(slide, path: str, patch_size: int | None, slide_id: str | None):
+    from ..io.tables import read_table
+    from ..patches import patches_for_slide
+
+    return patches_for_slide(
+        read_table(path, patch_size), path, slide, patch_size=patch_size, slide_id=slide_id
+    )
+
+
+@contextmanager
+def progress_bar(unit: str):
+    """Yields a progress(done, total) callback drawing a tqdm bar on stderr; the bar is cleared
+    on exit, also on error, so an error stays the one line on stderr."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, file=sys.stderr, leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()

@@ -1,0 +1,269 @@
+"""Attribution commands: shapley-plot (PathFlowAI's shapley_plot), gradcam and sanity-check."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from ..errors import PathvizError, PathvizWarning
+from ..io.zarr_io import LAYOUTS
+from ._common import add_model_options, load_table_for, progress_bar, recipe_from_args
+
+COMMANDS = (
+    (
+        "shapley-plot",
+        "SHAP expected gradients or DeepLIFT for patches, as a gallery PNG "
+        "(PathFlowAI's shapley_plot)",
+    ),
+    ("gradcam", "Grad-CAM / Grad-CAM++ for patches, as a gallery PNG"),
+    (
+        "sanity-check",
+        "model-randomisation test of an attribution method (Adebayo et al. 2018): "
+        "Spearman correlation of the maps as the weights are randomised from the top down",
+    ),
+)
+
+
+def add_parsers(sub) -> None:
+    for name, helptext in COMMANDS:
+        p = sub.add_parser(name, help=helptext)
+        _add_shared_options(p, name)
+        if name == "sanity-check":
+            _add_sanity_options(p)
+        elif name == "shapley-plot":
+            _add_shapley_options(p)
+        else:
+            p.add_argument("--method", choices=("gradcam", "gradcampp"), default="gradcam")
+            p.add_argument("--layer", help="module to explain (default: the last conv block)")
+        if name != "sanity-check":
+            p.add_argument(
+                "--attributions-out",
+                help="zarr store the maps are written to, chunk by chunk; a rerun of the same "
+                "job resumes it (default: a store in the results cache)",
+            )
+            p.add_argument(
+                "--chunk-size", type=int, default=16, help="patches per stored chunk (resume unit)"
+            )
+            p.set_defaults(func=cmd_explain)
+
+
+def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
+    add_model_options(p)
+    p.add_argument("--slide", required=True, help="slide file or folder")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto")
+    p.add_argument("--patches", required=True, help="patch table")
+    p.add_argument("--patch-size", type=int, help="patch size (a PathFlowAI db table)")
+    p.add_argument("--ids", type=int, nargs="+", help="table rows to explain")
+    p.add_argument(
+        "--top",
+        nargs=2,
+        metavar=("N", "COL"),
+        help="explain the N patches with the highest COL",
+    )
+    p.add_argument(
+        "-bs",
+        "--batch_size",
+        type=int,
+        default=16,
+        help="patches explained when neither --ids nor --top is given (drawn at "
+        "random, seeded), and the background size",
+    )
+    p.add_argument(
+        "-p",
+        "--output",
+        choices=("none", "sigmoid", "softmax"),
+        default="none",
+        help="explain the logit, or the probability after sigmoid/softmax",
+    )
+    p.add_argument(
+        "--target",
+        default="predicted",
+        help="class to explain: predicted (default), each (every class) or an index",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--per-patch-scale",
+        action="store_true",
+        help="scale each overlay on its own (default: one shared scale)",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output CSV" if name == "sanity-check" else "output PNG",
+    )
+    if name != "gradcam":  # the references of gradient and deep
+        p.add_argument(
+            "--background",
+            help="reference patches: a patch table of this slide, or a .npy of (N, H, W, 3) "
+            "uint8 images (default: -bs random patches of --patches)",
+        )
+
+
+def _add_sanity_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-mth",
+        "--method",
+        choices=("gradient", "deep", "gradcam", "gradcampp"),
+        default="gradient",
+    )
+    p.add_argument("-ns", "--n_samples", type=int, default=100, help="samples per patch (gradient)")
+    p.add_argument("-l", "--local_smoothing", type=float, default=0.0)
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last conv block)")
+    p.set_defaults(func=cmd_sanity_check)
+
+
+def _add_shapley_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-mth", "--method", choices=("gradient", "deep"), default="gradient")
+    p.add_argument("-ns", "--n_samples", type=int, default=400, help="samples per patch (gradient)")
+    p.add_argument(
+        "-l",
+        "--local_smoothing",
+        type=float,
+        default=0.0,
+        help="std of the noise added to each sample (gradient)",
+    )
+    p.add_argument(
+        "--samples-per-batch",
+        type=int,
+        default=None,
+        help="model inputs per forward/backward pass (default 256 on a GPU, 64 on "
+        "the CPU; halved on out-of-memory)",
+    )
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory")
+
+
+def explanation_inputs(args: argparse.Namespace):
+    """What the explaining commands share: the model on its device, the chosen patches (by
+    --ids, --top or a seeded random draw) as model inputs and images, and the references for
+    the methods that need them (--background, else -bs patches drawn from the rest)."""
+    import numpy as np
+
+    from ..attribution.references import check_same_size, random_reference_rows, reference_images
+    from ..inference import read_patch_batch, resolve_device
+    from ..slide import open_slide
+
+    spec = recipe_from_args(args).load()
+    slide = open_slide(args.slide, args.layout)
+    df = load_table_for(slide, args.patches, args.patch_size, None).df
+    rng = np.random.default_rng(args.seed)
+    if args.ids:
+        bad = [i for i in args.ids if not 0 <= i < len(df)]
+        if bad:
+            raise PathvizError(f"--ids: row {bad[0]} is not in {args.patches} ({len(df)} rows)")
+        chosen = np.asarray(args.ids)
+    elif args.top:
+        count, column = args.top
+        if column not in df.columns:
+            raise PathvizError(f"--top: no column {column!r} in {args.patches}")
+        chosen = np.argsort(-df[column].to_numpy(float), kind="stable")[: int(count)]
+    else:
+        chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
+    if not len(chosen):
+        raise PathvizError("no patches to explain (the selection is empty)")
+    target = args.target if args.target in ("predicted", "each") else _int(args.target, "--target")
+    device = resolve_device(args.device)
+    if args.device == "auto" and device == "cpu":
+        warnings.warn("no CUDA GPU: attributions run on the CPU", PathvizWarning, stacklevel=1)
+    model = spec.model.to(device).eval()
+    images = read_patch_batch(slide, df.iloc[chosen])
+    inputs = spec.preprocess(images, device)
+    background = None
+    if args.method in ("gradient", "deep"):
+        if args.background:
+            references = reference_images(args.background, slide, args.patch_size)
+        else:
+            picks = random_reference_rows(len(df), chosen, args.batch_size, rng)
+            references = read_patch_batch(slide, df.iloc[picks])
+        check_same_size(references, images)
+        background = spec.preprocess(references, device)
+    return model, inputs, background, target, images, df.iloc[chosen]
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    if args.method == "gradient":
+        options = {
+            "n_samples": args.n_samples,
+            "local_smoothing": args.local_smoothing,
+            "seed": args.seed,
+        }
+        if hasattr(args, "samples_per_batch"):  # shapley-plot's speed options
+            options.update(
+                batch_size=args.samples_per_batch, bf16=args.bf16, channels_last=args.channels_last
+            )
+        return options
+    if args.method in ("gradcam", "gradcampp"):
+        return {"layer": args.layer}
+    return {}
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """shapley-plot and gradcam: choose patches, explain them chunk by chunk into a store,
+    draw the gallery."""
+    import numpy as np
+
+    from ..attribution.gallery import render_gallery
+    from ..attribution.stored import explain
+
+    model, inputs, background, target, images, rows = explanation_inputs(args)
+    options = method_options(args)
+    seed = options.pop("seed", 0)
+    with progress_bar("patches") as progress:
+        result = explain(
+            model,
+            inputs,
+            args.method,
+            background=background,
+            target=target,
+            output=args.output,
+            store=args.attributions_out or "auto",
+            keys=rows,
+            chunk_size=args.chunk_size,
+            seed=seed,
+            progress=progress,
+            **options,
+        )
+    titles = [f"x={x} y={y}" for x, y in zip(rows["x"], rows["y"], strict=True)]
+    print(
+        render_gallery(
+            images, result, args.out, titles=titles, per_patch_scale=args.per_patch_scale
+        )
+    )
+    if result.completeness_error is not None:
+        print(
+            f"completeness error: median {np.median(result.completeness_error):.4f}, "
+            f"max {result.completeness_error.max():.4f}"
+        )
+    print(f"attributions store: {result.metadata['store']}")
+    return 0
+
+
+def cmd_sanity_check(args: argparse.Namespace) -> int:
+    from ..attribution.sanity import model_randomisation
+    from ..io.tables import write_table
+
+    model, inputs, background, target, _images, _rows = explanation_inputs(args)
+    if target == "each":
+        raise PathvizError("sanity-check: --target each is not supported; give a class index")
+    table = model_randomisation(
+        model,
+        inputs,
+        args.method,
+        background=background,
+        target=target,
+        output=args.output,
+        init_seed=args.seed,
+        **method_options(args),
+    )
+    print(table.to_string(index=False))
+    print(write_table(table, args.out))
+    return 0
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PathvizError(f"{option} must be 'predicted' or a class index, got {text!r}") from None

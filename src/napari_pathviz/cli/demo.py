@@ -1,0 +1,135 @@
+"""pathviz demo: napari with the demo slide, or the demo's figures and tables headless."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the demo: napari with the demo slide, or files headless",
+        description="Builds the demo data (a real IHC image with labelled patches "
+        "and a small trained model) and opens it in napari; without a "
+        "display, or with --headless, writes figures and tables.",
+    )
+    p.add_argument("--headless", action="store_true", help="write files instead of opening napari")
+    p.add_argument("--out", default="pathviz-demo", help="output folder for headless results")
+    p.add_argument(
+        "--screenshot", metavar="PNG", help="open napari, save a screenshot of the window and exit"
+    )
+    p.add_argument("--data-dir", help="where the demo data are built (default: user cache)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .._demo import load_demo
+
+    slide, table = load_demo(args.data_dir)
+    if args.headless or (not args.screenshot and not _has_display()):
+        if not args.headless:
+            print(
+                "pathviz demo: no display found; writing the demo's results instead "
+                f"(to {args.out})",
+                file=sys.stderr,
+            )
+        for path in write_demo_outputs(slide, table, Path(args.out)):
+            print(path)
+        return 0
+    from .._demo_viewer import open_demo_viewer
+
+    return open_demo_viewer(slide, table, screenshot=args.screenshot)
+
+
+def write_demo_outputs(slide, table, out: Path) -> list[Path]:
+    """Headless demo: the patch table (with predictions when torch is there) and figures."""
+    from ..io.tables import write_table
+    from ..render import render_slide_with_patches
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_table(table.df, out / "patches.csv"),
+        render_slide_with_patches(
+            slide, table, out / "slide_patches_annotation.png", color_by="annotation"
+        ),
+    ]
+    if "prob_dab_positive" in table.df.columns:
+        written.append(
+            render_slide_with_patches(
+                slide, table, out / "slide_patches_prediction.png", color_by="prob_dab_positive"
+            )
+        )
+        written.extend(_write_demo_embedding_outputs(slide, table, out))
+        written.extend(_write_demo_attribution_outputs(slide, table, out))
+    return written
+
+
+def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
+    """A gallery per attribution method for a few demo patches (the most DAB-positive ones,
+    explained against random background patches)."""
+    import numpy as np
+
+    from .._demo import ANNOTATIONS
+    from .._demo_model import load_demo_model, read_patches, to_model_input
+    from ..attribution import METHODS, attribute
+    from ..attribution.gallery import render_gallery
+    from ..patches import PatchTable
+
+    df = table.df
+    chosen = np.argsort(-df["dab_positive"].to_numpy(), kind="stable")[:4]
+    rest = np.setdiff1d(np.arange(len(df)), chosen)
+    background = np.random.default_rng(0).choice(rest, 16, replace=False)
+    images = read_patches(slide, PatchTable(df.iloc[chosen], table.source))
+    inputs = to_model_input(images)
+    reference = to_model_input(read_patches(slide, PatchTable(df.iloc[background], table.source)))
+    model = load_demo_model()
+    written = []
+    for method in METHODS:
+        result = attribute(model, inputs, method, background=reference)
+        titles = [f"x={df['x'].iat[i]} y={df['y'].iat[i]}" for i in chosen]
+        written.append(
+            render_gallery(
+                images,
+                result,
+                out / f"attributions_{method}.png",
+                class_names=list(ANNOTATIONS),
+                titles=titles,
+            )
+        )
+    return written
+
+
+def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
+    """What plot-embeddings and plot-image-umap-embeddings write, for the demo embeddings."""
+    from PIL import Image
+
+    from .._demo import demo_umap
+    from ..embedding_plot import plot_embeddings_html, write_coords
+    from ..mosaic import umap_mosaic
+
+    es, coords3 = demo_umap(table, n_components=3)
+    written = [
+        plot_embeddings_html(es.table.df, coords3, out / "embeddings_umap.html", ["annotation"]),
+        write_coords(es.table.df, coords3, out / "umap_coords.csv"),
+    ]
+    es2, coords2 = demo_umap(table, n_components=2)
+    mosaic = umap_mosaic(
+        {slide.slide_id: slide},
+        es2.table,
+        coords2,
+        zoom=0.5,
+        canvas=1536,
+        sort_col="prob_dab_positive",
+    )
+    Image.fromarray(mosaic.image).save(out / "umap_image_mosaic.png")
+    written.append(out / "umap_image_mosaic.png")
+    return written

@@ -1,0 +1,204 @@
+"""Embedding commands: plot-embeddings and plot-image-umap-embeddings (PathFlowAI's names and
+short options)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from ..errors import PathvizError, PathvizWarning
+from ..io.zarr_io import LAYOUTS
+from ._common import progress_bar
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "plot-embeddings",
+        help="UMAP of patch embeddings as interactive HTML (PathFlowAI's plot_embeddings)",
+    )
+    p.add_argument("-i", "--input", required=True, help="embeddings (.parquet/.csv/.npy/.npz/.pkl)")
+    p.add_argument("-o", "--output", required=True, help="output .html")
+    p.add_argument(
+        "-a",
+        "--annotations",
+        action="append",
+        nargs="+",
+        metavar="COL",
+        help="colour by this column; several: by the argmax of them (default: ID)",
+    )
+    p.add_argument("--components", type=int, choices=(2, 3), default=3, help="UMAP dimensions")
+    p.add_argument(
+        "--coords-out", help="write the UMAP coordinates with patch keys (.csv/.parquet)"
+    )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="print trustworthiness and k-NN preservation of the embedding",
+    )
+    add_embedding_options(p)
+    p.set_defaults(func=cmd_plot_embeddings)
+
+    p = sub.add_parser(
+        "plot-image-umap-embeddings",
+        help="the patches drawn at their 2-D UMAP positions, as a PNG "
+        "(PathFlowAI's plot_image_umap_embeddings)",
+    )
+    p.add_argument("-e", "--embeddings", required=True, help="embeddings file")
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        help="a slide, or a folder of slides named by ID ({ID}.zarr, {ID}.svs, ...)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output .png")
+    p.add_argument("-z", "--zoom", type=float, default=0.25, help="thumbnail size / patch size")
+    p.add_argument("-sc", "--sort_col", help="draw patches in the order of this column")
+    p.add_argument(
+        "-sm",
+        "--sort_mode",
+        choices=("asc", "desc"),
+        default="asc",
+        help="ascending: the largest value is drawn last, on top",
+    )
+    p.add_argument("--canvas", type=int, default=2048, help="mosaic side in pixels")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
+    add_embedding_options(p)
+    p.set_defaults(func=cmd_plot_image_umap_embeddings)
+
+
+def add_embedding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patches", help="patch table to join (attributes for colouring)")
+    p.add_argument("--patch-size", type=int, help="patch size (chooses a PathFlowAI db table)")
+    p.add_argument("--keys", help="key table (ID, x, y, patch_size) for a .npy/.npz")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickle (PathFlowAI's embeddings.pkl): it can run code",
+    )
+    p.add_argument("-b", "--basename", help="keep this slide's patches only")
+    p.add_argument(
+        "-rb",
+        "--remove_background_annotation",
+        metavar="COL",
+        help="drop patches covered by this annotation (see -ma)",
+    )
+    p.add_argument(
+        "-ma",
+        "--max_background_area",
+        type=float,
+        default=0.05,
+        help="keep a patch when its -rb coverage is <= 1 - this",
+    )
+    p.add_argument("-nn", "--n_neighbors", type=int, default=15, help="UMAP neighbours")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
+    p.add_argument("--metric", default="euclidean", help="UMAP metric")
+    p.add_argument(
+        "--pca",
+        default="auto",
+        help="PCA before UMAP: auto (to 50 dims above 50), a number, or off",
+    )
+    p.add_argument("--random-state", type=int, help="seed (makes umap-learn single-threaded)")
+    p.add_argument(
+        "--knn",
+        choices=("auto", "nndescent", "torch"),
+        default="auto",
+        help="k-NN graph: torch (exact, GPU when there), nndescent, or auto",
+    )
+    p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+
+
+def embeddings_from_args(args: argparse.Namespace, path: str):
+    from ..embedding import load_embeddings, remove_background
+    from ..patches import load_patches
+
+    patches = None
+    if args.patches:
+        patches = load_patches(args.patches, patch_size=args.patch_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PathvizWarning)  # every dropped-row report, not once
+        es = load_embeddings(
+            path,
+            keys=args.keys,
+            trust_pickle=args.trust_pickle,
+            patches=patches,
+            slide_id=args.basename,
+            patch_size=args.patch_size,
+        )
+    if args.remove_background_annotation:
+        es = remove_background(es, args.remove_background_annotation, args.max_background_area)
+    return es
+
+
+def umap_from_args(args: argparse.Namespace, es, components: int):
+    from ..embedding import UMAPParams, umap_embed
+
+    pca = args.pca
+    if pca not in ("auto", "off"):
+        try:
+            pca = int(pca)
+        except ValueError:
+            raise PathvizError(f"--pca must be auto, off or a number, got {pca!r}") from None
+    params = UMAPParams(
+        n_components=components,
+        n_neighbors=args.n_neighbors,
+        min_dist=args.min_dist,
+        metric=args.metric,
+        pca=None if pca == "off" else pca,
+        random_state=args.random_state,
+    )
+    with progress_bar("%") as progress:
+        return umap_embed(
+            es.features,
+            params,
+            knn=args.knn,
+            use_cache=not args.no_cache,
+            progress=lambda f, _stage: progress(round(100 * f), 100),
+        )
+
+
+def cmd_plot_embeddings(args: argparse.Namespace) -> int:
+    from ..embedding import embedding_quality
+    from ..embedding_plot import plot_embeddings_html, write_coords
+
+    es = embeddings_from_args(args, args.input)
+    coords = umap_from_args(args, es, args.components)
+    annotations = [a for group in args.annotations or [] for a in group]
+    print(plot_embeddings_html(es.table.df, coords, args.output, annotations))
+    if args.coords_out:
+        print(write_coords(es.table.df, coords, args.coords_out))
+    if args.quality:
+        q = embedding_quality(es.features, coords)
+        print(
+            f"trustworthiness (k={q['k']}, {q['sample']} patches): {q['trustworthiness']:.4f}; "
+            f"k-NN preservation: {q['knn_preservation']:.4f}"
+        )
+    return 0
+
+
+def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..mosaic import find_slides, umap_mosaic
+    from ..patches import PatchTable
+
+    es = embeddings_from_args(args, args.embeddings)
+    slides = find_slides(args.input, es.table.df["ID"].unique(), args.layout)
+    for slide_id, slide in slides.items():
+        rows = es.table.df[es.table.df["ID"] == slide_id]
+        PatchTable(rows, es.table.source).check_inside(slide.height, slide.width)
+    coords = umap_from_args(args, es, 2)
+    mosaic = umap_mosaic(
+        slides,
+        es.table,
+        coords,
+        zoom=args.zoom,
+        canvas=args.canvas,
+        sort_col=args.sort_col,
+        sort_mode=args.sort_mode,
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mosaic.image).save(out)
+    print(out)
+    return 0

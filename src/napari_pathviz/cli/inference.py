@@ -1,0 +1,144 @@
+"""pathviz extract: predictions and embeddings of a model for every patch of a slide or of a
+cohort of slides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..io.zarr_io import LAYOUTS
+from ._common import add_model_options, load_table_for, progress_bar, recipe_from_args
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="predictions and embeddings of a model for every patch of a slide",
+        description="Reads every patch (from --patches, or a tissue grid), runs the model in "
+        "batches (reads prefetched in threads; GPU when there) and writes one row per patch: "
+        "ID, x, y, patch_size, prob_{i}, y_pred, feat_{j}. Finished batches are kept in the "
+        "results store (--store), so a rerun resumes.",
+    )
+    add_model_options(p)
+    p.add_argument(
+        "--slide",
+        required=True,
+        nargs="+",
+        help="a slide; or, for a cohort, several slides, a folder of slides, or a "
+        ".txt file listing them (then -o is an output folder)",
+    )
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
+    p.add_argument("--patches", help="patch table (default: a tissue grid of --patch-size)")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        help="tissue-grid patch size (default 224); with --patches, keeps that size",
+    )
+    p.add_argument("--min-tissue", type=float, default=0.5, help="tissue grid threshold")
+    p.add_argument("-o", "--out", required=True, help="output table (.parquet or .csv)")
+    p.add_argument("--store", help="results store for resuming (default: OUT + .store.zarr)")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per model call")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--workers", type=int, default=2, help="threads reading patches ahead")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to read patches from")
+    p.add_argument(
+        "--target-mpp",
+        type=float,
+        help="read from the level closest to this many microns per pixel (needs the "
+        "slide's own calibration); overrides --level",
+    )
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the GPU")
+    p.add_argument("--no-embeddings", action="store_true", help="predictions only")
+    p.add_argument(
+        "--scheduler",
+        help="cohort: address of an existing dask cluster "
+        "(default: a LocalCluster on this machine)",
+    )
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        help="cohort: LocalCluster workers (default: one per GPU, else one)",
+    )
+    p.add_argument("--chunk-size", type=int, help="cohort: patches per task (default: a slide)")
+    p.add_argument(
+        "--keep-stores",
+        action="store_true",
+        help="cohort: keep each slide's results store after its table is written",
+    )
+    p.set_defaults(func=cmd_extract)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..inference import extract
+    from ..io.tables import write_table
+    from ..slide import open_slide
+    from ..tissue import tissue_grid
+
+    if is_cohort(args.slide):
+        return extract_cohort(args)
+    spec = recipe_from_args(args).load()
+    slide = open_slide(args.slide[0], args.layout)
+    if args.target_mpp is not None:
+        args.level = slide.level_for_mpp(args.target_mpp)
+    if args.patches:
+        table = load_table_for(slide, args.patches, args.patch_size, None)
+    else:
+        table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
+    store = args.store or f"{args.out}.store.zarr"
+    with progress_bar("patches") as progress:
+        result = extract(
+            slide,
+            table,
+            spec,
+            store=store,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            level=args.level,
+            bf16=args.bf16,
+            embeddings=not args.no_embeddings,
+            progress=lambda done, total, _rate: progress(done, total),
+        )
+    print(write_table(result, args.out))
+    return 0
+
+
+def is_cohort(sources: list[str]) -> bool:
+    from ..io.zarr_io import is_zarr_path
+
+    if len(sources) > 1:
+        return True
+    source = Path(sources[0])
+    return source.suffix.lower() == ".txt" or (source.is_dir() and not is_zarr_path(source))
+
+
+def extract_cohort(args: argparse.Namespace) -> int:
+    from ..cohort import find_cohort_slides, run_cohort
+
+    slides = find_cohort_slides(args.slide)
+    recipe = recipe_from_args(args)
+    with progress_bar("slides") as progress:
+        summary = run_cohort(
+            slides,
+            recipe,
+            args.out,
+            patches=args.patches,
+            patch_size=args.patch_size,
+            min_tissue=args.min_tissue,
+            batch_size=args.batch_size,
+            device=args.device,
+            level=args.level,
+            bf16=args.bf16,
+            embeddings=not args.no_embeddings,
+            chunk_size=args.chunk_size,
+            scheduler=args.scheduler,
+            n_workers=args.n_workers,
+            keep_stores=args.keep_stores,
+            progress=lambda done, total, _message: progress(done, total),
+        )
+    print(summary.to_string(index=False))
+    failed = summary[summary["status"] == "failed"]
+    for _, row in failed.iterrows():
+        print(f"pathviz extract: warning: skipped: {row['error']}", file=sys.stderr)
+    return 0
