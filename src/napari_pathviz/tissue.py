@@ -52,7 +52,10 @@ def tissue_grid(
 ) -> PatchTable:
     """Non-overlapping (or ``stride``-spaced) patches whose tissue fraction is >= ``min_tissue``.
 
-    The table has the key columns and ``tissue``, the fraction of the patch covered by tissue.
+    The table has PathFlowAI's patch_info layout: the key columns, ``annotation`` and one area
+    column per class, ``background`` then ``tissue``, the fractions of the patch each covers.
+    ``annotation`` is the class covering most of the patch, by PathFlowAI's rule (argmax over
+    the area columns, so "background" on an exact tie).
     """
     if patch_size <= 0:
         raise PathvizError(f"--patch-size must be positive, got {patch_size}")
@@ -73,13 +76,20 @@ def tissue_grid(
     yy, xx = (g.ravel() for g in np.meshgrid(ys, xs, indexing="ij"))
     coverage = coverage_of(yy, xx, patch_size)
     keep = coverage >= min_tissue if min_tissue > 0 else np.ones_like(coverage, bool)
+    tissue = coverage[keep].round(4)
+    background = (1.0 - tissue).round(4)
+    # Both classes get an area column: PathFlowAI looks each patch's annotation up as a column
+    # (modify_patch_info), and `-rb background` drops mostly-empty patches as it does there.
+    # Tissue comes last because PathFlowAI's one-target classifier takes the last area column.
     df = pd.DataFrame(
         {
             "ID": slide.slide_id,
             "x": xx[keep].astype(np.int64),
             "y": yy[keep].astype(np.int64),
             "patch_size": np.int64(patch_size),
-            "tissue": coverage[keep].round(4),
+            "annotation": np.where(tissue > background, "tissue", "background"),
+            "background": background,
+            "tissue": tissue,
         }
     )
     return PatchTable.from_frame(df, slide.path)

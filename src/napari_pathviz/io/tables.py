@@ -2,7 +2,10 @@
 
 PathFlowAI keeps one table per patch size in ``patch_info.db``, named by the size as text
 (table ``"224"``), with columns index, ID, x, y, patch_size, annotation and one coverage column per
-annotation; ``predictions.db`` has the same layout plus ``y_pred``.
+annotation; ``predictions.db`` has the same layout plus ``y_pred``. Its readers index that layout
+by position (``patch_info.iloc[:, 6:]`` are the annotation areas, ``iloc[:, 5:]`` once the index
+column is dropped) and look each patch's ``annotation`` up as a column name, so a database we
+write keeps exactly that order (see ``PATHFLOWAI_LEADING_COLUMNS``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import PathvizError
+from .atomic import atomic_file, make_parent
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".db", ".sqlite", ".sqlite3")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+# PathFlowAI's first six columns, in its order; every other column follows them.
+PATHFLOWAI_LEADING_COLUMNS = ("index", "ID", "x", "y", "patch_size", "annotation")
+# What PathFlowAI's preprocessing writes as the annotation of a patch it has no areas for.
+NO_ANNOTATION = "NA"
 
 
 def is_table_path(path: str | os.PathLike) -> bool:
@@ -91,26 +100,101 @@ def _read_sqlite(path: str, patch_size: int | str | None) -> pd.DataFrame:
     return df
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Writes a patch table by the file's suffix (Parquet, CSV, or a SQLite table per patch size)."""
+def write_table(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Writes a patch table by the file's suffix (Parquet, CSV, or a SQLite table per patch size).
+
+    A SQLite file gets PathFlowAI's layout, one table per patch size (see ``_pathflowai_frame``).
+    Its other tables are kept; a table of the same patch size is an error unless ``overwrite``.
+    """
     path = Path(path)
     lower = path.name.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if lower.endswith((".parquet", ".pq")):
-        df.to_parquet(path, index=False)
-    elif lower.endswith(".csv"):
-        df.to_csv(path, index=False)
-    elif lower.endswith(".tsv"):
-        df.to_csv(path, index=False, sep="\t")
-    elif lower.endswith(SQLITE_SUFFIXES):
-        with sqlite3.connect(path) as con:
-            for size, rows in df.groupby("patch_size"):
-                rows.reset_index(drop=True).to_sql(
-                    str(int(size)), con, if_exists="replace", index=True
-                )
-    else:
+    if lower.endswith(SQLITE_SUFFIXES):
+        _write_sqlite(df, path, overwrite)
+        return path
+    if not lower.endswith((".parquet", ".pq", ".csv", ".tsv")):
         raise PathvizError(f"{path}: unknown table suffix; use .parquet, .csv, .tsv or .db")
+    # Written whole under a temporary name, then renamed: a failure keeps the previous file.
+    with atomic_file(path) as tmp:
+        try:
+            if lower.endswith((".parquet", ".pq")):
+                df.to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False, sep="\t" if lower.endswith(".tsv") else ",")
+        except (ValueError, TypeError, NotImplementedError, ImportError) as exc:  # pyarrow's too
+            raise PathvizError(
+                f"cannot write {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            ) from exc
     return path
+
+
+def _pathflowai_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The rows in PathFlowAI's column order: index (0..n-1), ID, x, y, patch_size, annotation,
+    then every other column as given (annotation areas first, by the caller's order).
+
+    A table without ``annotation`` gets PathFlowAI's own placeholder, "NA".
+    """
+    missing = [c for c in ("ID", "x", "y", "patch_size") if c not in df.columns]
+    if missing:
+        raise PathvizError(
+            f"{path}: a PathFlowAI patch database needs the columns ID, x, y, patch_size; "
+            f"missing {', '.join(missing)}"
+        )
+    out = df.drop(columns=[c for c in ("index",) if c in df.columns]).reset_index(drop=True)
+    # PathFlowAI slices its arrays with these: they must be stored as integers.
+    for col in ("x", "y", "patch_size"):
+        numbers = pd.to_numeric(out[col], errors="coerce")
+        least = 1 if col == "patch_size" else 0
+        bad = np.flatnonzero(numbers.isna() | (numbers != numbers.round()) | (numbers < least))
+        if bad.size:
+            row = int(bad[0])
+            raise PathvizError(
+                f"{path}: row {row}: {col} must be a whole number of pixels, "
+                f"found {out[col].iloc[row]!r}"
+            )
+        out[col] = numbers.astype(np.int64)
+    if "annotation" not in out.columns:
+        out["annotation"] = NO_ANNOTATION
+    rest = [c for c in out.columns if c not in PATHFLOWAI_LEADING_COLUMNS]
+    out = out[list(PATHFLOWAI_LEADING_COLUMNS[1:]) + rest]
+    out.insert(0, "index", np.arange(len(out), dtype=np.int64))
+    return out
+
+
+def _write_sqlite(df: pd.DataFrame, path: Path, overwrite: bool) -> None:
+    """One table per patch size, all written in one transaction: a failure leaves the file as
+    it was, and a reader never sees a half-written table."""
+    frame = _pathflowai_frame(df, path)
+    sizes = frame["patch_size"]
+    names = [str(int(s)) for s in sorted(sizes.unique())]
+    make_parent(path)
+    try:
+        con = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise PathvizError(f"{path}: cannot open as a SQLite database ({exc})") from exc
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        existing = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        clashes = [n for n in names if n in existing]
+        if clashes and not overwrite:
+            raise PathvizError(
+                f"{path}: already holds table {', '.join(repr(n) for n in clashes)} for that "
+                "patch size; pass overwrite (--overwrite) to replace it, or write another file"
+            )
+        for name in names:
+            rows = frame[sizes == int(name)]
+            rows = rows.assign(index=np.arange(len(rows), dtype=np.int64))
+            con.execute(f'DROP TABLE IF EXISTS "{name}"')
+            con.execute(pd.io.sql.get_schema(rows, name))
+            values = rows.astype(object).where(rows.notna(), None).to_numpy().tolist()
+            marks = ", ".join("?" * rows.shape[1])
+            con.executemany(f'INSERT INTO "{name}" VALUES ({marks})', values)
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise PathvizError(f"{path}: cannot write the patch table ({exc})") from exc
+    finally:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        con.close()
 
 
 def _must_exist(path: str) -> None:
