@@ -5,10 +5,10 @@ colorbar. Red: the pixels pushed the explained output up; blue: down."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
+from ..errors import PathvizError
 from .result import AttributionResult
 
 
@@ -32,10 +32,9 @@ def red_blue_colormap():
 
 def render_gallery(patches: np.ndarray, result: AttributionResult, out: str | os.PathLike, **kw):
     """Writes the gallery (see :func:`gallery_figure`) as a PNG."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    gallery_figure(patches, result, **kw).savefig(out)
-    return out
+    from ..io.atomic import save_figure
+
+    return save_figure(gallery_figure(patches, result, **kw), out)
 
 
 def gallery_image(patches: np.ndarray, result: AttributionResult, **kw) -> np.ndarray:
@@ -53,11 +52,14 @@ def gallery_figure(
     titles: list[str] | None = None,
     per_patch_scale: bool = False,
     columns: int = 4,
+    label_output: str = "none",
 ):
     """A matplotlib Figure; ``patches`` are the (N, H, W, 3) uint8 images explained and
     ``titles`` one per patch. One row per explained class (target "each") puts each patch on a
     line of its own, its image then one overlay per class, as shap.image_plot does; otherwise
-    the (patch, overlay) pairs fill ``columns`` pairs a line."""
+    the (patch, overlay) pairs fill ``columns`` pairs a line. Each map is labelled with its
+    class and probability: the model's own (``label_output`` "none"), or its logits after
+    "sigmoid" or "softmax" (PathFlowAI's -p)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -79,6 +81,7 @@ def gallery_figure(
     FigureCanvasAgg(fig)
     cmap = red_blue_colormap()
     limit = shared_limit(maps)
+    probabilities = label_probabilities(result, label_output)
     grid = fig.add_gridspec(
         lines, slots, left=0.02, right=0.88, top=0.9, bottom=0.03, wspace=0.05, hspace=0.35
     )
@@ -101,7 +104,9 @@ def gallery_figure(
             ax_map.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
             target = int(result.targets[row])
             name = class_names[target] if class_names and target < len(class_names) else target
-            ax_map.set_title(f"{name}: p={_probability(result, row, target):.2f}", fontsize=6)
+            ax_map.set_title(
+                f"{name}: p={_probability(probabilities, row, target):.2f}", fontsize=6
+            )
             _no_ticks(ax_map)
     cax = fig.add_axes((0.9, 0.15, 0.02, 0.7))
     bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=cax)
@@ -114,9 +119,23 @@ def gallery_figure(
     return fig
 
 
-def _probability(result: AttributionResult, row: int, target: int) -> float:
-    """The model's probability for the explained class (the only output of a one-output model)."""
-    probabilities = np.asarray(result.probabilities)
+def label_probabilities(result: AttributionResult, label_output: str) -> np.ndarray:
+    """(rows, classes) probabilities for the labels: the model's, or sigmoid/softmax of its
+    logits."""
+    if label_output == "none":
+        return np.asarray(result.probabilities)
+    from scipy.special import expit, softmax
+
+    logits = np.asarray(result.logits, dtype=np.float64)
+    if label_output == "sigmoid":
+        return expit(logits)
+    if label_output == "softmax":
+        return softmax(logits, axis=1)
+    raise PathvizError(f"-p must be none, sigmoid or softmax, got {label_output!r}")
+
+
+def _probability(probabilities: np.ndarray, row: int, target: int) -> float:
+    """The probability for the explained class (the only output of a one-output model)."""
     column = target if probabilities.shape[1] > 1 else 0
     return float(probabilities[row, column])
 

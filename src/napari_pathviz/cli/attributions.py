@@ -9,6 +9,10 @@ from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
 from ._common import add_model_options, load_table_for, progress_bar, recipe_from_args
 
+# --explain-output's names -> the engine's output names
+EXPLAINED_OUTPUTS = ("logit", "sigmoid", "softmax")
+INCOMPLETE = 0.05  # a completeness error above this is reported, never shown silently
+
 COMMANDS = (
     (
         "shapley-plot",
@@ -66,14 +70,24 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
         type=int,
         default=16,
         help="patches explained when neither --ids nor --top is given (drawn at "
-        "random, seeded), and the background size",
+        "random, seeded), and the background size (twice this for -mth gradient, as in "
+        "PathFlowAI)",
     )
+    # PathFlowAI's -p only changes the labels; what is explained has its own option.
     p.add_argument(
         "-p",
-        "--output",
+        "--pred_out",
         choices=("none", "sigmoid", "softmax"),
         default="none",
-        help="explain the logit, or the probability after sigmoid/softmax",
+        help="label each map with the prediction after sigmoid/softmax (PathFlowAI's -p); "
+        "none: the model's own probability",
+    )
+    p.add_argument(
+        "--explain-output",
+        choices=EXPLAINED_OUTPUTS,
+        default="logit",
+        help="what the maps explain: the class logit (PathFlowAI, shap), or its probability "
+        "after sigmoid/softmax",
     )
     p.add_argument(
         "--target",
@@ -175,11 +189,20 @@ def explanation_inputs(args: argparse.Namespace):
         if args.background:
             references = reference_images(args.background, slide, args.patch_size)
         else:
-            picks = random_reference_rows(len(df), chosen, args.batch_size, rng)
+            picks = random_reference_rows(len(df), chosen, background_size(args), rng)
             references = read_patch_batch(slide, df.iloc[picks])
         check_same_size(references, images)
         background = spec.preprocess(references, device)
     return model, inputs, background, target, images, df.iloc[chosen]
+
+
+def background_size(args: argparse.Namespace) -> int:
+    """PathFlowAI draws one batch of references for deep and two for gradient."""
+    return 2 * args.batch_size if args.method == "gradient" else args.batch_size
+
+
+def engine_output(args: argparse.Namespace) -> str:
+    return "none" if args.explain_output == "logit" else args.explain_output
 
 
 def method_options(args: argparse.Namespace) -> dict:
@@ -202,8 +225,6 @@ def method_options(args: argparse.Namespace) -> dict:
 def cmd_explain(args: argparse.Namespace) -> int:
     """shapley-plot and gradcam: choose patches, explain them chunk by chunk into a store,
     draw the gallery."""
-    import numpy as np
-
     from ..attribution.gallery import render_gallery
     from ..attribution.stored import explain
 
@@ -217,7 +238,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             args.method,
             background=background,
             target=target,
-            output=args.output,
+            output=engine_output(args),
             store=args.attributions_out or "auto",
             keys=rows,
             chunk_size=args.chunk_size,
@@ -228,16 +249,42 @@ def cmd_explain(args: argparse.Namespace) -> int:
     titles = [f"x={x} y={y}" for x, y in zip(rows["x"], rows["y"], strict=True)]
     print(
         render_gallery(
-            images, result, args.out, titles=titles, per_patch_scale=args.per_patch_scale
+            images,
+            result,
+            args.out,
+            titles=titles,
+            per_patch_scale=args.per_patch_scale,
+            label_output=args.pred_out,
         )
     )
-    if result.completeness_error is not None:
-        print(
-            f"completeness error: median {np.median(result.completeness_error):.4f}, "
-            f"max {result.completeness_error.max():.4f}"
-        )
+    report_completeness(result, rows)
     print(f"attributions store: {result.metadata['store']}")
     return 0
+
+
+def report_completeness(result, rows) -> None:
+    """Prints the completeness error (how far each map's sum is from f(x) - E[f(reference)])
+    and warns, one line, about every map past INCOMPLETE: such a map does not add up to the
+    output change it claims to explain."""
+    import numpy as np
+
+    error = result.completeness_error
+    if error is None:
+        return
+    print(f"completeness error: median {np.median(error):.4f}, max {error.max():.4f}")
+    bad = np.flatnonzero(error > INCOMPLETE)
+    if len(bad):
+        patches = rows.iloc[result.patch_of_rows()[bad]]
+        where = ", ".join(
+            f"x={x} y={y}" for x, y in zip(patches["x"][:5], patches["y"][:5], strict=True)
+        )
+        warnings.warn(
+            f"{len(bad)} of {len(error)} maps miss f(x) - E[f(reference)] by more than "
+            f"{INCOMPLETE:.0%} (max {error.max():.1%}; {where}); raise -ns or check the "
+            "model's layers",
+            PathvizWarning,
+            stacklevel=1,
+        )
 
 
 def cmd_sanity_check(args: argparse.Namespace) -> int:
@@ -253,12 +300,12 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
         args.method,
         background=background,
         target=target,
-        output=args.output,
+        output=engine_output(args),
         init_seed=args.seed,
         **method_options(args),
     )
     print(table.to_string(index=False))
-    print(write_table(table, args.out))
+    print(write_table(table, args.out, overwrite=args.overwrite))
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
@@ -90,7 +89,9 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
         default=0.05,
         help="keep a patch when its -rb coverage is <= 1 - this",
     )
-    p.add_argument("-nn", "--n_neighbors", type=int, default=15, help="UMAP neighbours")
+    p.add_argument(
+        "-nn", "--n_neighbors", type=int, default=8, help="UMAP neighbours (PathFlowAI's default)"
+    )
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     p.add_argument("--metric", default="euclidean", help="UMAP metric")
     p.add_argument(
@@ -166,7 +167,7 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     annotations = [a for group in args.annotations or [] for a in group]
     print(plot_embeddings_html(es.table.df, coords, args.output, annotations))
     if args.coords_out:
-        print(write_coords(es.table.df, coords, args.coords_out))
+        print(write_coords(es.table.df, coords, args.coords_out, overwrite=args.overwrite))
     if args.quality:
         q = embedding_quality(es.features, coords)
         print(
@@ -177,8 +178,7 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from ..io.atomic import save_image
     from ..mosaic import find_slides, umap_mosaic
     from ..patches import PatchTable
 
@@ -197,8 +197,5 @@ def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
         sort_col=args.sort_col,
         sort_mode=args.sort_mode,
     )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mosaic.image).save(out)
-    print(out)
+    print(save_image(mosaic.image, args.output))
     return 0
