@@ -148,7 +148,7 @@ def test_torchscript_round_trip(tmp_path, x, how):
     compiled = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x[:2])
     path = tmp_path / "model.pt"
     torch.jit.save(compiled, str(path))
-    spec = load_model(path)
+    spec = load_model(path, trust_model=True)
     assert spec.metadata["kind"] == "TorchScript" and spec.scripted
     assert spec.source == str(path) and not spec.model.training
     _same_outputs(model, spec.model, x)
@@ -189,7 +189,7 @@ def test_trusted_whole_module_pickle(tmp_path, x, tiny_module, kind):
     model = _sequential() if kind == "sequential" else _trained(tiny_module.build(5, 4))
     path = tmp_path / "whole.pt"
     torch.save(model, path)
-    spec = load_model(path, trust_pickle=True)
+    spec = load_model(path, trust_model=True)
     assert spec.metadata["kind"] == "pickle" and spec.model is not model
     assert spec.input_size is None and spec.mean is None
     _same_outputs(model, spec.model, x)
@@ -201,7 +201,7 @@ def test_pickle_is_loaded_in_eval_mode(tmp_path, x):
     model.train()
     path = tmp_path / "train_mode.pt"
     torch.save(model, path)
-    spec = load_model(path, trust_pickle=True)
+    spec = load_model(path, trust_model=True)
     assert not spec.model.training and not any(m.training for m in spec.model.modules())
     _same_outputs(model.eval(), spec.model, x)
 
@@ -222,7 +222,7 @@ def test_pathflowai_extracted_model(tmp_path, x):
         },
         path,
     )
-    spec = load_model(path, trust_pickle=True)
+    spec = load_model(path, trust_model=True)
     assert spec.metadata["kind"] == "PathFlowAI extracted model"
     assert spec.mean == pytest.approx(tuple(mean)) and spec.std == pytest.approx(tuple(std))
     assert spec.input_size == 48
@@ -236,8 +236,8 @@ def test_pathflowai_extracted_model(tmp_path, x):
     torch.save(
         {"model": model, "transform_opts": {"mean": mean, "std": std, "patch_size": 32}}, path
     )
-    assert load_model(path, trust_pickle=True).input_size == 32
-    spec = load_model(path, trust_pickle=True, input_size=40, mean=(0.5, 0.5, 0.5))
+    assert load_model(path, trust_model=True).input_size == 32
+    spec = load_model(path, trust_model=True, input_size=40, mean=(0.5, 0.5, 0.5))
     assert spec.input_size == 40 and spec.mean == (0.5, 0.5, 0.5)
 
 
@@ -251,10 +251,10 @@ def test_untrusted_pickle_is_refused_without_running_its_code(tmp_path, payload_
     assert not marker.exists()
     with pytest.raises(PathvizError) as err:
         load_model(path)
-    assert str(path) in str(err.value) and "--trust-pickle" in str(err.value)
+    assert str(path) in str(err.value) and "--trust-model" in str(err.value)
     assert not marker.exists(), "the untrusted pickle's code ran"
     # The same pickle, trusted, does run its code: the marker proves something.
-    spec = load_model(path, trust_pickle=True)
+    spec = load_model(path, trust_model=True)
     assert marker.read_text() == "pickle code ran"
     assert isinstance(spec.model, nn.Sequential)
 
@@ -262,7 +262,7 @@ def test_untrusted_pickle_is_refused_without_running_its_code(tmp_path, payload_
 def test_pathflowai_dict_needs_trust_too(tmp_path):
     path = tmp_path / "pathflowai.pkl"
     torch.save({"model": _sequential(), "transform_opts": {"mean": [0.5] * 3}}, path)
-    with pytest.raises(PathvizError, match="--trust-pickle"):
+    with pytest.raises(PathvizError, match="--trust-model"):
         load_model(path)
 
 
@@ -334,12 +334,12 @@ def test_not_a_model(tmp_path):
         path = tmp_path / f"{name}.pt"
         torch.save(obj, path)
         with pytest.raises(PathvizError, match=f"not a model \\({name}\\)"):
-            load_model(path, trust_pickle=True)
+            load_model(path, trust_model=True)
     # A trusted pickle of something else than a model.
     path = tmp_path / "numbers.pkl"
     torch.save({"values": np.arange(3)}, path)
     with pytest.raises(PathvizError, match="holds dict, not a model"):
-        load_model(path, trust_pickle=True)
+        load_model(path, trust_model=True)
 
 
 def test_random_bytes_trusted(tmp_path):
@@ -347,7 +347,7 @@ def test_random_bytes_trusted(tmp_path):
     path = tmp_path / "random.bin"
     path.write_bytes(b"_" + np.random.default_rng(0).bytes(4095))
     with pytest.raises(PathvizError, match="not a model file") as err:
-        load_model(path, trust_pickle=True)
+        load_model(path, trust_model=True)
     assert str(path) in str(err.value)
 
 
@@ -356,7 +356,7 @@ def test_random_bytes_are_not_called_a_pickle(tmp_path):
     path.write_bytes(b"_" + np.random.default_rng(0).bytes(4095))
     with pytest.raises(PathvizError, match="not a model") as err:
         load_model(path)
-    assert "--trust-pickle" not in str(err.value)
+    assert "--trust-model" not in str(err.value)
 
 
 def test_broken_torchscript_archive(tmp_path):
@@ -365,7 +365,7 @@ def test_broken_torchscript_archive(tmp_path):
         z.writestr("broken/constants.pkl", b"not a pickle")
         z.writestr("broken/code/__torch__.py", "garbage")
     with pytest.raises(PathvizError, match="not a loadable TorchScript model"):
-        load_model(path)
+        load_model(path, trust_model=True)
 
 
 def test_missing_file_and_bad_options(tmp_path):
@@ -534,7 +534,7 @@ def test_feature_module_errors(tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(_sequential()), str(path))
     with pytest.raises(PathvizError, match="TorchScript model has no hookable layers"):
-        load_model(path).feature_module()
+        load_model(path, trust_model=True).feature_module()
     no_linear = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(PathvizError, match="no Linear layer; name the feature layer"):
         ModelSpec(no_linear, "c.pt").feature_module()

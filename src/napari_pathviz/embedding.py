@@ -21,7 +21,7 @@ import pandas as pd
 from .errors import Cancelled, PathvizError, PathvizWarning
 from .io.embeddings import RawEmbeddings, read_embeddings
 from .patches import KEY_COLUMNS, PatchTable
-from .store import ResultsStore, array_key, cache_root
+from .store import ResultsStore, array_key
 
 PCA_DIMENSIONS = 50
 UMAP_VERSION = 1  # bump when the computation changes, so cached results are not reused
@@ -345,11 +345,14 @@ def _import_umap():
     functions declared ``cache=True``, which most of umap-learn's are not. While umap is first
     imported, ``numba.njit``/``numba.jit`` default to ``cache=True`` and the cache lives in a
     persistent folder, so a second process loads the machine code instead of compiling it
-    (measured: 13.7 s -> 5.6 s for a first fit of 3,000 points on 2 cores).
+    (measured: 13.7 s -> 5.6 s for a first fit of 3,000 points on 2 cores). numba's cache index
+    files are pickles: the folder is a private, checked one (:mod:`._numba_cache`).
     """
     import sys
 
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_root() / "numba"))
+    from ._numba_cache import configure_numba_cache
+
+    configure_numba_cache()
     if "umap" in sys.modules:
         return sys.modules["umap"]
     import numba

@@ -1,25 +1,25 @@
 """Loading a patch classifier safely, and the preprocessing that belongs to it.
 
-Sources: TorchScript files; a state dict plus an architecture given as ``package.module:factory``
-(with keyword arguments); PathFlowAI's extracted-model pickle (``dict(model=..., transform_opts=...)``)
-and any other pickle ONLY when the user trusts the file (pickles run code when loaded). Everything
-else is read with ``torch.load(weights_only=True)``.
+Safe without trust (data): weights in safetensors, or a state dict read with
+``torch.load(weights_only=True)``, with the architecture from an installed package
+(``package.module:factory`` and keyword arguments, given as options or by the model card beside
+the weights: :mod:`.model_card`). Code, loaded ONLY when the user trusts the file
+(``trust_model``): pickles (PathFlowAI's extracted model ``dict(model=..., transform_opts=...)``,
+any pickled module) and TorchScript archives. :mod:`._model_files` reads each kind.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._model_files import import_factory as import_factory  # re-exported
 from .errors import PathvizError
-
-ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
-RESIZE_MODES = ("resize", "crop")
+from .model_card import ACTIVATIONS, EXPLAINED_OUTPUTS, RESIZE_MODES, find_card
 
 
 @dataclass
@@ -36,6 +36,9 @@ class ModelSpec:
     activation: str = "auto"  # auto: softmax for several outputs, sigmoid for one
     feature_layer: str | None = None  # a module name; None: the input of the last Linear
     metadata: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None  # one per output, from the card or options
+    mpp: float | None = None  # microns per pixel the model was trained at
+    explained_output: str | None = None  # "logit" or "probability", as the card says
 
     @property
     def scripted(self) -> bool:
@@ -91,16 +94,21 @@ class ModelSpec:
             return torch.sigmoid(logits.float())
         return logits.float()
 
+    def hookable_model(self, purpose: str):
+        """The model, for work that hooks or traces its layers (embeddings, Grad-CAM,
+        DeepLIFT); a TorchScript model has no such layers and is refused in one line."""
+        if self.scripted:
+            raise PathvizError(
+                f"{self.source}: a TorchScript model has no hookable layers, so {purpose} "
+                "cannot use it; load its weights (state dict or safetensors) with --factory"
+            )
+        return self.model
+
     def feature_module(self):
         """(module, "input" or "output") whose tensor is the embedding."""
         from torch import nn
 
-        if self.scripted:
-            raise PathvizError(
-                f"{self.source}: a TorchScript model has no hookable layers; "
-                "embeddings need a state dict + factory or a trusted pickle"
-            )
-        modules = dict(self.model.named_modules())
+        modules = dict(self.hookable_model("embeddings").named_modules())
         if self.feature_layer:
             if self.feature_layer not in modules:
                 names = [n for n in modules if n][:12]
@@ -118,193 +126,157 @@ class ModelSpec:
         return linears[-1], "input"
 
 
-def import_factory(spec: str):
-    """``package.module:function`` -> the callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise PathvizError(f"--factory {spec!r}: expected package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise PathvizError(
-            f"--factory {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc})"
-        ) from exc
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise PathvizError(f"--factory {spec!r}: {module_name} has no {attr}")
-    if not callable(factory):
-        raise PathvizError(f"--factory {spec!r}: {attr} is not callable")
-    return factory
-
-
 def load_model(
     path: str | os.PathLike,
     *,
+    card: str | os.PathLike | None = None,
     factory: str | None = None,
     factory_kwargs: dict | None = None,
-    trust_pickle: bool = False,
+    trust_model: bool = False,
     input_size: int | None = None,
-    resize_mode: str = "resize",
-    channel_order: str = "RGB",
+    resize_mode: str | None = None,
+    channel_order: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    activation: str = "auto",
+    activation: str | None = None,
     feature_layer: str | None = None,
+    class_names: tuple[str, ...] | None = None,
+    mpp: float | None = None,
+    explained_output: str | None = None,
+    trust_pickle: bool | None = None,
 ) -> ModelSpec:
-    """Loads a model file into a :class:`ModelSpec` (eval mode, on the CPU)."""
-    import torch
+    """Loads a model file into a :class:`ModelSpec` (eval mode, on the CPU).
 
+    The model card (``card``, else one found beside the weights: see :mod:`.model_card`) fills
+    every option left None; PathFlowAI's ``transform_opts`` fill what the card leaves open.
+    Pickles and TorchScript archives are code and load only with ``trust_model``;
+    ``trust_pickle`` is its former name."""
+    if trust_pickle is not None:
+        warnings.warn(
+            "load_model(trust_pickle=...) is now trust_model=", DeprecationWarning, stacklevel=2
+        )
+        trust_model = trust_model or trust_pickle
     path = str(path)
     if not os.path.exists(path):
         raise PathvizError(f"{path}: no such file or directory")
-    if activation not in ACTIVATIONS:
-        raise PathvizError(f"--activation must be one of {', '.join(ACTIVATIONS)}")
-    if resize_mode not in RESIZE_MODES:
-        raise PathvizError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}")
-    if channel_order not in ("RGB", "BGR"):
-        raise PathvizError("--channel-order must be RGB or BGR")
-    metadata: dict[str, Any] = {}
-    if factory:
-        model = _from_state_dict(path, factory, factory_kwargs or {})
-        kind = "state dict + factory"
-    elif _is_torchscript(path):
-        try:
-            model = torch.jit.load(path, map_location="cpu")
-        except Exception as exc:
-            raise PathvizError(f"{path}: not a loadable TorchScript model ({exc})") from exc
-        kind = "TorchScript"
-    else:
-        model, opts = _from_torch_file(path, trust_pickle)
-        kind = "pickle" if opts is None else "PathFlowAI extracted model"
-        if opts:
-            metadata["transform_opts"] = opts
-            mean = mean or _tuple(opts.get("mean"))
-            std = std or _tuple(opts.get("std"))
-            size = opts.get("resize") or opts.get("patch_size")
-            input_size = input_size or (
-                int(size) if isinstance(size, (int, float)) and size else None
-            )
-    metadata["kind"] = kind
+    if not os.path.isfile(path):
+        raise PathvizError(f"{path}: is a folder, not a model file")
+    if not os.access(path, os.R_OK):
+        raise PathvizError(f"{path}: not readable (permission denied)")
+    model_card = find_card(path, card)
+    given = {
+        "input_size": input_size,
+        "resize_mode": resize_mode,
+        "channel_order": channel_order,
+        "mean": _tuple(mean),
+        "std": _tuple(std),
+        "activation": activation,
+        "feature_layer": feature_layer,
+        "class_names": tuple(class_names) if class_names is not None else None,
+        "mpp": mpp,
+        "explained_output": explained_output,
+    }
+    options = {k: v if v is not None else getattr(model_card, k, None) for k, v in given.items()}
+    _check_options(options)
+    model, kind, opts = _read_model(path, model_card, factory, factory_kwargs, trust_model)
+    metadata: dict[str, Any] = {"kind": kind}
+    if model_card is not None:
+        metadata["card"] = model_card.source
+        metadata["card_fields"] = model_card.as_dict()
+    if opts:
+        metadata["transform_opts"] = opts
+        options["mean"] = options["mean"] or _tuple(opts.get("mean"))
+        options["std"] = options["std"] or _tuple(opts.get("std"))
+        size = opts.get("resize") or opts.get("patch_size")
+        if not options["input_size"] and isinstance(size, (int, float)) and size:
+            options["input_size"] = int(size)
     model.eval()  # PathFlowAI's shapley_plot left models in train mode: batch norm then drifts
     return ModelSpec(
-        model,
-        path,
-        input_size,
-        resize_mode,
-        channel_order,
-        mean,
-        std,
-        activation,
-        feature_layer,
-        metadata,
+        model=model,
+        source=path,
+        input_size=options["input_size"],
+        resize_mode=options["resize_mode"] or "resize",
+        channel_order=options["channel_order"] or "RGB",
+        mean=options["mean"],
+        std=options["std"],
+        activation=options["activation"] or "auto",
+        feature_layer=options["feature_layer"],
+        metadata=metadata,
+        class_names=options["class_names"],
+        mpp=options["mpp"],
+        explained_output=options["explained_output"],
     )
+
+
+def _check_options(options: dict) -> None:
+    if (options["activation"] or "auto") not in ACTIVATIONS:
+        raise PathvizError(f"--activation must be one of {', '.join(ACTIVATIONS)}")
+    if (options["resize_mode"] or "resize") not in RESIZE_MODES:
+        raise PathvizError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}")
+    if (options["channel_order"] or "RGB") not in ("RGB", "BGR"):
+        raise PathvizError("--channel-order must be RGB or BGR")
+    explained = options["explained_output"]
+    if explained is not None and explained not in EXPLAINED_OUTPUTS:
+        raise PathvizError(f"explained output must be one of {', '.join(EXPLAINED_OUTPUTS)}")
+    names = options["class_names"]
+    if names is not None and (not names or len(set(names)) != len(names)):
+        raise PathvizError("class names must be distinct and at least one")
+
+
+def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
+    """(module, kind, PathFlowAI transform_opts or None): the file read by its kind; only
+    pickles and TorchScript (code) need ``trust``."""
+    from . import _model_files as files
+
+    kind = files.file_kind(path)
+    if kind == "torchscript":
+        if factory:
+            raise PathvizError(
+                f"{path}: is a TorchScript archive (architecture included), not weights for "
+                f"--factory {factory}"
+            )
+        return files.load_torchscript(path, trust), "TorchScript", None
+    card_factory = getattr(card, "factory", None)
+    if factory:
+        if factory_kwargs is None:
+            factory_kwargs = (card.factory_kwargs or {}) if card_factory == factory else {}
+        state = files.read_weights(path, kind)
+        return _built(path, kind, factory, factory_kwargs, state, "--factory")
+    held = None if kind == "safetensors" else files.probe_torch_file(path, kind)
+    if card_factory and (kind == "safetensors" or files.is_state_dict(held)):
+        if not trust:
+            files.card_factory(card_factory, card.source, path)
+        state = files.read_weights(path, kind) if held is None else files.state_dict_of(held)
+        kwargs = (card.factory_kwargs or {}) if factory_kwargs is None else factory_kwargs
+        return _built(path, kind, card_factory, kwargs, state, f"{card.source}: factory")
+    if kind == "safetensors":
+        raise PathvizError(
+            f"{path}: safetensors holds weights only; give the architecture with --factory "
+            "package.module:function or a model card beside it"
+        )
+    if held is not None:
+        if files.is_state_dict(held):
+            raise PathvizError(
+                f"{path}: a state dict; give its architecture with "
+                "--factory package.module:function (or a model card beside it)"
+            )
+        raise PathvizError(f"{path}: not a model ({type(held).__name__})")
+    model, opts = files.load_pickle(path, kind, trust)
+    return model, "pickle" if opts is None else "PathFlowAI extracted model", opts
+
+
+def _built(path, kind, factory, kwargs, state, label):
+    from ._model_files import build_from_state_dict
+
+    model = build_from_state_dict(path, factory, dict(kwargs), state, label)
+    described = "safetensors" if kind == "safetensors" else "state dict"
+    return model, f"{described} + factory", None
 
 
 def _tuple(value) -> tuple[float, ...] | None:
     if value is None:
         return None
     return tuple(float(v) for v in np.atleast_1d(value))
-
-
-def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in z.namelist())
-
-
-def _from_state_dict(path: str, factory: str, kwargs: dict):
-    import torch
-
-    build = import_factory(factory)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PathvizError(
-            f"{path}: not a state dict readable without unpickling code ({type(exc).__name__})"
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise PathvizError(f"{path}: expected a state dict, found {type(state).__name__}")
-    try:
-        model = build(**kwargs)
-    except Exception as exc:
-        raise PathvizError(
-            f"--factory {factory}: building the model failed ({type(exc).__name__}: {exc})"
-        ) from exc
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that do not fit raise even when not strict
-        mismatched = [
-            line.strip().removeprefix("size mismatch for ").split(":")[0]
-            for line in str(exc).splitlines()
-            if "size mismatch for" in line
-        ]
-        detail = (
-            f"tensors of other shapes: {', '.join(mismatched[:5])}"
-            if mismatched
-            else str(exc).splitlines()[0]
-        )
-        raise PathvizError(f"{path}: the state dict does not fit {factory}: {detail}") from exc
-    problems = []
-    if result.missing_keys:
-        problems.append(
-            f"missing keys {', '.join(result.missing_keys[:5])}"
-            + (" ..." if len(result.missing_keys) > 5 else "")
-        )
-    if result.unexpected_keys:
-        problems.append(
-            f"unexpected keys {', '.join(result.unexpected_keys[:5])}"
-            + (" ..." if len(result.unexpected_keys) > 5 else "")
-        )
-    if problems:
-        raise PathvizError(f"{path}: the state dict does not fit {factory}: " + "; ".join(problems))
-    return model
-
-
-def _from_torch_file(path: str, trust_pickle: bool):
-    """(module, transform_opts or None) from a torch.save file."""
-    import pickle
-
-    import torch
-    from torch import nn
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # A real pickle of a module fails on its classes ("Unsupported global"); anything else
-        # that fails to unpickle is not a model file, and must not be called one to trust.
-        if "Unsupported global" not in str(exc):
-            lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
-            reason = lines[0][:120] if lines else "not a torch file"
-            raise PathvizError(f"{path}: not a model file ({reason})") from exc
-        obj = None
-    except Exception as exc:
-        raise PathvizError(f"{path}: not a model file ({type(exc).__name__}: {exc})") from exc
-    if obj is not None:
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise PathvizError(
-                f"{path}: a state dict; give its architecture with "
-                "--factory package.module:function"
-            )
-        raise PathvizError(f"{path}: not a model ({type(obj).__name__})")
-    if not trust_pickle:
-        raise PathvizError(
-            f"{path}: is a pickle, which can run code when loaded; pass "
-            "--trust-pickle (or confirm in the GUI) only if you trust its origin"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PathvizError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        return obj["model"], dict(obj.get("transform_opts") or {})
-    if isinstance(obj, nn.Module):
-        return obj, None
-    raise PathvizError(f"{path}: the pickle holds {type(obj).__name__}, not a model")
 
 
 def check_model(spec: ModelSpec, patch_size: int, device: str = "cpu") -> int:
@@ -328,5 +300,11 @@ def check_model(spec: ModelSpec, patch_size: int, device: str = "cpu") -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PathvizError(
             f"{spec.source}: the model's output must be (patches, classes), found {shape}"
+        )
+    if spec.class_names is not None and len(spec.class_names) != out.shape[1]:
+        where = spec.metadata.get("card") or "the class names given"
+        raise PathvizError(
+            f"{where}: {len(spec.class_names)} class names for a model with "
+            f"{out.shape[1]} outputs ({spec.source})"
         )
     return int(out.shape[1])

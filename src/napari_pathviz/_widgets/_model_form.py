@@ -8,19 +8,39 @@ from ..errors import PathvizError
 
 
 class ModelForm:
-    """Model file, architecture, trust and preprocessing; ``arguments()`` feeds load_model."""
+    """Model file, architecture, trust and preprocessing; ``arguments()`` feeds load_model.
+    Blank fields are filled from the model card beside the weights."""
 
     def __init__(self):
-        self.model_path = LineEdit(label="Model", tooltip="TorchScript, state dict, or pickle")
-        self.factory = LineEdit(label="Factory", tooltip="package.module:function for a state dict")
-        self.factory_kwargs = LineEdit(label="Factory kwargs", value="{}", tooltip="JSON")
-        self.trust_pickle = CheckBox(text="Trust this pickle (it can run code)", value=False)
-        self.mean = LineEdit(
-            label="Mean", tooltip="three numbers on [0, 1] inputs, e.g. 0.8 0.7 0.7"
+        self.model_path = LineEdit(
+            label="Model",
+            tooltip="weights (safetensors or state dict) with a model card beside them "
+            "(<name>.json or model_card.json), or TorchScript, or a pickle",
         )
-        self.std = LineEdit(label="Std", tooltip="three numbers")
+        self.factory = LineEdit(
+            label="Factory",
+            tooltip="package.module:function building the architecture of the weights "
+            "(blank: the model card's)",
+        )
+        self.factory_kwargs = LineEdit(
+            label="Factory kwargs", tooltip="JSON object (blank: the model card's)"
+        )
+        # Pickles and TorchScript archives are programs: loading or running them can write any
+        # file. Weights (safetensors, state dicts) with a factory need no trust.
+        self.trust_model = CheckBox(
+            text="Trust this model (pickle or TorchScript: it can run code)", value=False
+        )
+        self.mean = LineEdit(
+            label="Mean",
+            tooltip="three numbers on [0, 1] inputs, e.g. 0.8 0.7 0.7 (blank: the model card's)",
+        )
+        self.std = LineEdit(label="Std", tooltip="three numbers (blank: the model card's)")
         self.input_size = SpinBox(
-            label="Input size", value=0, min=0, max=4096, tooltip="0: patches as read"
+            label="Input size",
+            value=0,
+            min=0,
+            max=4096,
+            tooltip="0: the model card's, else patches as read",
         )
 
     @property
@@ -29,7 +49,7 @@ class ModelForm:
             self.model_path,
             self.factory,
             self.factory_kwargs,
-            self.trust_pickle,
+            self.trust_model,
             self.mean,
             self.std,
             self.input_size,
@@ -41,30 +61,33 @@ class ModelForm:
 
         if not self.model_path.value.strip():
             raise PathvizError("Model: give a model file first")
-        try:
-            kwargs = json.loads(self.factory_kwargs.value or "{}")
-        except json.JSONDecodeError as exc:
-            raise PathvizError(f"Factory kwargs is not JSON: {exc}") from None
+        kwargs = None  # blank: the model card's
+        if self.factory_kwargs.value.strip():
+            try:
+                kwargs = json.loads(self.factory_kwargs.value)
+            except json.JSONDecodeError as exc:
+                raise PathvizError(f"Factory kwargs is not JSON: {exc}") from None
+            if not isinstance(kwargs, dict):
+                raise PathvizError('Factory kwargs must be a JSON object, e.g. {"width": 4}')
         return {
             "path": self.model_path.value.strip(),
             "factory": self.factory.value.strip() or None,
             "factory_kwargs": kwargs,
-            "trust_pickle": self.trust_pickle.value,
+            "trust_model": self.trust_model.value,
             "input_size": self.input_size.value or None,
             "mean": _three_numbers(self.mean.value, "Mean"),
             "std": _three_numbers(self.std.value, "Std"),
         }
 
     def prefill_demo(self) -> None:
-        """The demo model and its normalisation."""
+        """The demo model: its weights; architecture and normalisation come from its card
+        (data/demo_model.json), so the other fields stay blank."""
         from importlib import resources
 
-        from .._demo_model import MEAN, STD
-
         self.model_path.value = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
-        self.factory.value = "napari_pathviz._demo_model:build_demo_model"
-        self.mean.value = " ".join(map(str, MEAN))
-        self.std.value = " ".join(map(str, STD))
+        for field in (self.factory, self.factory_kwargs, self.mean, self.std):
+            field.value = ""
+        self.input_size.value = 0
 
 
 def _three_numbers(text: str, name: str):
