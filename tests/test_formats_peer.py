@@ -148,6 +148,20 @@ def test_database_keeps_other_tables_and_refuses_to_replace_one(tmp_path, glass_
     assert len(pathflowai_load_sql_df(db, 256)) == len(grid256)
 
 
+def test_cli_patches_database_is_pathflowai_readable_and_kept(tmp_path, ome_zarr):
+    from conftest import run_cli
+
+    db = tmp_path / "patch_info.db"
+    args = ("patches", ome_zarr, "-o", db, "--patch-size", "128", "--min-tissue", "0.3")
+    assert run_cli(*args).returncode == 0
+    df = pathflowai_load_sql_df(db, 128)
+    assert list(df.columns)[:6] == ["index", "ID", "x", "y", "patch_size", "annotation"]
+    assert list(df.iloc[:, 6:]) == ["background", "tissue"] and len(df) > 0
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds table '128'" in again.stderr
+    assert run_cli(*args, "--overwrite").returncode == 0
+
+
 def test_database_layout_for_other_tables_and_bad_input(tmp_path):
     db = tmp_path / "p.db"
     df = pd.DataFrame(
