@@ -10,6 +10,7 @@ from scipy import ndimage
 from torch import nn
 
 from napari_pathviz.attribution import attribute
+from napari_pathviz.attribution.deeplift import passes_through
 from napari_pathviz.attribution.gradcam import find_cam_layer
 from napari_pathviz.attribution.stored import open_attributions
 from napari_pathviz.errors import PathvizError
@@ -368,8 +369,10 @@ def fail_above(x, cap: int):
     return x
 
 
-# A leaf for torch.fx, so that DeepLIFT's rewritten copy of a capped model stays capped.
+# A leaf for torch.fx, so that DeepLIFT's rewritten copy of a capped model stays capped; it
+# returns its input, so DeepLIFT may pass gradients through it.
 torch.fx.wrap("fail_above")
+passes_through(fail_above)
 
 
 class MemoryCapped(nn.Module):
