@@ -274,6 +274,9 @@ class AttributionWidget(Container):
         message = f"{result.method}: {len(rows)} patches"
         if result.completeness_error is not None:
             message += f", completeness error median {np.median(result.completeness_error):.3f}"
+        incomplete = result.completeness_warning()
+        if incomplete:
+            message += f"; WARNING: {incomplete}"
         if warning:
             message += f" ({warning})"
         self.status.value = message

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+INCOMPLETE = 0.05  # a relative completeness error above this is reported to the user
+
 
 @dataclass
 class AttributionResult:
@@ -39,3 +41,23 @@ class AttributionResult:
         if self.patch_index is None:
             return np.arange(len(self))
         return np.asarray(self.patch_index)
+
+    def incomplete_rows(self, threshold: float = INCOMPLETE) -> np.ndarray:
+        """The rows whose attributions miss f(x) - E f(b) by more than ``threshold`` (relative):
+        their maps do not add up to what they explain, and the user must be told. Empty when
+        the method has no completeness (Grad-CAM)."""
+        if self.completeness_error is None:
+            return np.array([], dtype=np.int64)
+        error = np.asarray(self.completeness_error, dtype=np.float64)
+        return np.flatnonzero(~(error <= threshold))  # NaN counts as incomplete
+
+    def completeness_warning(self, threshold: float = INCOMPLETE) -> str | None:
+        """One line for the user when some rows are incomplete, else None."""
+        rows = self.incomplete_rows(threshold)
+        if not len(rows):
+            return None
+        worst = np.nanmax(np.asarray(self.completeness_error, dtype=np.float64)[rows])
+        return (
+            f"{len(rows)} of {len(self)} maps incomplete: their attributions miss "
+            f"f(x) - E f(background) by more than {threshold:.0%} (worst relative error {worst:.2g})"
+        )
