@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,19 +131,23 @@ class ModelRecipe:
 
     path: str
     factory: str | None = None
-    factory_kwargs: dict[str, Any] = field(default_factory=dict)
-    trust_pickle: bool = False
+    factory_kwargs: dict[str, Any] | None = None  # None: the model card's
+    trust_model: bool = False  # pickles and TorchScript are code
     input_size: int | None = None
-    resize_mode: str = "resize"
-    channel_order: str = "RGB"
+    resize_mode: str | None = None  # None: the model card's, else "resize"
+    channel_order: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    activation: str = "auto"
+    activation: str | None = None
     feature_layer: str | None = None
+    card: str | None = None  # None: the card beside the weights, if any
 
     def __post_init__(self):
         self.path = str(Path(self.path).expanduser().absolute())
-        self.factory_kwargs = dict(self.factory_kwargs or {})
+        if self.card is not None:
+            self.card = str(Path(self.card).expanduser().absolute())
+        if self.factory_kwargs is not None:
+            self.factory_kwargs = dict(self.factory_kwargs)
         self.mean = tuple(float(v) for v in self.mean) if self.mean is not None else None
         self.std = tuple(float(v) for v in self.std) if self.std is not None else None
 

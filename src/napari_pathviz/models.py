@@ -38,7 +38,7 @@ class ModelSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     class_names: tuple[str, ...] | None = None  # one per output, from the card or options
     mpp: float | None = None  # microns per pixel the model was trained at
-    explained_output: str | None = None  # "logit" or "probability", as the card says
+    explained_output: str | None = None  # "logit", "sigmoid" or "softmax", as the card says
 
     @property
     def scripted(self) -> bool:

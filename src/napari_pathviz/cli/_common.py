@@ -46,24 +46,44 @@ def open_slide_from_args(args: argparse.Namespace):
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="TorchScript, state dict, or pickle")
-    p.add_argument("--factory", help="architecture for a state dict: package.module:function")
-    p.add_argument("--factory-kwargs", default="{}", help="JSON keyword arguments of --factory")
     p.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="weights (safetensors or a state dict) with --factory or a model card beside "
+        "them; TorchScript or a pickle only with --trust-model",
+    )
+    p.add_argument(
+        "--model-card",
+        metavar="JSON",
+        help="model card to use (default: <weights>.json or model_card.json beside the weights)",
+    )
+    p.add_argument(
+        "--factory",
+        help="architecture for the weights: package.module:function (default: the card's)",
+    )
+    p.add_argument(
+        "--factory-kwargs", help="JSON keyword arguments of --factory (default: the card's)"
+    )
+    p.add_argument(
+        "--trust-model",
         "--trust-pickle",
+        dest="trust_model",
         action="store_true",
-        help="allow loading a pickled model (PathFlowAI's): it can run code",
+        help="allow a pickled (PathFlowAI's) or TorchScript model: both are code, and can "
+        "read and write any file when loaded or run",
     )
     p.add_argument("--input-size", type=int, help="resize (or crop) patches to this side")
-    p.add_argument("--resize-mode", choices=("resize", "crop"), default="resize")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
+    p.add_argument(
+        "--resize-mode", choices=("resize", "crop"), help="default: the card's, else resize"
+    )
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), help="default: the card's, else RGB")
     p.add_argument("--mean", type=float, nargs=3, help="normalisation mean on [0, 1] inputs")
     p.add_argument("--std", type=float, nargs=3, help="normalisation std")
     p.add_argument(
         "--activation",
         choices=("auto", "none", "sigmoid", "softmax"),
-        default="auto",
-        help="output activation (auto: softmax, sigmoid for 1 output)",
+        help="output activation (default: the card's, else auto: softmax, sigmoid for 1 output)",
     )
     p.add_argument(
         "--feature-layer",
@@ -72,22 +92,25 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace):
-    """The model options as a picklable recipe (cohort workers load the model themselves)."""
+    """The model options as a picklable recipe (cohort workers load the model themselves).
+    Options left out are None, so that the model card fills them."""
     import json
 
     from ..cohort import ModelRecipe
 
-    try:
-        kwargs = json.loads(args.factory_kwargs)
-    except json.JSONDecodeError as exc:
-        raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
-    if not isinstance(kwargs, dict):
-        raise PathvizError("--factory-kwargs must be a JSON object")
+    kwargs = None
+    if args.factory_kwargs is not None:
+        try:
+            kwargs = json.loads(args.factory_kwargs)
+        except json.JSONDecodeError as exc:
+            raise PathvizError(f"--factory-kwargs is not JSON: {exc}") from None
+        if not isinstance(kwargs, dict):
+            raise PathvizError("--factory-kwargs must be a JSON object")
     return ModelRecipe(
         path=args.model,
         factory=args.factory,
         factory_kwargs=kwargs,
-        trust_pickle=args.trust_pickle,
+        trust_model=args.trust_model,
         input_size=args.input_size,
         resize_mode=args.resize_mode,
         channel_order=args.channel_order,
@@ -95,6 +118,7 @@ def recipe_from_args(args: argparse.Namespace):
         std=tuple(args.std) if args.std else None,
         activation=args.activation,
         feature_layer=args.feature_layer,
+        card=args.model_card,
     )
 
 

@@ -72,6 +72,8 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", help="key table (ID, x, y, patch_size) for a .npy/.npz")
     p.add_argument(
         "--trust-pickle",
+        "--trust-model",
+        dest="trust_pickle",
         action="store_true",
         help="allow loading a pickle (PathFlowAI's embeddings.pkl): it can run code",
     )
