@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from ..io.zarr_io import LAYOUTS
-from ._common import add_model_options, load_table_for, progress_bar, recipe_from_args
+from ._common import (
+    EXIT_BAD_INPUT,
+    add_model_options,
+    load_table_for,
+    progress_bar,
+    recipe_from_args,
+)
+from ._guards import refuse_existing_db_tables
 
 
 def add_parsers(sub) -> None:
@@ -85,6 +92,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         table = load_table_for(slide, args.patches, args.patch_size, None)
     else:
         table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
+    # A .db output's tables are named by patch size, known only now: checked before the model runs.
+    refuse_existing_db_tables(args.out, table.df["patch_size"].unique(), args.overwrite)
     store = args.store or f"{args.out}.store.zarr"
     with progress_bar("patches") as progress:
         result = extract(
@@ -100,7 +109,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             embeddings=not args.no_embeddings,
             progress=lambda done, total, _rate: progress(done, total),
         )
-    print(write_table(result, args.out))
+    print(write_table(result, args.out, overwrite=args.overwrite))
     return 0
 
 
@@ -114,23 +123,33 @@ def is_cohort(sources: list[str]) -> bool:
 
 
 def extract_cohort(args: argparse.Namespace) -> int:
-    from ..cohort import find_cohort_slides, run_cohort
+    """Every slide gets the single-slide options; a slide that fails is one stderr line and a
+    row of summary.csv, and the others go on. Exit 0 when every slide is done (or skipped, its
+    table being from the same job), 2 when any failed: the summary and the other slides' tables
+    are written all the same, and a rerun does only what is missing."""
+    from ..cohort import SlideOptions, find_cohort_slides, run_cohort
 
     slides = find_cohort_slides(args.slide)
     recipe = recipe_from_args(args)
+    options = SlideOptions(
+        layout=args.layout,
+        level=args.level,
+        target_mpp=args.target_mpp,
+        patch_size=args.patch_size,
+        min_tissue=args.min_tissue,
+        batch_size=args.batch_size,
+        read_threads=args.workers,
+        device=args.device,
+        bf16=args.bf16,
+        embeddings=not args.no_embeddings,
+    )
     with progress_bar("slides") as progress:
         summary = run_cohort(
             slides,
             recipe,
             args.out,
             patches=args.patches,
-            patch_size=args.patch_size,
-            min_tissue=args.min_tissue,
-            batch_size=args.batch_size,
-            device=args.device,
-            level=args.level,
-            bf16=args.bf16,
-            embeddings=not args.no_embeddings,
+            options=options,
             chunk_size=args.chunk_size,
             scheduler=args.scheduler,
             n_workers=args.n_workers,
@@ -139,6 +158,14 @@ def extract_cohort(args: argparse.Namespace) -> int:
         )
     print(summary.to_string(index=False))
     failed = summary[summary["status"] == "failed"]
-    for _, row in failed.iterrows():
-        print(f"pathviz extract: warning: skipped: {row['error']}", file=sys.stderr)
+    for error in failed["error"]:
+        print(f"pathviz extract: failed: {error}", file=sys.stderr)
+    if len(failed):
+        where = Path(args.out).expanduser().absolute() / "summary.csv"
+        print(
+            f"pathviz extract: error: {len(failed)} of {len(summary)} slides failed "
+            f"(the others are done; see {where})",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     return 0
