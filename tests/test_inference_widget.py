@@ -75,12 +75,15 @@ def test_extract_and_plot_predictions_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert png.stat().st_size > 50_000
 
-    bad = run_cli("extract", "-m", DEMO_WEIGHTS, "--slide", paths["slide"], "-o", out)
+    bad = run_cli(
+        "extract", "-m", DEMO_WEIGHTS, "--slide", paths["slide"], "-o", out, "--overwrite"
+    )
     assert bad.returncode == 2
     assert "a state dict; give its architecture with --factory" in bad.stderr
     bad = run_cli(
-        "plot-predictions", "--slide", paths["slide"], "-p", out, "--column", "nope", "-o", png
-    )
+        "plot-predictions", "--slide", paths["slide"], "-p", out, "--column", "nope", "-o", png,
+        "--overwrite",
+    )  # fmt: skip
     assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
 
 

@@ -49,8 +49,9 @@ def plot_embeddings_html(
     """Writes a self-contained HTML (plotly.js embedded: opens offline) of the 2-D or 3-D scatter."""
     import plotly.graph_objects as go
 
+    from .io.atomic import atomic_file
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     values, categorical, colour_title = colour_values(df, annotations)
     text = np.asarray(hover_text(df, values, colour_title))
     three_d = coords.shape[1] == 3
@@ -101,11 +102,12 @@ def plot_embeddings_html(
         legend={"title": {"text": colour_title}, "itemsizing": "constant"},
         template="plotly_white",
     )
-    fig.write_html(out, include_plotlyjs=True, full_html=True)
+    with atomic_file(out) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return out
 
 
-def write_coords(df, coords, out) -> Path:
+def write_coords(df, coords, out, *, overwrite: bool = False) -> Path:
     """The UMAP coordinates with the patch keys, as a table (umap_0, umap_1, ...)."""
     from .io.tables import write_table
     from .patches import KEY_COLUMNS
@@ -113,4 +115,4 @@ def write_coords(df, coords, out) -> Path:
     table = df[list(KEY_COLUMNS)].reset_index(drop=True).copy()
     for j in range(coords.shape[1]):
         table[f"umap_{j}"] = coords[:, j]
-    return write_table(table, out)
+    return write_table(table, out, overwrite=overwrite)

@@ -151,8 +151,8 @@ def render_slide_with_patches(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .io.atomic import save_figure
+
     thumb, downsample = slide.thumbnail(max_size)
     image = (
         thumb[..., :3].astype(np.float32) / np.iinfo(thumb.dtype).max
@@ -206,5 +206,4 @@ def render_slide_with_patches(
         bar = fig.colorbar(sm, cax=cax)
         bar.set_label(mapping.column, fontsize=7)
         bar.ax.tick_params(labelsize=6)
-    fig.savefig(out)
-    return out
+    return save_figure(fig, out)

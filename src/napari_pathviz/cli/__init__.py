@@ -7,6 +7,7 @@ one line on stderr and exit status 2; nothing here imports napari unless the dem
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from .. import __version__
 from ..errors import PathvizError, PathvizWarning
 from . import attributions, demo, embeddings, inference, slides
 from ._common import EXIT_BAD_INPUT
+from ._guards import check_paths, install
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
 
@@ -30,35 +32,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (demo, slides, embeddings, inference, attributions):
         family.add_parsers(sub)
+    install(sub)  # --overwrite, --verbose and the output guard's option names
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warnings(args.command)
+        with warnings.catch_warnings(), _quiet_library_logs(verbose):
+            warnings.showwarning = _one_line_warnings(args.command, verbose)
+            check_paths(args)  # before any computation: outputs never replace inputs
             return int(args.func(args) or 0)
     except PathvizError as err:
         print(f"pathviz {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # a file system refusal the writers did not name themselves
+        print(f"pathviz {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"pathviz {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
-def _one_line_warnings(command: str):
-    """Our warnings as one stderr line each; other libraries' as Python prints them."""
+def _one_line_warnings(command: str, verbose: bool):
+    """Our warnings as one stderr line each; other libraries' (tifffile, torch, umap, zarr)
+    only with --verbose, as Python prints them: for a bad input, our one line is all."""
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, PathvizWarning):
             print(f"pathviz {command}: warning: {message}", file=sys.stderr)
-        else:
+        elif verbose:
             default(message, category, filename, lineno, file, line)
 
     return show
+
+
+class _quiet_library_logs:
+    """Other libraries' log records (tifffile logs a damaged file's faults as warnings, and
+    Python prints those on stderr when no handler is set) are dropped unless --verbose."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def __enter__(self):
+        self.previous = logging.root.manager.disable
+        if not self.verbose:
+            logging.disable(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.disable(self.previous)
+
+
+def _os_error_line(err: OSError) -> str:
+    where = err.filename if err.filename is not None else "a file"
+    return f"{where}: {err.strerror or err}"
 
 
 if __name__ == "__main__":

@@ -110,10 +110,9 @@ def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
 
 def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
     """What plot-embeddings and plot-image-umap-embeddings write, for the demo embeddings."""
-    from PIL import Image
-
     from .._demo import demo_umap
     from ..embedding_plot import plot_embeddings_html, write_coords
+    from ..io.atomic import save_image
     from ..mosaic import umap_mosaic
 
     es, coords3 = demo_umap(table, n_components=3)
@@ -130,6 +129,5 @@ def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
         canvas=1536,
         sort_col="prob_dab_positive",
     )
-    Image.fromarray(mosaic.image).save(out / "umap_image_mosaic.png")
-    written.append(out / "umap_image_mosaic.png")
+    written.append(save_image(mosaic.image, out / "umap_image_mosaic.png"))
     return written

@@ -92,21 +92,26 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
     slide = open_slide_from_args(args)
     table = tissue_grid(slide, args.patch_size, args.stride, args.min_tissue)
-    write_table(table.df, args.out)
+    write_table(table.df, args.out, overwrite=args.overwrite)
     print(f"{args.out}: {len(table)} patches of {args.patch_size} px on {slide.slide_id}")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_folder
     from ..io.zarr_io import write_ome_zarr
 
     slide = open_slide_from_args(args)
     if args.chunk < 16:
         raise PathvizError(f"--chunk must be at least 16, got {args.chunk}")
-    with progress_bar("chunks") as progress:
+    # Built aside and swapped in at the end: --overwrite keeps the old pyramid until then.
+    with (
+        progress_bar("chunks") as progress,
+        atomic_folder(args.out, overwrite=args.overwrite) as tmp,
+    ):
         write_ome_zarr(
             slide.levels,
-            args.out,
+            tmp,
             n_native=slide.n_native,
             mpp=slide.mpp,
             chunk=args.chunk,
