@@ -40,7 +40,7 @@ def test_database_patch_size_errors(pathflowai_project):
     with pytest.raises(
         PathvizError,
         match=r"no patches for slide ID 'case99' \(IDs present: "
-        r"case01, other_slide\)",
+        r"'case01', 'other_slide'\)",
     ):
         load_patches(db, patch_size=128, slide_id="case99")
 

@@ -79,10 +79,13 @@ def load_demo_model():
 
 
 def to_model_input(patches: np.ndarray):
-    """(N, H, W, 3) uint8 patches -> normalised (N, 3, H, W) float tensor."""
+    """(N, H, W, 3) patches -> normalised (N, 3, H, W) float tensor (scaled by dtype as every
+    model input is, through models.pixels_to_unit)."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
+    from .models import pixels_to_unit
+
+    x = pixels_to_unit(patches)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std

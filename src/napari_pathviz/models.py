@@ -22,6 +22,40 @@ from .errors import PathvizError
 from .model_card import ACTIVATIONS, EXPLAINED_OUTPUTS, RESIZE_MODES, find_card
 
 
+def pixels_to_unit(patches: np.ndarray, device: str = "cpu"):
+    """(N, H, W, C) patches -> (N, 3, H, W) float32 tensor in [0, 1], scaled by their dtype.
+
+    uint8 is divided by 255 and uint16 by 65535 (its full range: 12-bit data stored in uint16
+    comes out dark; convert such a slide to uint8 first); float is taken as it is when every
+    value lies in [0, 1]. Anything else is refused: feeding, say, 0-255 floats to a model
+    trained on [0, 1] inputs silently turns every prediction. Every path from patches to a
+    model input goes through here.
+    """
+    import torch
+
+    patches = np.asarray(patches)
+    divisor = _DTYPE_RANGE.get(patches.dtype)
+    if divisor is None and patches.dtype.kind == "f":
+        low, high = (float(patches.min()), float(patches.max())) if patches.size else (0, 0)
+        if not (low >= 0.0 and high <= 1.0):  # also false for NaN
+            raise PathvizError(
+                f"the slide's pixels are {patches.dtype} with values from {low:g} to {high:g}; "
+                "float slides must lie in [0, 1] (uint8 and uint16 are scaled by their range)"
+            )
+        divisor = 1.0
+    if divisor is None:
+        raise PathvizError(
+            f"the slide's pixels are {patches.dtype}; models take uint8, uint16 or float "
+            "slides in [0, 1]: convert the slide"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(patches[..., :3])).to(device)
+    x = x.permute(0, 3, 1, 2).float()
+    return x.div_(divisor) if divisor != 1.0 else x
+
+
+_DTYPE_RANGE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
 @dataclass
 class ModelSpec:
     """A model with its preprocessing: what turns uint8 patches into the model's outputs."""
@@ -47,12 +81,13 @@ class ModelSpec:
         return isinstance(self.model, torch.jit.ScriptModule)
 
     def preprocess(self, patches: np.ndarray, device: str = "cpu"):
-        """(N, H, W, 3) uint8 -> (N, 3, S, S) float tensor on ``device``, normalised."""
+        """(N, H, W, 3) patches -> (N, 3, S, S) float tensor on ``device``, normalised.
+
+        Pixels are first brought to [0, 1] by the slide's dtype (:func:`pixels_to_unit`)."""
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(patches[..., :3])).to(device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = pixels_to_unit(patches, device)
         if self.channel_order == "BGR":
             x = x.flip(1)
         size = self.input_size

@@ -17,6 +17,7 @@ from .errors import PathvizError
 from .io.tables import read_table
 
 KEY_COLUMNS = ("ID", "x", "y", "patch_size")
+_LARGEST_COORDINATE = 2**53
 
 
 @dataclass
@@ -68,9 +69,9 @@ class PatchTable:
             if slide_id:
                 kept = df[df["ID"] == str(slide_id)].reset_index(drop=True)
                 if kept.empty:
-                    ids = ", ".join(sorted(df["ID"].unique())[:5])
                     raise PathvizError(
-                        f"{source}: no patches for slide ID {slide_id!r} (IDs present: {ids})"
+                        f"{source}: no patches for slide ID {slide_id!r} "
+                        f"(IDs present: {_some_ids(df['ID'])})"
                     )
                 df = kept
         else:
@@ -126,16 +127,63 @@ def patches_for_slide(
     patch_size: int | None = None,
     slide_id: str | None = None,
 ) -> PatchTable:
-    """Validates a raw table for one open slide: keeps that slide's rows (by ``slide_id``, else
-    the slide's own ID when the table has it), labels an ID-less table with the slide's ID, and
-    checks that every patch lies inside the slide."""
+    """Validates a raw table for one open slide and keeps that slide's rows.
+
+    The rows kept are those whose ``ID`` is ``slide_id`` when given (an explicit mapping, e.g.
+    when the table calls the slide by another name), else the slide's own ID (its file name
+    without suffixes). A table with IDs of which none matches is refused naming the IDs found
+    and the one expected: using another slide's rows would label results with the wrong IDs.
+    A table without an ``ID`` column is taken to be this slide's and labelled with its ID.
+    Every patch must lie inside the slide.
+    """
     if slide_id is None:
-        has_ids = "ID" in df.columns
-        if not has_ids or (df["ID"].astype(str) == slide.slide_id).any():
-            slide_id = slide.slide_id
+        if "ID" in df.columns and not (df["ID"].astype(str) == slide.slide_id).any():
+            raise PathvizError(
+                f"{source}: no rows for slide {slide.slide_id!r} ({slide.path}): the table's "
+                f"IDs are {_some_ids(df['ID'])}; give the slide's ID in the table with --slide-id"
+            )
+        slide_id = slide.slide_id
     table = PatchTable.from_frame(df, source, patch_size=patch_size, slide_id=slide_id)
     table.check_inside(slide.height, slide.width)
     return table
+
+
+def _some_ids(ids: pd.Series, limit: int = 5) -> str:
+    """A few distinct IDs of a column, quoted, and how many more there are."""
+    unique = sorted(ids.astype(str).unique())
+    shown = ", ".join(repr(i) for i in unique[:limit])
+    more = len(unique) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def describe_patches(keys: pd.DataFrame, rows, limit: int = 3) -> str:
+    """The patches at positions ``rows`` of ``keys`` as "ID x=.. y=..", the first few of them."""
+    rows = np.asarray(rows)
+    shown = []
+    for r in rows[:limit]:
+        row = keys.iloc[int(r)]
+        where = f"x={row['x']} y={row['y']}" if "x" in keys and "y" in keys else f"row {r}"
+        shown.append(f"{row['ID']} {where}" if "ID" in keys else where)
+    more = len(rows) - limit
+    return "; ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def raise_on_non_finite(values: np.ndarray, keys: pd.DataFrame | None, what: str) -> None:
+    """Raises naming the patches (rows of ``values``, keyed by ``keys``) whose values hold NaN
+    or infinity: a model that gives them would otherwise leave NaN results that look stored."""
+    values = np.asarray(values).reshape(len(values), -1)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if not bad.size:
+        return
+    named = (
+        describe_patches(keys, bad)
+        if keys is not None
+        else ", ".join(map(str, bad[:3])) + (" ..." if bad.size > 3 else "")
+    )
+    raise PathvizError(
+        f"the model's {what} is NaN or infinite for {bad.size} of {len(values)} patches "
+        f"({named}); check the model and its inputs"
+    )
 
 
 def match_rows(left: pd.DataFrame, right: pd.DataFrame) -> np.ndarray:
@@ -173,6 +221,14 @@ def _whole_non_negative(values: pd.Series, source: str, col: str) -> pd.Series:
     if bad.size:
         raise PathvizError(
             f"{source}: row {bad[0]}: {col} must be a whole pixel, found {arr[bad[0]]:g}"
+        )
+    # Past 2**53 a float no longer holds every whole number, and past 2**63 the int64 cast
+    # wraps to a negative coordinate that would pass the inside-the-slide check.
+    bad = np.flatnonzero(arr > _LARGEST_COORDINATE)
+    if bad.size:
+        raise PathvizError(
+            f"{source}: row {bad[0]}: {col} {arr[bad[0]]:.0f} is too large for a pixel "
+            f"coordinate (at most {_LARGEST_COORDINATE})"
         )
     return pd.Series(arr.astype(np.int64), index=values.index)
 

@@ -38,7 +38,23 @@ def forward_checked(model, x):
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PathvizError(f"the model's output must be (patches, classes), found {shape}")
+    finite = torch.isfinite(out.detach()).all(dim=1)
+    if not bool(finite.all()):
+        raise NonFiniteOutput(np.flatnonzero(~finite.cpu().numpy()), len(out))
     return out
+
+
+class NonFiniteOutput(PathvizError):
+    """The model gave NaN or infinity for the patches at ``rows`` of its input; callers that
+    know the patches' keys re-raise naming them (see stored.explain)."""
+
+    def __init__(self, rows: np.ndarray, n: int):
+        self.rows = np.asarray(rows)
+        shown = ", ".join(map(str, self.rows[:3])) + (" ..." if len(self.rows) > 3 else "")
+        super().__init__(
+            f"the model's output is NaN or infinite for {len(self.rows)} of {n} patches "
+            f"(rows {shown})"
+        )
 
 
 def forward_batched(model, x, batch_size: int):
@@ -46,9 +62,13 @@ def forward_batched(model, x, batch_size: int):
     once could exhaust device memory that the attribution batches fit in)."""
     import torch
 
-    return torch.cat(
-        [forward_checked(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    )
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        try:
+            outputs.append(forward_checked(model, x[i : i + batch_size]))
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(exc.rows + i, len(x)) from None
+    return torch.cat(outputs)
 
 
 def resolve_targets(target, logits) -> np.ndarray:
