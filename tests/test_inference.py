@@ -373,8 +373,10 @@ def test_bad_inputs(coded_slide, means_model_path):
     mixed = pd.concat(
         [table.df.iloc[:3], table.df.iloc[3:6].assign(patch_size=2 * P)], ignore_index=True
     )
-    with pytest.raises(PathvizError, match="patches of different sizes in one batch"):
-        extract(coded_slide, PatchTable(mixed, "mixed.csv"), spec, batch_size=6)
+    # Refused up front (before any store exists), even when every batch holds one size.
+    for bs in (6, 3):
+        with pytest.raises(PathvizError, match=r"mixed.csv: patches of different sizes \(16, 32"):
+            extract(coded_slide, PatchTable(mixed, "mixed.csv"), spec, batch_size=bs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -245,8 +245,11 @@ def umap_embed(
             f"the torch k-NN supports the euclidean metric only, not {params.metric}"
         )
     store = store or ResultsStore()
-    # The k-NN backend is part of the key: exact and approximate graphs give different layouts.
-    key = array_key(features, version=UMAP_VERSION, knn=knn, **asdict(params))
+    # The k-NN backend is part of the key: exact and approximate graphs give different layouts;
+    # so are the versions of the libraries that compute the layout.
+    key = array_key(
+        features, version=UMAP_VERSION, knn=knn, libraries=_umap_versions(), **asdict(params)
+    )
     if use_cache:
         cached = store.get("umap", key)
         if cached is not None and cached.shape == (len(features), params.n_components):
@@ -293,6 +296,20 @@ def umap_embed(
     store.put("umap", key, coords)
     _report(progress, 1.0, "done")
     return coords
+
+
+def _umap_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose numbers a cached layout holds (read without importing
+    them: importing umap compiles numba kernels)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("umap-learn", "pynndescent", "scikit-learn"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def pca_reduce(features: np.ndarray, dims: int, random_state: int | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ from .errors import Cancelled, PathvizError
 from .models import ModelSpec, check_model
 from .patches import KEY_COLUMNS, PatchTable
 from .slide import Slide
-from .store import array_key, open_job_store
+from .store import array_key, model_digest, open_job_store, slide_digest
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -51,28 +51,56 @@ def read_patch_batch(slide: Slide, df: pd.DataFrame, level: int = 0) -> np.ndarr
     return np.stack(patches)
 
 
+STORE_VERSION = 2  # 2: keys by weights and slide content, not by the model file's name
+
+
 def job_key(
-    table: PatchTable, spec: ModelSpec, level: int, batch_size: int = 0, embeddings: bool = True
+    table: PatchTable,
+    spec: ModelSpec,
+    level: int,
+    batch_size: int = 0,
+    embeddings: bool = True,
+    *,
+    slide: Slide | None = None,
+    bf16: bool = False,
 ) -> str:
-    """What a results store's content and layout depend on: the patches, the model file, the
-    preprocessing, the batch size (one done flag per batch) and whether embeddings are kept."""
-    stat = os.stat(spec.source)
+    """What a results store's content and layout depend on: the patches (keys), the slide's
+    identity and sampled content, the model's weights and architecture (not its file name or
+    time), every preprocessing option, the level, bf16 (as it takes effect: on CUDA), the
+    batch size (one done flag per batch) and whether embeddings are kept."""
     keys = table.df[list(KEY_COLUMNS)].astype(str).to_numpy().astype("U")
+    meta = {k: v for k, v in spec.metadata.items() if k in ("factory", "factory_kwargs", "kind")}
     return array_key(
         np.ascontiguousarray(keys),
-        model=spec.source,
-        size=stat.st_size,
-        mtime=int(stat.st_mtime),
+        version=STORE_VERSION,
+        model=model_digest(spec.model),
+        model_metadata=meta,
+        slide=None if slide is None else slide_digest(slide),
         level=level,
         input_size=spec.input_size,
+        resize_mode=spec.resize_mode,
         mean=spec.mean,
         std=spec.std,
         order=spec.channel_order,
         activation=spec.activation,
         feature_layer=spec.feature_layer,
+        bf16=bool(bf16),
         batch_size=batch_size,
         embeddings=embeddings,
     )
+
+
+def check_one_patch_size(slide: Slide, table: PatchTable, level: int = 0) -> None:
+    """Refuses a table whose patches read at ``level`` would not all be one size (checked
+    before a store is created, so that the corrected rerun finds no store of a failed job)."""
+    ds = slide.downsamples[level]
+    sides = sorted({max(1, round(int(p) / ds)) for p in table.df["patch_size"].unique()})
+    if len(sides) > 1:
+        sizes = sorted({int(p) for p in table.df["patch_size"].unique()})
+        raise PathvizError(
+            f"{table.source}: patches of different sizes ({', '.join(map(str, sizes))} px); "
+            "extract one patch size at a time"
+        )
 
 
 def extract(
@@ -101,6 +129,7 @@ def extract(
     if not len(table):
         raise PathvizError(f"{table.source}: no patches to run the model on")
     table.check_inside(slide.height, slide.width)
+    check_one_patch_size(slide, table, level)
     device = resolve_device(device)
     df = table.df.reset_index(drop=True)
     first = read_patch_batch(slide, df.iloc[:1], level)
@@ -109,7 +138,7 @@ def extract(
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     features: list = []
-    hook = None
+    hook = job = None
     if embeddings:
         module, where = spec.feature_module()
         hook = module.register_forward_hook(
@@ -118,15 +147,17 @@ def extract(
     try:
         dim = _feature_dim(spec, first, device, features) if embeddings else 0
         n, n_batches = len(df), -(-len(df) // batch_size)
-        root = _open_store(
-            store,
-            job_key(table, spec, level, batch_size, embeddings),
-            n,
-            n_classes,
-            dim,
+        key = job_key(
+            table,
+            spec,
+            level,
             batch_size,
-            n_batches,
+            embeddings,
+            slide=slide,
+            bf16=bf16 and device.startswith("cuda"),
         )
+        job = _open_store(store, key, n, n_classes, dim, batch_size, n_batches)
+        root = job.root
         done = root["done"][:]
         todo = [b for b in range(n_batches) if not done[b]]
         finished = int(done.sum())
@@ -178,6 +209,8 @@ def extract(
     finally:
         if hook is not None:
             hook.remove()
+        if job is not None:
+            job.release()  # the store's lock
 
 
 def _feature_dim(spec: ModelSpec, patch: np.ndarray, device: str, features: list) -> int:
@@ -212,29 +245,30 @@ def _forward(spec, model, patches, device, bf16, features):
 
 
 def _open_store(path, key, n, n_classes, dim, batch_size, n_batches):
-    """The results store of this job: reopened to resume when it holds the same job."""
-    root, reopened = open_job_store(
+    """The results store of this job, locked: reopened to resume when it holds the same job."""
+
+    def setup(root) -> None:
+        chunks = (batch_size, n_classes)
+        root.create_array(
+            "probs", shape=(n, n_classes), chunks=chunks, dtype="float32", fill_value=np.nan
+        )
+        if dim:
+            root.create_array(
+                "feats",
+                shape=(n, dim),
+                chunks=(batch_size, dim),
+                dtype="float32",
+                fill_value=np.nan,
+            )
+        root.create_array(
+            "done", shape=(n_batches,), chunks=(max(1, n_batches),), dtype="bool", fill_value=False
+        )
+
+    return open_job_store(
         path,
         key,
         option="--store",
         kind="results",
-        differs="other patches, model, preprocessing, batch size or embeddings",
+        differs="other patches, slide, model weights, preprocessing, level, batch size or embeddings",
+        setup=setup,
     )
-    if reopened:
-        return root
-    root.create_array(
-        "probs",
-        shape=(n, n_classes),
-        chunks=(batch_size, n_classes),
-        dtype="float32",
-        fill_value=np.nan,
-    )
-    if dim:
-        root.create_array(
-            "feats", shape=(n, dim), chunks=(batch_size, dim), dtype="float32", fill_value=np.nan
-        )
-    root.create_array(
-        "done", shape=(n_batches,), chunks=(max(1, n_batches),), dtype="bool", fill_value=False
-    )
-    root.attrs["job"] = key
-    return root

@@ -1,19 +1,31 @@
-"""The results store on disk: computed arrays keyed by a hash of their inputs and parameters.
+"""Results on disk, keyed by content: computed arrays, and the resumable stores of long jobs.
 
 Reopening a result is a file read; a crash mid-write never leaves a half file under a valid key
-(writes go to a temporary name, then rename).
+(writes go to a temporary name, then rename). Keys are hashes of what a result depends on: the
+input arrays' bytes, the model's weights and architecture (:func:`model_digest`), the slide's
+identity (:func:`slide_digest`) and every option that changes a number. A resumable store
+(:func:`open_job_store`) records its job's key when it is created and is locked
+(:class:`~napari_pathviz.store_lock.StoreLock`) while it is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import shutil
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import PathvizError
+from .store_lock import LOCK_NAME, StoreLock
 
 
 def cache_root() -> Path:
@@ -24,7 +36,7 @@ def cache_root() -> Path:
 
 def array_key(*arrays: np.ndarray, **params) -> str:
     """A stable hash of arrays (dtype, shape, bytes) and JSON-able parameters."""
-    digest = hashlib.sha256()
+    digest = hashlib.blake2b(digest_size=16)
     for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
@@ -54,34 +66,299 @@ class ResultsStore:
     def put(self, kind: str, key: str, array: np.ndarray) -> Path:
         path = self.path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.asarray(array))
-        os.replace(tmp, path)
+        # A name of its own per writer: two threads or processes never write one temporary file.
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp.npy")
+        try:
+            np.save(tmp, np.asarray(array))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
 
-def open_job_store(path, job: str, *, option: str, kind: str, differs: str):
-    """The zarr group of a resumable job and whether it was reopened: in memory when ``path``
-    is None; reopened when it holds ``job``; created empty otherwise. The caller creates its
-    arrays in a new group, then sets ``attrs["job"]`` (last, so a crash in between leaves a
-    group that is not taken for a finished setup). A file, a non-zarr folder, or another job's
-    store is refused, naming ``option`` and what ``differs`` between jobs."""
+# --------------------------------------------------------------------------- content digests
+
+# Per-object caches: id -> (weak reference, signature, digest). A hit needs the same object
+# (the weak reference) and, for models, weights that were not modified since (the signature).
+_MODEL_DIGESTS: dict[int, tuple[Any, Any, str]] = {}
+_SLIDE_DIGESTS: dict[int, tuple[Any, str]] = {}
+_FILE_DIGESTS: dict[tuple, str] = {}
+_CLASS_SOURCES: dict[type, str] = {}
+
+SLIDE_SAMPLE_PIXELS = 2048 * 2048  # a stored level up to this size is hashed whole
+SLIDE_WINDOW = 256  # else five windows of it (corners and centre), and level 0's centre
+
+
+def model_digest(model) -> str:
+    """A hash of a torch model's weights and buffers (every state_dict tensor's name, dtype,
+    shape and bytes) and of its architecture (:func:`_architecture`). Cached per model object
+    while no tensor is modified in place or replaced (torch's version counters tell)."""
+    state = model.state_dict()
+    try:
+        signature = tuple(
+            (name, t.data_ptr(), t._version, str(t.dtype), tuple(t.shape))
+            for name, t in state.items()
+        )
+    except RuntimeError:  # inference tensors keep no version counter: hash every time
+        signature = None
+    cached = _MODEL_DIGESTS.get(id(model))
+    if signature is not None and cached and cached[0]() is model and cached[1] == signature:
+        return cached[2]
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in state.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(_tensor_bytes(tensor))
+    digest.update(_architecture(model).encode())
+    value = digest.hexdigest()
+    if signature is not None:
+        if not (cached and cached[0]() is model):
+            weakref.finalize(model, _MODEL_DIGESTS.pop, id(model), None)
+        _MODEL_DIGESTS[id(model)] = (weakref.ref(model), signature, value)
+    return value
+
+
+def _tensor_bytes(tensor) -> memoryview:
+    import torch
+
+    t = tensor.detach()
+    if t.is_quantized:
+        t = t.dequantize()
+    t = t.to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def _architecture(model) -> str:
+    """Every module's name, class, plain settings (kernel sizes, flags, slopes...) and, for
+    classes outside torch, the class's source: two factories (or factory keyword arguments)
+    that build different computations from the same weights give different strings."""
+    parts = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        parts.append(f"{name}:{cls.__module__}.{cls.__qualname__}")
+        for key, value in sorted(vars(module).items()):
+            if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple)):
+                parts.append(f"  {key}={value!r}")
+        code = getattr(module, "code", None)  # TorchScript: the compiled forward
+        if isinstance(code, str):
+            parts.append(code)
+        elif not cls.__module__.startswith("torch."):
+            parts.append(_class_source(cls))
+    return "\n".join(parts)
+
+
+def _class_source(cls: type) -> str:
+    if cls not in _CLASS_SOURCES:
+        sources = []
+        for klass in cls.__mro__:
+            if klass.__module__.startswith(("torch.", "builtins")):
+                continue
+            try:
+                sources.append(inspect.getsource(klass))
+            except (OSError, TypeError):
+                sources.append(klass.__qualname__)
+        _CLASS_SOURCES[cls] = "\n".join(sources)
+    return _CLASS_SOURCES[cls]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A hash of a file's bytes; rehashed whenever the file's inode, size, mtime or ctime
+    change (ctime cannot be set back by a copy that keeps times, unlike mtime)."""
+    stat = os.stat(path)
+    signature = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size)
+    signature += (stat.st_mtime_ns, stat.st_ctime_ns)
+    if signature not in _FILE_DIGESTS:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _FILE_DIGESTS[signature] = digest.hexdigest()
+    return _FILE_DIGESTS[signature]
+
+
+def slide_digest(slide) -> str:
+    """The slide's identity and a sample of its content, without reading the whole slide.
+
+    Hashed: the format, stored axes and microns per pixel; the shape and dtype of every level;
+    the file's size (for a folder, its zarr metadata files); and pixels: the coarsest stored
+    level whole when it has at most :data:`SLIDE_SAMPLE_PIXELS` pixels (a scanner file's
+    thumbnail-sized level), otherwise five :data:`SLIDE_WINDOW`-px windows of it (corners
+    and centre), plus a window at the centre of level 0. Another slide under the same name
+    differs in at least one of these unless it repeats those very pixels. Cached per object.
+    """
+    cached = _SLIDE_DIGESTS.get(id(slide))
+    if cached and cached[0]() is slide:
+        return cached[1]
+    digest = hashlib.blake2b(digest_size=16)
+    meta = {
+        "format": getattr(slide.source, "format", None),
+        "axes": getattr(slide.source, "axes", None),
+        "mpp": slide.mpp,
+        "n_native": slide.n_native,
+        "levels": [[int(s) for s in level.shape] for level in slide.levels],
+        "dtype": str(slide.levels[0].dtype),
+        "files": _stored_files(Path(slide.path)),
+    }
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for window in _sample_windows(slide):
+        pixels = np.ascontiguousarray(slide.read_region(*window))
+        digest.update(f"{window}{pixels.shape}".encode())
+        digest.update(memoryview(pixels).cast("B"))
+    value = digest.hexdigest()
+    _SLIDE_DIGESTS[id(slide)] = (weakref.ref(slide), value)
+    weakref.finalize(slide, _SLIDE_DIGESTS.pop, id(slide), None)
+    return value
+
+
+def _stored_files(path: Path) -> list:
+    """A file's size; for a folder (zarr), the bytes of its metadata files, at the top and
+    one folder down (a folder per level), found without listing the chunk files below."""
+    if path.is_file():
+        return [path.stat().st_size]
+    names = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+    found = []
+    with os.scandir(path) as entries:
+        folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for sub in ["", *folders]:
+        for name in names:
+            meta = path / sub / name
+            if meta.is_file():
+                found.append([f"{sub}/{name}", meta.read_text(errors="replace")])
+    return found
+
+
+def _sample_windows(slide) -> list[tuple[int, int, int, int, int]]:
+    """(y, x, height, width, level) of the regions :func:`slide_digest` reads."""
+    level = max(0, slide.n_native - 1)
+    h, w = (int(s) for s in slide.levels[level].shape[:2])
+    if h * w <= SLIDE_SAMPLE_PIXELS:
+        windows = [(0, 0, h, w, level)]
+    else:
+        s = SLIDE_WINDOW
+        corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
+        windows = [(max(0, y), max(0, x), min(s, h), min(s, w), level) for y, x in corners]
+    if level > 0:
+        h0, w0 = slide.height, slide.width
+        s = SLIDE_WINDOW
+        windows.append((max(0, (h0 - s) // 2), max(0, (w0 - s) // 2), min(s, h0), min(s, w0), 0))
+    return windows
+
+
+# --------------------------------------------------------------------------- resumable job stores
+
+
+@dataclass
+class JobStore:
+    """An open resumable store: its zarr group, whether it was reopened (holding finished work
+    of the same job), and its lock, held until :meth:`release` (None in memory)."""
+
+    root: Any
+    reopened: bool
+    lock: StoreLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def open_job_store(
+    path,
+    job: str,
+    *,
+    option: str,
+    kind: str,
+    differs: str,
+    setup: Callable[[Any], None],
+) -> JobStore:
+    """The zarr group of a resumable job, locked for writing; in memory when ``path`` is None.
+
+    A new store is created with ``attrs["job"]`` in its first write (zarr writes its metadata
+    atomically), then ``setup(root)`` creates its arrays, then ``attrs["ready"]`` marks it
+    complete. A store that holds the same job and is ready is reopened to resume. A store that
+    holds no finished chunk (``done`` flags all false or absent) is re-initialised whatever job
+    it names (a run that failed before finishing anything left nothing to keep). A store of
+    another job with finished chunks, a file, and a folder that is not a pathviz store are
+    refused, naming ``option`` and what ``differs`` between jobs. The caller must call
+    :meth:`JobStore.release` when done writing (also on errors)."""
     import zarr
 
     if path is None:
-        return zarr.open_group(zarr.storage.MemoryStore(), mode="w"), False
+        root = zarr.open_group(zarr.storage.MemoryStore(), mode="w", attributes={"job": job})
+        setup(root)
+        return JobStore(root, False)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PathvizError(f"{option} {path}: is a file, not a store folder")
-    if path.exists() and any(path.iterdir()):
-        try:
-            root = zarr.open_group(str(path), mode="a")
-        except Exception as exc:
-            raise PathvizError(f"{option} {path}: not a store of pathviz {kind} ({exc})") from None
-        if root.attrs.get("job") != job:
+    if path.is_dir() and not _looks_like_store(path):
+        raise PathvizError(f"{option} {path}: not a store of pathviz {kind} (not a zarr folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PathvizError(f"{option} {path}: cannot create the store ({exc.strerror})") from None
+    lock = StoreLock(path).acquire()
+    try:
+        root = _open_existing(path, option, kind)
+        if root is not None and root.attrs.get("job") == job and root.attrs.get("ready"):
+            return JobStore(root, True, lock)
+        if root is not None and _finished_chunks(root):
+            if "job" not in root.attrs:
+                raise PathvizError(
+                    f"{path}: holds finished {kind} but no job record; "
+                    f"remove it or choose another {option}"
+                )
             raise PathvizError(
                 f"{path}: holds {kind} of another job ({differs}); "
                 f"remove it or choose another {option}"
             )
-        return root, True
-    return zarr.open_group(str(path), mode="w"), False
+        _clear(path)
+        root = zarr.open_group(str(path), mode="a", attributes={"job": job, "kind": kind})
+        setup(root)
+        root.attrs["ready"] = True
+        return JobStore(root, False, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _looks_like_store(path: Path) -> bool:
+    """An empty folder, or one with zarr metadata (so that no user folder is ever cleared)."""
+    names = {entry.name for entry in os.scandir(path)}
+    return not names - {LOCK_NAME, LOCK_NAME + ".recover"} or bool(names & {"zarr.json", ".zgroup"})
+
+
+def _open_existing(path: Path, option: str, kind: str):
+    import zarr
+
+    if not any(name.endswith(("zarr.json", ".zgroup")) for name in os.listdir(path)):
+        return None
+    try:
+        return zarr.open_group(str(path), mode="a")
+    except Exception as exc:
+        raise PathvizError(f"{option} {path}: not a store of pathviz {kind} ({exc})") from None
+
+
+def _finished_chunks(root) -> int:
+    if "done" not in root:
+        return 0
+    return int(np.count_nonzero(root["done"][:]))
+
+
+def _clear(path: Path) -> None:
+    """Removes everything in a store folder but its lock."""
+    for entry in os.scandir(path):
+        if entry.name.startswith(LOCK_NAME):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def remove_job_store(path: str | os.PathLike) -> None:
+    """Deletes a store folder unless another process is writing it (then refused, as
+    :class:`StoreLock` says)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    with StoreLock(path):
+        _clear(path)
+        shutil.rmtree(path, ignore_errors=True)

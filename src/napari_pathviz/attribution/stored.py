@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import Cancelled, PathvizError
-from ..store import array_key, open_job_store
+from ..store import array_key, model_digest, open_job_store
 from . import attribute
 from .result import AttributionResult
 
 EACH = "each"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: keyed by model_digest (weights and architecture)
 
 
 def explain(
@@ -65,6 +65,7 @@ def explain(
         raise PathvizError(f"--chunk-size must be positive, got {chunk_size}")
     if len(inputs) == 0:
         raise PathvizError("no patches to explain (the selection is empty)")
+    _check_options(method, background, output)  # before a store exists: a typo leaves none
     patch_of_row, target_of_row = _rows(model, inputs, target)
     n_rows = len(patch_of_row)
     n_chunks = -(-n_rows // chunk_size)
@@ -84,53 +85,57 @@ def explain(
         from ..store import cache_root
 
         store = cache_root() / "attributions" / f"{job}.zarr"
-    root = _open_store(store, job, n_chunks)
-    root.attrs.update(method=method, output=output, n_patches=len(inputs), n_rows=n_rows)
-    if keys is not None:
-        root.attrs["keys"] = _keys_json(keys, len(inputs))
-    done = root["done"][:]
-    finished_rows = sum(_chunk_len(c, chunk_size, n_rows) for c in np.flatnonzero(done))
-    if progress is not None:
-        progress(finished_rows, n_rows)
-    metadata: dict = {}
-    for c in np.flatnonzero(~done):
-        if cancelled is not None and cancelled():
-            raise Cancelled("attribution cancelled; finished chunks are kept")
-        rows = slice(c * chunk_size, c * chunk_size + _chunk_len(c, chunk_size, n_rows))
-        chunk_options = dict(options)
-        if method == "gradient":
-            chunk_options["seed"] = _chunk_seed(seed, c)
-        chunk_options["cancelled"] = cancelled  # every method checks it between its batches
-        if progress is not None:
-            size, base = rows.stop - rows.start, finished_rows
-            chunk_options["progress"] = lambda d, t, size=size, base=base: progress(
-                base + int(size * d / max(t, 1)), n_rows
-            )
-        index = patch_of_row[rows]
-        try:
-            result = _attribute_backing_off(
-                options,
-                chunk_options,
-                model,
-                inputs[torch.as_tensor(index, device=inputs.device)],
-                method,
-                background=background,
-                target=target_of_row if isinstance(target_of_row, str) else target_of_row[rows],
-                output=output,
-            )
-        except Cancelled:
-            raise Cancelled("attribution cancelled; finished chunks are kept") from None
-        if not keep_per_channel:
-            result.per_channel = None
-        _write_chunk(root, rows, index, result, n_rows, chunk_size)
-        root["done"][c] = True
-        finished_rows += rows.stop - rows.start
-        metadata = result.metadata
+    opened = _open_store(store, job, n_chunks)
+    root = opened.root
+    try:
+        root.attrs.update(method=method, output=output, n_patches=len(inputs), n_rows=n_rows)
+        if keys is not None:
+            root.attrs["keys"] = _keys_json(keys, len(inputs))
+        done = root["done"][:]
+        finished_rows = sum(_chunk_len(c, chunk_size, n_rows) for c in np.flatnonzero(done))
         if progress is not None:
             progress(finished_rows, n_rows)
-    result = _result_from(root, method, in_memory=True)
-    result.metadata = {**root.attrs.get("metadata", {}), **metadata, "store": _where(store)}
-    return result
+        metadata: dict = {}
+        for c in np.flatnonzero(~done):
+            if cancelled is not None and cancelled():
+                raise Cancelled("attribution cancelled; finished chunks are kept")
+            rows = slice(c * chunk_size, c * chunk_size + _chunk_len(c, chunk_size, n_rows))
+            chunk_options = dict(options)
+            if method == "gradient":
+                chunk_options["seed"] = _chunk_seed(seed, c)
+            chunk_options["cancelled"] = cancelled  # every method checks it between its batches
+            if progress is not None:
+                size, base = rows.stop - rows.start, finished_rows
+                chunk_options["progress"] = lambda d, t, size=size, base=base: progress(
+                    base + int(size * d / max(t, 1)), n_rows
+                )
+            index = patch_of_row[rows]
+            try:
+                result = _attribute_backing_off(
+                    options,
+                    chunk_options,
+                    model,
+                    inputs[torch.as_tensor(index, device=inputs.device)],
+                    method,
+                    background=background,
+                    target=target_of_row if isinstance(target_of_row, str) else target_of_row[rows],
+                    output=output,
+                )
+            except Cancelled:
+                raise Cancelled("attribution cancelled; finished chunks are kept") from None
+            if not keep_per_channel:
+                result.per_channel = None
+            _write_chunk(root, rows, index, result, n_rows, chunk_size)
+            root["done"][c] = True
+            finished_rows += rows.stop - rows.start
+            metadata = result.metadata
+            if progress is not None:
+                progress(finished_rows, n_rows)
+        result = _result_from(root, method, in_memory=True)
+        result.metadata = {**root.attrs.get("metadata", {}), **metadata, "store": _where(store)}
+        return result
+    finally:
+        opened.release()  # the store's lock
 
 
 def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.DataFrame | None]:
@@ -212,7 +217,32 @@ def _rows(model, inputs, target):
         return np.repeat(np.arange(n), n_classes), np.tile(np.arange(n_classes), n)
     if isinstance(target, str):
         return np.arange(n), target
-    return np.arange(n), np.broadcast_to(np.asarray(target, np.int64), (n,)).copy()
+    targets = np.broadcast_to(np.asarray(target, np.int64), (n,)).copy()
+    import torch
+
+    from ._target import forward_checked
+
+    with torch.no_grad():  # a class out of range is refused before the store is created
+        k = forward_checked(model.eval(), inputs[:1]).shape[1]
+    bad = targets[(targets < 0) | (targets >= k)]
+    if bad.size:
+        raise PathvizError(
+            f"target class {bad[0]} is out of range: the model has {k} outputs (0-{k - 1})"
+        )
+    return np.arange(n), targets
+
+
+def _check_options(method: str, background, output: str) -> None:
+    """The choices :func:`attribute` would refuse at the first chunk, refused up front."""
+    from . import METHODS
+    from ._target import OUTPUTS
+
+    if method not in METHODS:
+        raise PathvizError(f"-mth/--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method in ("gradient", "deep") and background is None:
+        raise PathvizError(f"method {method!r} needs background patches (references)")
+    if output not in OUTPUTS:
+        raise PathvizError(f"-p/--output must be one of {', '.join(OUTPUTS)}, got {output!r}")
 
 
 def _chunk_len(c: int, chunk_size: int, n_rows: int) -> int:
@@ -227,8 +257,7 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 def _job_key(model, inputs, background, method, target, output, options, chunk_size, seed, keys):
     """What a store's content depends on: the weights, the input and background tensors (as
     the model sees them), the method and every option that changes a number."""
-    weights = [t.detach().float().cpu().numpy() for t in model.state_dict().values()]
-    arrays = [inputs.detach().float().cpu().numpy(), *weights]
+    arrays = [inputs.detach().float().cpu().numpy()]
     if background is not None:
         arrays.append(background.detach().float().cpu().numpy())
     settings = {k: v for k, v in options.items() if not callable(v)}
@@ -236,7 +265,7 @@ def _job_key(model, inputs, background, method, target, output, options, chunk_s
     return array_key(
         *arrays,
         version=STORE_VERSION,
-        model=type(model).__name__,
+        model=model_digest(model),  # weights, buffers and architecture
         method=method,
         target=target if isinstance(target, str) else np.asarray(target).tolist(),
         output=output,
@@ -258,18 +287,19 @@ def _keys_json(keys: pd.DataFrame, n: int) -> dict:
 
 
 def _open_store(path, job: str, n_chunks: int):
-    root, reopened = open_job_store(
+    """The job's store, locked until released: reopened when it holds the same job."""
+
+    def setup(root) -> None:
+        root.create_array("done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=0)
+
+    return open_job_store(
         path,
         job,
         option="--attributions-out",
         kind="attributions",
         differs="other model, patches, background, method or options",
+        setup=setup,
     )
-    if reopened:
-        return root
-    root.create_array("done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=0)
-    root.attrs["job"] = job
-    return root
 
 
 def _write_chunk(root, rows: slice, index, result: AttributionResult, n_rows, chunk_size):

@@ -1,0 +1,167 @@
+"""An exclusive lock on a results store while it is written: ``{store}/.lock``.
+
+The lock file is created atomically (``O_CREAT | O_EXCL``) and holds the holder's pid, host,
+process start time and a random token. While it is held, a second writer is refused with one
+line naming the holder. A lock left by a process that is gone (same host, pid not running, or
+the pid now belongs to a process started later) is removed and taken over automatically; a lock
+of another host is never guessed about: the message says how to remove it by hand.
+
+Removing a stale lock is itself guarded by a short-lived ``.lock.recover`` file (also created
+with ``O_EXCL``), so that two processes that find the same stale lock cannot remove each
+other's fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from .errors import PathvizError
+
+LOCK_NAME = ".lock"
+_RECOVER_SECONDS = 30.0  # a recovery guard older than this was left by a crash
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat, counted after "(comm)"
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    now = _start_time(pid)
+    return not (started and now and now != started)
+
+
+class StoreLock:
+    """``with StoreLock(folder):`` holds ``folder/.lock`` (the folder must exist)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> StoreLock:
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _start_time(os.getpid()),
+            "token": self.token,
+            "time": time.time(),
+        }
+        for _ in range(3):  # a stale lock is removed, then taken on the next try
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read(self.path)
+                if holder is not None and not self._stale(holder):
+                    raise PathvizError(self._held_message(holder)) from None
+                self._remove_stale(holder)
+                continue
+            except OSError as exc:
+                raise PathvizError(
+                    f"{self.folder}: cannot create its lock file ({exc.strerror})"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            self.held = True
+            return self
+        raise PathvizError(
+            f"store {self.folder} is being locked and unlocked by other processes; try again"
+        )
+
+    def release(self) -> None:
+        """Removes the lock file if it is still this lock's (a store removed and recreated
+        meanwhile has another one)."""
+        if not self.held:
+            return
+        self.held = False
+        holder = self._read(self.path)
+        if holder is not None and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ stale locks
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        """The lock's record; {} for a file that is not one (being written, or damaged);
+        None when there is no file."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {}
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _stale(self, holder: dict) -> bool:
+        if not holder:  # empty: its writer is between open and write, or died there
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except OSError:
+                return True
+            return age > _RECOVER_SECONDS
+        if holder.get("host") != socket.gethostname():
+            return False
+        try:
+            pid = int(holder.get("pid"))
+        except (TypeError, ValueError):
+            return True
+        return not _alive(pid, holder.get("started"))
+
+    def _remove_stale(self, seen: dict | None) -> None:
+        """Removes the lock file when it still holds the stale record ``seen``."""
+        if seen is None:
+            return  # gone already
+        guard = self.folder / (LOCK_NAME + ".recover")
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - guard.stat().st_mtime > _RECOVER_SECONDS:
+                    guard.unlink(missing_ok=True)
+            except OSError:
+                pass
+            time.sleep(0.05)  # someone else is recovering: look again
+            return
+        os.close(fd)
+        try:
+            if self._read(self.path) == seen:
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def _held_message(self, holder: dict) -> str:
+        pid, host = holder.get("pid", "?"), holder.get("host", "?")
+        where = "" if host == socket.gethostname() else f" on host {host}"
+        return (
+            f"store {self.folder} is being written by process {pid}{where}; "
+            f"wait or remove {self.path} if that process is gone"
+        )
