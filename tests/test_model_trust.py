@@ -371,6 +371,7 @@ def test_card_factory_that_is_not_an_architecture_is_refused(tmp_path):
         ("subprocess:run", {"args": ["touch", str(marker)]}, "is not a model architecture"),
         ("os:system", {"command": f"touch {marker}"}, "is not a model architecture"),
         ("torch.nn.init:ones_", {}, "is not an nn.Module class"),
+        ("napari_pathviz.cli:main", {"argv": ["--help"]}, "is not an nn.Module class"),
     ]
     for factory, kwargs, message in hostile:
         card.write_text(json.dumps({"factory": factory, "factory_kwargs": kwargs}))

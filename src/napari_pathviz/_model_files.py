@@ -30,6 +30,9 @@ TRUST_HINT = (
     "pass --trust-model (or tick 'Trust this model' in the GUI) only if you trust its origin"
 )
 SAFE_WEIGHTS_ONLY_TORCH = (2, 6)  # torch.load(weights_only=True) could run code before 2.6
+# Builder functions a card may name without confirmation (other callables must be nn.Module
+# classes): napari_pathviz's other functions include the CLI, which writes files.
+CARD_BUILDERS = frozenset({"napari_pathviz._demo_model:build_demo_model"})
 
 
 def file_kind(path: str) -> str:
@@ -193,17 +196,17 @@ def card_factory(spec: str, card_source: str, weights: str) -> None:
     A card travels with downloaded weights, so its author, not the user, chose the factory; an
     arbitrary callable with JSON arguments is arbitrary code (``subprocess:run`` with
     ``{"args": ..., "shell": true}``). A card may therefore name, without confirmation, only an
-    ``nn.Module`` class (or a napari_pathviz builder) from an installed package: not from the
+    ``nn.Module`` class from an installed package (or a builder in CARD_BUILDERS): not from the
     standard library, not from a file beside the model. Anything else is confirmed by giving it
     with ``--factory`` (or ``--trust-model``)."""
     from torch import nn
 
     label = f"{card_source}: factory"
     confirm = f"confirm it with --factory {spec} (or --trust-model) if you trust it"
-    top = spec.partition(":")[0].split(".")[0]
-    if top == "napari_pathviz":
+    if spec in CARD_BUILDERS:
         import_factory(spec, label)
         return
+    top = spec.partition(":")[0].split(".")[0]
     if top in sys.stdlib_module_names or top == "__main__":
         raise PathvizError(f"{label} {spec!r} is not a model architecture; {confirm}")
     found = importlib.util.find_spec(top) if top.isidentifier() else None
