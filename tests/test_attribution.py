@@ -159,6 +159,28 @@ def test_cam_layer_found_automatically(demo_inputs):
     assert result.metadata["layer"] == "layer3" and result.maps.shape == (8, 64, 64)
 
 
+class ReusedRelu(nn.Module):
+    """One ReLU module called after both convolutions: its output is not one feature map."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv2(self.relu(self.conv1(x)))))
+
+
+def test_grad_cam_skips_and_refuses_a_reused_module():
+    model, x = ReusedRelu().eval(), torch.randn(2, 3, 8, 8)
+    assert find_cam_layer(model, x) == "conv2"  # not the later, reused relu
+    with pytest.raises(PathvizError, match="--layer 'relu' runs 2 times in one forward pass"):
+        attribute(model, x, "gradcam", layer="relu")
+    assert attribute(model, x, "gradcam").metadata["layer"] == "conv2"
+
+
 def test_bad_inputs(demo_inputs):
     model, x, background = demo_inputs
     with pytest.raises(PathvizError, match="target class 7 is out of range: the model has 3"):

@@ -2,6 +2,13 @@
 
 Maps keep their sign and scale (no ReLU, no per-map [0, 1] normalisation as pytorch-grad-cam
 does), so they are comparable across patches; normalising is a display choice.
+
+The layer's output is captured before anything downstream can change it in place: the forward
+hook keeps the output and hands the rest of the network a copy. A following in-place ReLU or
+``out += identity`` (every ResNet's ``bn1``/``bn2``) then changes the copy, and the activation
+and gradient used are those of the layer itself (pytorch-grad-cam takes the modified ones). A
+torch.fx copy with out-of-place operations would not do: fx inlines blocks such as ``layer4``,
+so hooks on them never fire.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ DEFAULT_BATCH_SIZE = 64  # patches per forward/backward pass
 
 def find_cam_layer(model, example) -> str:
     """The last module (in forward order) whose output is a spatial feature map (N, C, h, w)
-    with h * w > 1: the last convolutional block."""
+    with h * w > 1: the last convolutional block. Modules run more than once per pass (a
+    reused ReLU) are skipped: their output is not one feature map."""
     import torch
 
     finished: list[str] = []
@@ -37,11 +45,12 @@ def find_cam_layer(model, example) -> str:
     finally:
         for h in handles:
             h.remove()
-    if not finished:
+    once = [name for name in finished if finished.count(name) == 1]
+    if not once:
         raise PathvizError(
             "Grad-CAM: the model has no layer with a spatial output; name one with --layer"
         )
-    return finished[-1]
+    return once[-1]
 
 
 def grad_cam(
@@ -70,23 +79,16 @@ def grad_cam(
             f"(the last ones are: {', '.join(names)})"
         )
     saved: dict = {}
-
-    def keep(_m, _inp, out):
-        saved["activation"] = out
-
-    handle = modules[layer].register_forward_hook(keep)
+    handle = modules[layer].register_forward_hook(_keeper(saved))
     maps, all_logits, all_targets = [], [], []
     try:
         for start in range(0, len(inputs), batch_size):
             if cancelled is not None and cancelled():
                 raise Cancelled("attribution cancelled")
             x = inputs[start : start + batch_size]
+            saved["calls"] = 0
             logits = forward_checked(model, x)
-            activation = saved["activation"]
-            if not isinstance(activation, torch.Tensor) or activation.ndim != 4:
-                raise PathvizError(
-                    f"--layer {layer!r}: its output is not a feature map (N, C, h, w)"
-                )
+            activation = _checked_activation(saved, layer)
             per_batch = (
                 target
                 if isinstance(target, (str, int, np.integer))
@@ -117,6 +119,43 @@ def grad_cam(
         probabilities=probs.cpu().numpy(),
         metadata={"layer": layer, "output": output},
     )
+
+
+def _keeper(saved: dict):
+    """Forward hook keeping the layer's output; the network continues with a copy, so that
+    in-place operations after the layer cannot change the kept activation or its gradient."""
+    import torch
+
+    def keep(_module, _inputs, out):
+        saved["calls"] += 1
+        saved["activation"] = out
+        if isinstance(out, torch.Tensor):
+            saved["version"] = out._version
+            return out.clone()
+        return None
+
+    return keep
+
+
+def _checked_activation(saved: dict, layer: str):
+    import torch
+
+    activation = saved.get("activation")
+    if saved["calls"] > 1:
+        raise PathvizError(
+            f"--layer {layer!r} runs {saved['calls']} times in one forward pass (a reused "
+            "module): name a layer that runs once"
+        )
+    if saved["calls"] == 0 or not isinstance(activation, torch.Tensor) or activation.ndim != 4:
+        raise PathvizError(f"--layer {layer!r}: its output is not a feature map (N, C, h, w)")
+    if activation._version != saved["version"]:
+        # Only reachable through a view that aliases the output (e.g. a layer returning its
+        # input, changed in place later): the kept values are no longer the layer's output.
+        raise PathvizError(
+            f"--layer {layer!r}: its output is changed in place later in the network through "
+            "a view; name the layer before or after it"
+        )
+    return activation
 
 
 def cam_from(activation, grads, plus_plus: bool):
