@@ -24,3 +24,9 @@ PYTHON=${PYTHON:-python3}
 # torch is pinned to the CPU wheel: a bare "torch" requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[all,testing]"
+# Test-only reference for the Grad-CAM peer-agreement tests: pytorch-grad-cam (`grad-cam`) lists
+# torchvision as a requirement, but torchvision does not install beside our pinned CPU torch, and
+# GradCAM/GradCAMPlusPlus never call it (tests/test_peer_agreement.py fakes its import). So grad-cam
+# and ttach come without dependencies; opencv-python-headless, which its modules import, normally.
+.venv/bin/python -m pip install -q --no-deps "grad-cam==1.5.7" "ttach==0.0.3"
+.venv/bin/python -m pip install -q opencv-python-headless
