@@ -730,3 +730,9 @@ def test_cli_gradcam_on_trusted_torchscript_is_one_line(tmp_path, demo_job):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = _error_lines(done.stderr)
     assert len(lines) == 1 and "no hookable layers" in lines[0]
+
+
+def test_a_folder_is_not_a_model(tmp_path):
+    with pytest.raises(PathvizError, match="is a folder, not a model file") as err:
+        load_model(tmp_path)
+    assert str(err.value).startswith(str(tmp_path))

@@ -192,12 +192,7 @@ def load_model(
         )
         trust_model = trust_model or trust_pickle
     path = str(path)
-    if not os.path.exists(path):
-        raise PathvizError(f"{path}: no such file or directory")
-    if not os.path.isfile(path):
-        raise PathvizError(f"{path}: is a folder, not a model file")
-    if not os.access(path, os.R_OK):
-        raise PathvizError(f"{path}: not readable (permission denied)")
+    _check_file(path)
     model_card = find_card(path, card)
     given = {
         "input_size": input_size,
@@ -220,11 +215,7 @@ def load_model(
         metadata["card_fields"] = model_card.as_dict()
     if opts:
         metadata["transform_opts"] = opts
-        options["mean"] = options["mean"] or _tuple(opts.get("mean"))
-        options["std"] = options["std"] or _tuple(opts.get("std"))
-        size = opts.get("resize") or opts.get("patch_size")
-        if not options["input_size"] and isinstance(size, (int, float)) and size:
-            options["input_size"] = int(size)
+        _fill_from_transform_opts(options, opts)
     model.eval()  # PathFlowAI's shapley_plot left models in train mode: batch norm then drifts
     return ModelSpec(
         model=model,
@@ -241,6 +232,24 @@ def load_model(
         mpp=options["mpp"],
         explained_output=options["explained_output"],
     )
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise PathvizError(f"{path}: no such file or directory")
+    if not os.path.isfile(path):
+        raise PathvizError(f"{path}: is a folder, not a model file")
+    if not os.access(path, os.R_OK):
+        raise PathvizError(f"{path}: not readable (permission denied)")
+
+
+def _fill_from_transform_opts(options: dict, opts: dict) -> None:
+    """PathFlowAI's transform_opts fill what options and card left open."""
+    options["mean"] = options["mean"] or _tuple(opts.get("mean"))
+    options["std"] = options["std"] or _tuple(opts.get("std"))
+    size = opts.get("resize") or opts.get("patch_size")
+    if not options["input_size"] and isinstance(size, (int, float)) and size:
+        options["input_size"] = int(size)
 
 
 def _check_options(options: dict) -> None:
