@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 import zarr
 from torch import nn
@@ -223,3 +224,203 @@ def test_nan_outputs_stop_attributions_naming_the_patches():
     bright = torch.full((4, 3, 16, 16), 0.9)
     with pytest.raises(PathvizError, match=r"among the background \(reference\) patches"):
         explain(model, x[:3], "gradient", background=bright, keys=keys.iloc[:3], n_samples=8)
+
+
+# --- TIFF tiles that are empty, cut off or corrupt ---------------------------------------------
+
+
+def _jpeg_tiff(path, image):
+    tifffile.imwrite(
+        path, image, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None
+    )
+    return path
+
+
+def _rewrite_tag(path, tag, index, value, page=0):
+    """Overwrites one entry of a page's TileOffsets or TileByteCounts in the file's IFD."""
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        p = tif.pages[page] if isinstance(page, int) else page(tif)
+        values = list(p.tags[tag].value)
+        values[index] = value
+        p.tags[tag].overwrite(values)
+
+
+@pytest.mark.parametrize(
+    ("tag", "what"), [("TileByteCounts", "byte count 0"), ("TileOffsets", "offset 0")]
+)
+def test_check_reports_zero_length_tiles(tmp_path, tissue_rgb, tag, what):
+    from napari_pathviz.slide_check import check_slide
+
+    path = _jpeg_tiff(tmp_path / "scan.tif", tissue_rgb)
+    _rewrite_tag(path, tag, 8, 0)  # 6 tiles across: tile 8 is row 1, column 2
+    slide = open_slide(path)
+    assert slide.read_region(256, 512, 256, 256).max() == 0  # read silently as black
+    for decode_all in (False, True):
+        with pytest.raises(PathvizError) as err:
+            check_slide(slide, decode_all=decode_all)
+        assert str(err.value) == (
+            f"{path}: 1 bad tiles: level 0: tile 8 at x=512, y=256 is empty ({what})"
+        )
+
+
+def test_check_names_the_level_of_a_bad_tile_in_a_pyramid(tmp_path, tissue_rgb):
+    from conftest import write_pyramidal_tiff
+    from napari_pathviz.slide_check import check_slide
+
+    path = write_pyramidal_tiff(tmp_path / "pyramid.tif", tissue_rgb, levels=3)
+    _rewrite_tag(path, "TileByteCounts", 1, 0, page=lambda tif: tif.pages[0].pages[0])
+    with pytest.raises(PathvizError, match=r"level 1: tile 1 at x=256, y=0 is empty"):
+        check_slide(open_slide(path))
+
+
+def test_decode_all_finds_a_cut_off_jpeg_tile(tmp_path, tissue_rgb):
+    from napari_pathviz.slide_check import check_slide
+
+    path = _jpeg_tiff(tmp_path / "cut.tif", tissue_rgb)
+    with tifffile.TiffFile(path) as tif:
+        count = int(tif.pages[0].databytecounts[7])
+    _rewrite_tag(path, "TileByteCounts", 7, count // 2)
+    slide = open_slide(path)
+    assert check_slide(slide) == 24  # libjpeg decodes half a tile without an error
+    with pytest.raises(PathvizError) as err:
+        check_slide(slide, decode_all=True)
+    assert str(err.value) == (
+        f"{path}: level 0: tile 7 at x=256, y=256 is truncated (its JPEG data has no end marker)"
+    )
+
+
+def test_decode_all_finds_a_tile_of_the_wrong_size(tmp_path, tissue_rgb):
+    from napari_pathviz.slide_check import check_slide
+
+    path = _jpeg_tiff(tmp_path / "sof.tif", tissue_rgb)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = int(tif.pages[0].dataoffsets[2]), int(tif.pages[0].databytecounts[2])
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0", offset, offset + count)
+    data[sof + 5 : sof + 7] = (128).to_bytes(2, "big")  # the frame's height: 256 -> 128
+    path.write_bytes(bytes(data))
+    with pytest.raises(PathvizError, match=r"level 0: tile 2 at x=512, y=0 does not decode .*128"):
+        check_slide(open_slide(path), decode_all=True)
+
+
+def test_decode_all_on_good_files_decodes_every_tile(tmp_path, tissue_rgb):
+    from conftest import write_pyramidal_tiff
+    from napari_pathviz.slide_check import check_slide
+
+    flat = _jpeg_tiff(tmp_path / "good.tif", tissue_rgb)
+    seen = []
+    assert check_slide(open_slide(flat), lambda d, t: seen.append((d, t)), decode_all=True) == 24
+    assert seen[-1] == (24, 24)
+    pyramid = write_pyramidal_tiff(tmp_path / "pyramid.tif", tissue_rgb, levels=3)
+    # 4 x 6 tiles, then 2 x 3, then 1 x 2.
+    assert check_slide(open_slide(pyramid), decode_all=True) == 24 + 6 + 2
+
+
+def test_pathviz_check_cli_reports_a_bad_tile_in_one_line(tmp_path, tissue_rgb):
+    from conftest import run_cli
+
+    path = _jpeg_tiff(tmp_path / "scan.tif", tissue_rgb)
+    assert run_cli("check", path, "--decode-all").returncode == 0
+    _rewrite_tag(path, "TileByteCounts", 0, 0)
+    done = run_cli("check", path, "--decode-all")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"pathviz check: error: {path}: 1 bad tiles: level 0: tile 0 at x=0, y=0 is empty "
+        "(byte count 0)"
+    ]
+
+
+# --- absurd headers, empty and odd slides --------------------------------------------------
+
+
+def test_an_absurd_header_is_refused_before_anything_is_built(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "huge.zarr"
+    zarr.create_array(str(path), shape=(10**9, 10**9, 3), chunks=(512, 512, 3), dtype="uint8")
+    tracemalloc.start()
+    try:
+        with pytest.raises(PathvizError) as err:
+            open_slide(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value).startswith(
+        f"{path}: 1000000000 x 1000000000 px (1e+18 pixels) is over the limit of 1e+11"
+    )
+    assert peak < 20e6
+
+
+def test_a_large_single_array_opens_without_a_task_per_chunk(tmp_path):
+    import tracemalloc
+
+    # 100,000 x 100,000 px in 512-px chunks: 38,000 chunks, 9 levels. Building the coarser
+    # levels with dask operations took 6 s and 290 MB here.
+    path = tmp_path / "large.zarr"
+    zarr.create_array(str(path), shape=(10**5, 10**5, 3), chunks=(512, 512, 3), dtype="uint8")
+    tracemalloc.start()
+    try:
+        slide = open_slide(path, allow_missing_chunks=True)
+        slide.describe()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(slide.levels) == 9 and slide.levels[8].shape == (390, 390, 3)
+    assert peak < 20e6
+    assert slide.read_region(0, 0, 4, 4, level=8).shape == (4, 4, 3)
+
+
+def test_the_pixel_limit_is_configurable(tmp_path, tissue_rgb, monkeypatch):
+    path = tmp_path / "slide.zarr"
+    zarr.create_array(str(path), data=tissue_rgb, chunks=(256, 256, 3))
+    monkeypatch.setenv("PATHVIZ_MAX_PIXELS", "1e6")
+    with pytest.raises(
+        PathvizError, match=r"1400 x 1000 px \(1\.4e\+06 pixels\) is over the limit of 1e\+06"
+    ):
+        open_slide(path)
+    monkeypatch.setenv("PATHVIZ_MAX_PIXELS", "1.4e6")
+    assert open_slide(path).shape == (1000, 1400, 3)
+    monkeypatch.setenv("PATHVIZ_MAX_PIXELS", "lots")
+    with pytest.raises(PathvizError, match=r"PATHVIZ_MAX_PIXELS='lots': expected a positive"):
+        open_slide(path)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((0, 0, 3), "uint8", r"level 0 is empty \(shape 0 x 0 x 3, axes 'yxc'\)"),
+        ((64, 0, 3), "uint8", r"level 0 is empty \(shape 64 x 0 x 3"),
+        ((64, 64, 3), "complex128", r"pixels of type complex128 are not supported"),
+        ((64, 64, 3), "int32", r"pixels of type int32 are not supported"),
+        ((64, 64, 3), "bool", r"pixels of type bool are not supported"),
+    ],
+)
+def test_empty_and_odd_zarrs_are_one_line_errors(tmp_path, shape, dtype, message):
+    from conftest import run_cli
+
+    path = tmp_path / "odd.zarr"
+    zarr.create_array(str(path), shape=shape, chunks=(32, 32, 3), dtype=dtype)
+    with pytest.raises(PathvizError, match=message):
+        open_slide(path)
+    if dtype == "uint8" and shape[0] == 0:
+        done = run_cli("info", path)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert "level 0 is empty" in done.stderr
+
+
+def test_lazy_levels_of_a_float_slide_match_the_dask_means(tmp_path, tissue_rgb):
+    import dask.array as da
+
+    from napari_pathviz.io.pyramid import lazy_levels
+
+    image = (tissue_rgb / 255).astype(np.float32)
+    path = tmp_path / "float.zarr"
+    zarr.create_array(str(path), data=image, chunks=(256, 256, 3))
+    slide = open_slide(path)
+    reference = lazy_levels(da.from_array(image, chunks=(256, 256, 3)))
+    assert len(slide.levels) == len(reference) == 3
+    for ours, theirs in zip(slide.levels, reference, strict=True):
+        np.testing.assert_array_equal(ours.compute(), theirs.compute())
+    np.testing.assert_array_equal(
+        slide.read_region(10, 20, 30, 40, level=2), reference[2][10:40, 20:60].compute()
+    )

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .errors import Cancelled, PathvizError
 from .models import ModelSpec, check_model
-from .patches import KEY_COLUMNS, PatchTable
+from .patches import KEY_COLUMNS, PatchTable, raise_on_non_finite
 from .slide import Slide
 from .store import array_key, model_digest, open_job_store, slide_digest
 
@@ -183,7 +183,8 @@ def extract(
                     raise Cancelled("extraction cancelled; finished batches are kept")
                 patches = pending.pop(j).result()
                 submit(j + ahead)
-                probs, feats = _forward(spec, model, patches, device, bf16, features)
+                keys = df.iloc[b * batch_size : (b + 1) * batch_size]
+                probs, feats = _forward(spec, model, patches, device, bf16, features, keys)
                 rows = slice(b * batch_size, b * batch_size + len(patches))
                 root["probs"][rows] = probs
                 if embeddings:
@@ -223,7 +224,9 @@ def _feature_dim(spec: ModelSpec, patch: np.ndarray, device: str, features: list
     return dim
 
 
-def _forward(spec, model, patches, device, bf16, features):
+def _forward(spec, model, patches, device, bf16, features, keys):
+    """Probabilities and features of one batch; ``keys`` (the batch's table rows) name the
+    patches when the model's output is not finite (a NaN stored would pass as a result)."""
     import torch
 
     x = spec.preprocess(patches, device)
@@ -236,11 +239,13 @@ def _forward(spec, model, patches, device, bf16, features):
         ),
     ):
         logits = model(x)
+    raise_on_non_finite(logits.float().cpu().numpy(), keys, "output")
     probs = spec.probabilities(logits).cpu().numpy().astype(np.float32)
     feats = None
     if features:
         feats = features.pop().float().flatten(1).cpu().numpy()
         features.clear()
+        raise_on_non_finite(feats, keys, "features (embedding)")
     return probs, feats
 
 

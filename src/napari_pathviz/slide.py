@@ -15,12 +15,16 @@ import dask.array as da
 import numpy as np
 
 from .errors import PathvizError
-from .io.pyramid import lazy_levels
+from .io.lazy_pyramid import YXCLevel, halved_levels
 from .io.source import PyramidSource
 from .io.tiff_io import TIFF_SUFFIXES, is_tiff_path, open_tiff
 from .io.zarr_io import is_zarr_path, open_zarr
 
 _ID_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif") + TIFF_SUFFIXES
+# Real whole-slide images reach about 200,000 x 200,000 px (4e10); 10^11 leaves room for the
+# largest while refusing a header that claims 10^9 x 10^9 (PATHVIZ_MAX_PIXELS overrides).
+DEFAULT_MAX_PIXELS = 10**11
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "float16", "float32", "float64"))
 
 
 def slide_id_from_path(path: str | os.PathLike) -> str:
@@ -43,6 +47,8 @@ class Slide:
     mpp: float | None = None
     slide_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Array-likes behind the levels built past the stored ones, read without dask's graph.
+    lazy_arrays: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -100,7 +106,7 @@ class Slide:
         if level < self.n_native:
             region = self._read_native(level, y0, y1, x0, x1)
         else:
-            region = np.asarray(self.levels[level][y0:y1, x0:x1].compute())
+            region = np.asarray(self.lazy_arrays[level - self.n_native][y0:y1, x0:x1])
         if region.shape[:2] == (height, width):
             return region
         out = np.zeros((height, width, c), region.dtype)
@@ -192,16 +198,16 @@ def open_slide(
 
 
 def slide_from_source(source: PyramidSource, build_levels: bool = True) -> Slide:
+    """The Slide of a reader's levels. Everything is checked from the header before anything
+    is built, and nothing built costs memory in proportion to the slide's size (an absurd
+    header must fail fast, not exhaust memory)."""
+    check_source(source)
     levels = [_as_yxc_dask(a, source, i) for i, a in enumerate(source.arrays)]
     n_native = len(levels)
+    lazy: list[Any] = []
     if build_levels and len(levels) == 1:
-        levels = lazy_levels(levels[0])
-    channels = levels[0].shape[2]
-    if channels not in (1, 3, 4):
-        raise PathvizError(
-            f"{source.path}: expected 1, 3 or 4 channels, found {channels} "
-            f"(stored axes {source.axes!r}; pass layout= to say otherwise)"
-        )
+        lazy = halved_levels(YXCLevel(source.arrays[0], source.axes))
+        levels += [_lazy_dask(level, n_native + k) for k, level in enumerate(lazy)]
     return Slide(
         path=source.path,
         levels=levels,
@@ -210,31 +216,77 @@ def slide_from_source(source: PyramidSource, build_levels: bool = True) -> Slide
         mpp=source.mpp,
         slide_id=slide_id_from_path(source.path),
         metadata=dict(source.metadata),
+        lazy_arrays=lazy,
+    )
+
+
+def max_pixels() -> int:
+    """The largest slide (level-0 pixels) opened: ``PATHVIZ_MAX_PIXELS`` or 10^11."""
+    text = os.environ.get("PATHVIZ_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(text))
+    except (ValueError, OverflowError):
+        limit = 0
+    if limit < 1:
+        raise PathvizError(
+            f"PATHVIZ_MAX_PIXELS={text!r}: expected a positive number of pixels, e.g. 2e11"
+        )
+    return limit
+
+
+def check_source(source: PyramidSource) -> None:
+    """Refuses, from the header alone, levels that do not fit the axes, empty levels, pixel
+    types no model or display path handles, and slides larger than :func:`max_pixels`."""
+    path, axes = source.path, source.axes
+    for i, array in enumerate(source.arrays):
+        if len(axes) != len(array.shape):
+            raise PathvizError(
+                f"{path}: level {i} has {len(array.shape)} dimensions but axes {axes!r}"
+            )
+        size = dict(zip(axes, (int(n) for n in array.shape), strict=True))
+        if size["y"] < 1 or size["x"] < 1 or size.get("c", 1) < 1:
+            shape = " x ".join(str(int(n)) for n in array.shape)
+            raise PathvizError(f"{path}: level {i} is empty (shape {shape}, axes {axes!r})")
+        for a, n in size.items():
+            if a not in "yxc" and n != 1:
+                raise PathvizError(
+                    f"{path}: axis {a!r} has {n} entries; only a single plane is supported"
+                )
+        if size.get("c", 1) not in (1, 3, 4):
+            raise PathvizError(
+                f"{path}: expected 1, 3 or 4 channels, found {size['c']} "
+                f"(stored axes {axes!r}; pass layout= to say otherwise)"
+            )
+    dtype = np.dtype(source.arrays[0].dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise PathvizError(
+            f"{path}: pixels of type {dtype} are not supported "
+            "(slides are uint8, uint16, or float with values in [0, 1])"
+        )
+    size = dict(zip(axes, (int(n) for n in source.arrays[0].shape), strict=True))
+    pixels, limit = size["y"] * size["x"], max_pixels()
+    if pixels > limit:
+        raise PathvizError(
+            f"{path}: {size['x']} x {size['y']} px ({pixels:.3g} pixels) is over the limit of "
+            f"{limit:.3g}; real slides are at most a few 10^10: if this one is real, raise "
+            "PATHVIZ_MAX_PIXELS"
+        )
+
+
+def _lazy_dask(level: Any, index: int) -> da.Array:
+    return da.from_array(
+        level,
+        chunks=level.chunks,
+        lock=False,
+        fancy=False,
+        meta=np.empty((0, 0, 0), dtype=level.dtype),
+        name=f"pathviz-{index}-{uuid.uuid4().hex}",
     )
 
 
 def _as_yxc_dask(array: Any, source: PyramidSource, level: int) -> da.Array:
-    axes = source.axes
-    if len(axes) != array.ndim:
-        raise PathvizError(
-            f"{source.path}: level {level} has {array.ndim} dimensions but axes {axes!r}"
-        )
-    meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-    arr = da.from_array(
-        array,
-        chunks=array.chunks,
-        lock=False,
-        fancy=False,
-        meta=meta,
-        name=f"pathviz-{level}-{uuid.uuid4().hex}",
-    )
-    index = tuple(slice(None) if a in "yxc" else 0 for a in axes)
-    for a, size in zip(axes, array.shape, strict=True):
-        if a not in "yxc" and size != 1:
-            raise PathvizError(
-                f"{source.path}: axis {a!r} has {size} entries; only a single plane is supported"
-            )
-    arr = arr[index]
-    kept = [a for a in axes if a in "yxc"]
-    arr = arr.transpose([kept.index(a) for a in "yxc" if a in kept])
-    return arr if "c" in kept else arr[..., None]
+    # Through an array-like that transposes each read, not dask's transpose and integer
+    # indexing of singleton axes: those materialise a task per chunk when the slide opens.
+    return _lazy_dask(YXCLevel(array, source.axes), level)

@@ -26,6 +26,7 @@ import pandas as pd
 from ..errors import Cancelled, PathvizError
 from ..store import array_key, model_digest, open_job_store
 from . import attribute
+from ._target import NonFiniteOutput, forward_batched
 from .result import AttributionResult
 
 EACH = "each"
@@ -110,12 +111,13 @@ def explain(
                     base + int(size * d / max(t, 1)), n_rows
                 )
             index = patch_of_row[rows]
+            chunk_inputs = inputs[torch.as_tensor(index, device=inputs.device)]
             try:
                 result = _attribute_backing_off(
                     options,
                     chunk_options,
                     model,
-                    inputs[torch.as_tensor(index, device=inputs.device)],
+                    chunk_inputs,
                     method,
                     background=background,
                     target=target_of_row if isinstance(target_of_row, str) else target_of_row[rows],
@@ -123,6 +125,8 @@ def explain(
                 )
             except Cancelled:
                 raise Cancelled("attribution cancelled; finished chunks are kept") from None
+            except NonFiniteOutput as exc:
+                raise _non_finite_patches(model, chunk_inputs, index, keys, exc) from None
             if not keep_per_channel:
                 result.per_channel = None
             _write_chunk(root, rows, index, result, n_rows, chunk_size)
@@ -202,6 +206,31 @@ def _attribute_backing_off(options: dict, chunk_options: dict, model, inputs, me
                 PathvizWarning,
                 stacklevel=2,
             )
+
+
+def _non_finite_patches(model, chunk_inputs, index, keys, error) -> PathvizError:
+    """The error naming which explained patches (by key when known) the model gives NaN or
+    infinity for; the chunk is run again because a method's batches hide their offsets. When
+    the chunk's own outputs are finite, the references were at fault."""
+    import torch
+
+    from ..patches import describe_patches
+
+    try:
+        with torch.no_grad():
+            forward_batched(model, chunk_inputs, 16)
+    except NonFiniteOutput as exc:
+        patches = index[exc.rows]
+        named = (
+            describe_patches(keys, patches)
+            if keys is not None
+            else "rows " + ", ".join(map(str, patches[:3]))
+        )
+        return PathvizError(
+            f"the model's output is NaN or infinite for {len(patches)} explained patches "
+            f"({named}); check the model and its inputs"
+        )
+    return PathvizError(f"{error} among the background (reference) patches")
 
 
 def _rows(model, inputs, target):

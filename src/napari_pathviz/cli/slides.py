@@ -14,8 +14,20 @@ def add_parsers(sub) -> None:
     add_slide_options(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("check", help="read every stored chunk of a slide; report the first fault")
+    p = sub.add_parser(
+        "check",
+        help="read every stored chunk of a slide; report the first fault",
+        description="Reads every chunk of every stored level; in a TIFF also finds tiles whose "
+        "offset or byte count is 0 or that run past the end of the file. JPEG cannot detect "
+        "every flipped bit: such a tile decodes to wrong pixels.",
+    )
     add_slide_options(p)
+    p.add_argument(
+        "--decode-all",
+        action="store_true",
+        help="TIFF: decode every tile with tifffile and compare its decoded shape with the "
+        "tags' (and that each JPEG tile ends in its end marker, which a cut-off tile lacks)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -81,8 +93,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     slide = open_slide_from_args(args)
     with progress_bar("chunks") as progress:
-        n = check_slide(slide, progress=progress)
-    print(f"{args.slide}: {n} chunks read, all present and readable")
+        n = check_slide(slide, progress=progress, decode_all=args.decode_all)
+    decoded = args.decode_all and slide.source.format.startswith("tiff")
+    what = "tiles decoded" if decoded else "chunks read"
+    print(f"{args.slide}: {n} {what}, all present and readable")
     return 0
 
 
@@ -138,7 +152,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_plot_predictions(args: argparse.Namespace) -> int:
     from ..io.tables import read_table
-    from ..patches import PatchTable
+    from ..patches import patches_for_slide
     from ..render import render_slide_with_patches
     from ..slide import open_slide
 
@@ -151,8 +165,8 @@ def cmd_plot_predictions(args: argparse.Namespace) -> int:
             f"{args.predictions}: no column {column!r} to plot "
             f"(prob_* columns: {', '.join(probs) or 'none'})"
         )
-    table = PatchTable.from_frame(df, args.predictions)
-    table.check_inside(slide.height, slide.width)
+    # Only this slide's rows: a table of other slides is refused naming the IDs it holds.
+    table = patches_for_slide(df, args.predictions, slide, slide_id=getattr(args, "slide_id", None))
     out = render_slide_with_patches(
         slide,
         table,

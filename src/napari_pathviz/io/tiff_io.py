@@ -118,3 +118,88 @@ def _mpp(tif: Any, page: Any) -> float | None:
                 if 0.01 <= mpp <= 100:
                     return mpp
     return None
+
+
+def level_pages(source: PyramidSource) -> list[list[Any]]:
+    """The TIFF pages (IFDs) holding each level of a slide opened by :func:`open_tiff`."""
+    series = source.metadata["tifffile"].series[0]
+    return [list(level.pages) for level in series.levels]
+
+
+def tile_position(keyframe: Any, index: int) -> str:
+    """Where tile (or strip) ``index`` of a page lies, in that level's pixels."""
+    if keyframe.is_tiled:
+        across = -(-keyframe.imagewidth // keyframe.tilewidth)
+        down = -(-keyframe.imagelength // keyframe.tilelength)
+        plane, within = divmod(index, across * down)
+        row, col = divmod(within, across)
+        where = f"tile {index} at x={col * keyframe.tilewidth}, y={row * keyframe.tilelength}"
+        return where + (f", sample plane {plane}" if plane else "")
+    rows = keyframe.rowsperstrip or keyframe.imagelength
+    strips = -(-keyframe.imagelength // rows)
+    plane, strip = divmod(index, strips)
+    return f"strip {index} at y={strip * rows}" + (f", sample plane {plane}" if plane else "")
+
+
+def tile_table_faults(source: PyramidSource) -> list[str]:
+    """Tiles whose offset or byte count in the file's tables is zero (tifffile reads such a
+    tile as blank, with no error), or that run past the end of the file: one entry each."""
+    tif = source.metadata["tifffile"]
+    file_size = tif.filehandle.size
+    faults = []
+    for level, pages in enumerate(level_pages(source)):
+        for page in pages:
+            counts, offsets = page.databytecounts, page.dataoffsets
+            for i, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
+                if count == 0 or offset == 0:
+                    what = "byte count 0" if count == 0 else "offset 0"
+                    problem = f"is empty ({what})"
+                elif offset + count > file_size:
+                    problem = f"runs past the end of the file ({offset} + {count} > {file_size})"
+                else:
+                    continue
+                faults.append(f"level {level}: {tile_position(page.keyframe, i)} {problem}")
+    return faults
+
+
+def decode_every_tile(source: PyramidSource, progress=None) -> int:
+    """Decodes every tile of every level and compares its decoded shape with the shape the
+    page's tags promise; raises naming the first bad tile; returns the tiles decoded.
+
+    JPEG cannot detect every flipped bit: most decode to a tile of the right size with wrong
+    pixels. This finds tiles that do not decode, decode to another size, or (JPEG) lack the
+    end-of-image marker that a cut-off tile loses.
+    """
+    tif = source.metadata["tifffile"]
+    fh = tif.filehandle
+    pages = [(level, page) for level, ps in enumerate(level_pages(source)) for page in ps]
+    total = sum(len(page.dataoffsets) for _, page in pages)
+    done = 0
+    for level, page in pages:
+        key = page.keyframe
+        args = {"_fullsize": False}
+        if int(key.compression) in (6, 7, 34892, 33007):  # the JPEG flavours
+            args.update(jpegtables=page.jpegtables, jpegheader=key.jpegheader)
+        # A JPEG tile is a whole JPEG stream ending in an EOI marker; NDPI strips are not.
+        ends_marked = int(key.compression) == 7 and not tif.is_ndpi
+        for data, index in fh.read_segments(page.dataoffsets, page.databytecounts, lock=fh.lock):
+            where = f"{source.path}: level {level}: {tile_position(key, index)}"
+            if not data:
+                raise PathvizError(f"{where} is empty")
+            if ends_marked and not bytes(data[-64:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
+                # libjpeg decodes a cut-off tile without an error, greying the rest.
+                raise PathvizError(f"{where} is truncated (its JPEG data has no end marker)")
+            try:
+                decoded, _, expected = key.decode(data, index, **args)
+            except Exception as exc:
+                raise PathvizError(
+                    f"{where} does not decode ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})"
+                ) from exc
+            shape = None if decoded is None else tuple(decoded.shape)
+            if shape != tuple(expected):
+                raise PathvizError(f"{where} decodes to shape {shape}, expected {tuple(expected)}")
+            done += 1
+            if progress is not None and (done % 64 == 0 or done == total):
+                progress(done, total)
+    return done
