@@ -491,3 +491,42 @@ def test_a_folder_that_is_not_a_store_is_never_cleared(files):
         _run(files, folder)
     assert (folder / "notes.txt").read_text() == "keep me"
     assert not (folder / ".lock").exists()
+
+
+def test_cli_corrected_rerun_after_a_refused_option(tmp_path):
+    """The issue's runs, as a user types them: ``--target 7`` on the 3-class demo model and a
+    table of mixed patch sizes fail with exit 2 and leave no store; the corrected commands
+    then run into the same store paths."""
+    from importlib import resources
+
+    from conftest import run_cli
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.patches import load_patches
+
+    paths = ensure_demo_data()
+    weights = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    model = ["-m", weights, "--factory", "napari_pathviz._demo_model:build_demo_model"]
+    common = [*model, "--slide", paths["slide"], "--patches", paths["patches"]]
+    maps = tmp_path / "maps.zarr"
+    explain_args = ["shapley-plot", *common, "--ids", "0", "1", "-ns", "8", "-bs", "4"]
+    explain_args += ["--attributions-out", maps, "-o", tmp_path / "s.png"]
+    bad = run_cli(*explain_args, "--target", "7")
+    assert bad.returncode == 2, bad.stderr
+    assert "target class 7 is out of range" in bad.stderr.strip().splitlines()[-1]
+    assert not maps.exists()
+    good = run_cli(*explain_args, "--target", "1")
+    assert good.returncode == 0, good.stderr
+
+    table = load_patches(paths["patches"]).df.iloc[:40].copy()
+    mixed = table.assign(patch_size=np.where(np.arange(40) < 20, table.patch_size, 32))
+    mixed.to_csv(tmp_path / "mixed.csv", index=False)
+    table.to_csv(tmp_path / "one.csv", index=False)
+    store = tmp_path / "results.zarr"
+    extract_args = ["extract", *model, "--slide", paths["slide"], "--store", store]
+    bad = run_cli(*extract_args, "--patches", tmp_path / "mixed.csv", "-o", tmp_path / "r.csv")
+    assert bad.returncode == 2, bad.stderr
+    assert "patches of different sizes" in bad.stderr.strip().splitlines()[-1]
+    assert not store.exists()
+    good = run_cli(*extract_args, "--patches", tmp_path / "one.csv", "-o", tmp_path / "r.csv")
+    assert good.returncode == 0, good.stderr
+    assert len(pd.read_csv(tmp_path / "r.csv")) == 40
