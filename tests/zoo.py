@@ -123,3 +123,70 @@ def inputs(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
     coarse = torch.rand(n, 3, size // 4, size // 4, generator=gen)
     fine = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
     return (fine + 0.1 * torch.randn(n, 3, size, size, generator=gen)).float()
+
+
+class MixedActivations(nn.Module):
+    """Every kind of op DeepLIFT has a rule for, in one network: GELU, Tanh, Sigmoid, SiLU and
+    LeakyReLU (modules and functions), an overlapping max pool as a module and a
+    non-overlapping one as a function, AvgPool2d, a concatenation, a residual add, a product
+    with a constant, BatchNorm, Dropout in eval, Flatten."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.left = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.Tanh())
+        self.right = nn.Sequential(nn.Conv2d(8, 4, 1), nn.Sigmoid())
+        self.mix = nn.Conv2d(8, 8, 3, padding=1)
+        self.avg = nn.AvgPool2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(8 * 4 * 4, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        branches = torch.cat([self.left(x), self.right(x)], dim=1)
+        x = x + 0.5 * nn.functional.silu(self.mix(branches))
+        x = nn.functional.max_pool2d(nn.functional.leaky_relu(x, 0.1), 2)
+        return self.head(self.avg(x))
+
+
+def mixed_activations(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _settle(MixedActivations(n_classes), seed)
+
+
+class TinyViTBlock(nn.Module):
+    """A transformer block (LayerNorm, self-attention: a product of two activations and a
+    softmax inside the network): ops DeepLIFT has no rule for."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        attention = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
+        x = x + attention @ v
+        return x + self.mlp(x)
+
+
+class TinyViT(nn.Module):
+    def __init__(self, n_classes: int = 3, dim: int = 16, layer_norm: bool = True):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 8, 8)
+        self.blocks = nn.Sequential(TinyViTBlock(dim))
+        if not layer_norm:
+            self.blocks[0].norm1 = nn.Identity()
+        self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.fc(self.blocks(tokens).mean(1))
+
+
+def tiny_vit(n_classes: int = 3, seed: int = 0, layer_norm: bool = True) -> nn.Module:
+    """A transformer on 8x8-pixel tokens; ``layer_norm`` False leaves the attention as the
+    first op without a DeepLIFT rule."""
+    torch.manual_seed(seed)
+    return TinyViT(n_classes, layer_norm=layer_norm).eval()
