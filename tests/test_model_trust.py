@@ -736,3 +736,15 @@ def test_a_folder_is_not_a_model(tmp_path):
     with pytest.raises(PathvizError, match="is a folder, not a model file") as err:
         load_model(tmp_path)
     assert str(err.value).startswith(str(tmp_path))
+
+
+def test_damaged_torch_files_are_not_called_pickles(tmp_path):
+    """A truncated state dict is a damaged file, not code to trust."""
+    state = build_demo_model().state_dict()
+    for legacy in (False, True):
+        path = tmp_path / f"truncated_{legacy}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(PathvizError, match="not a model file") as err:
+            load_model(path)
+        assert "--trust-model" not in str(err.value) and "\n" not in str(err.value)

@@ -274,11 +274,13 @@ def probe_torch_file(path: str, kind: str):
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # A pickle of a module fails on its classes ("Unsupported global"); anything else that
-        # fails to unpickle is not a model file, and must not be called one to trust.
-        code = isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
-        if code or kind in ("torch zip", "pickle"):
+        # A pickle of a module fails on its classes ("Unsupported global"), a plain pickle
+        # (protocol 4+) on its opcodes; anything else that fails (a truncated file, a pickle of
+        # no torch file) is not a model file, and must not be called one to trust.
+        unpickling = isinstance(exc, pickle.UnpicklingError)
+        if unpickling and ("Unsupported global" in str(exc) or kind in ("torch zip", "pickle")):
             return None
-        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
-        reason = lines[0][:120] if lines else "not a torch file"
+        lines = [ln.strip()[:120] for ln in str(exc).splitlines() if "Unsupported" in ln]
+        lines += ["not a torch file" if unpickling else _first_line(exc)]
+        reason = lines[0]
         raise PathvizError(f"{path}: not a model file ({reason})") from exc
