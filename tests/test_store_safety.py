@@ -483,6 +483,20 @@ def test_failed_run_of_the_same_job_resumes(files):
     pd.testing.assert_frame_equal(_run(files, store), _run(files))
 
 
+def test_a_zarr_of_something_else_is_never_cleared(files, tissue_rgb):
+    """The slide itself (an OME-Zarr) given as the store: refused, not a byte changed."""
+    import dask.array as da
+
+    from napari_pathviz.io.zarr_io import write_ome_zarr
+
+    path = files["dir"] / "slide.ome.zarr"
+    write_ome_zarr([da.from_array(tissue_rgb[:H, :W], chunks=(64, 64, 3))], path, n_native=1)
+    before = sorted((str(p), p.stat().st_size) for p in path.rglob("*"))
+    with pytest.raises(PathvizError, match="not a store of pathviz results"):
+        _run({**files, "slide": path}, path)
+    assert sorted((str(p), p.stat().st_size) for p in path.rglob("*")) == before
+
+
 def test_a_folder_that_is_not_a_store_is_never_cleared(files):
     folder = files["dir"] / "mine"
     folder.mkdir()

@@ -299,6 +299,10 @@ def open_job_store(
         root = _open_existing(path, option, kind)
         if root is not None and root.attrs.get("job") == job and root.attrs.get("ready"):
             return JobStore(root, True, lock)
+        if root is not None and "job" not in root.attrs and not _unrecorded_store(path):
+            raise PathvizError(
+                f"{option} {path}: not a store of pathviz {kind} (a zarr of something else)"
+            )
         if root is not None and _finished_chunks(root):
             if "job" not in root.attrs:
                 raise PathvizError(
@@ -334,6 +338,26 @@ def _open_existing(path: Path, option: str, kind: str):
         return zarr.open_group(str(path), mode="a")
     except Exception as exc:
         raise PathvizError(f"{option} {path}: not a store of pathviz {kind} ({exc})") from None
+
+
+def _unrecorded_store(path: Path) -> bool:
+    """A group without a job record that can only be a store of ours whose job was never
+    recorded (stores made before the job was written first): empty, or holding ``done`` flags
+    among arrays only. Anything else (a slide, a user's zarr) is never cleared. Read from the
+    folder: zarr's member listing warns about the lock file."""
+    members = [e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    if not members:
+        return True
+    if "done" not in {e.name for e in members}:
+        return False
+    for member in members:
+        try:
+            meta = json.loads((Path(member.path) / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if meta.get("node_type") != "array":
+            return False
+    return True
 
 
 def _finished_chunks(root) -> int:
