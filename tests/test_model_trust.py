@@ -748,3 +748,17 @@ def test_damaged_torch_files_are_not_called_pickles(tmp_path):
         with pytest.raises(PathvizError, match="not a model file") as err:
             load_model(path)
         assert "--trust-model" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_metadata_names_the_factory_used(tmp_path):
+    """Stores key on the factory and its kwargs: they are in the metadata, from a flag or a card."""
+    path = _save_safetensors(build_demo_model(n_classes=2), tmp_path / "two.safetensors")
+    spec = load_model(path, factory=DEMO_FACTORY, factory_kwargs={"n_classes": 2})
+    assert spec.metadata["factory"] == DEMO_FACTORY
+    assert spec.metadata["factory_kwargs"] == {"n_classes": 2}
+    (tmp_path / "two.json").write_text(
+        json.dumps({"factory": DEMO_FACTORY, "factory_kwargs": {"n_classes": 2}})
+    )
+    spec = load_model(path)
+    assert spec.metadata["factory_kwargs"] == {"n_classes": 2}
+    assert spec.metadata["card_fields"]["factory"] == DEMO_FACTORY

@@ -208,14 +208,12 @@ def load_model(
     }
     options = {k: v if v is not None else getattr(model_card, k, None) for k, v in given.items()}
     _check_options(options)
-    model, kind, opts = _read_model(path, model_card, factory, factory_kwargs, trust_model)
-    metadata: dict[str, Any] = {"kind": kind}
+    model, metadata = _read_model(path, model_card, factory, factory_kwargs, trust_model)
     if model_card is not None:
         metadata["card"] = model_card.source
         metadata["card_fields"] = model_card.as_dict()
-    if opts:
-        metadata["transform_opts"] = opts
-        _fill_from_transform_opts(options, opts)
+    if metadata.get("transform_opts"):
+        _fill_from_transform_opts(options, metadata["transform_opts"])
     model.eval()  # PathFlowAI's shapley_plot left models in train mode: batch norm then drifts
     return ModelSpec(
         model=model,
@@ -268,8 +266,9 @@ def _check_options(options: dict) -> None:
 
 
 def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
-    """(module, kind, PathFlowAI transform_opts or None): the file read by its kind; only
-    pickles and TorchScript (code) need ``trust``."""
+    """(module, metadata: its kind, and the factory with its kwargs or PathFlowAI's
+    transform_opts): the file read by its kind; only pickles and TorchScript (code) need
+    ``trust``."""
     from . import _model_files as files
 
     kind = files.file_kind(path)
@@ -279,7 +278,7 @@ def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
                 f"{path}: is a TorchScript archive (architecture included), not weights for "
                 f"--factory {factory}"
             )
-        return files.load_torchscript(path, trust), "TorchScript", None
+        return files.load_torchscript(path, trust), {"kind": "TorchScript"}
     card_factory = getattr(card, "factory", None)
     if factory:
         if factory_kwargs is None:
@@ -306,7 +305,9 @@ def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
             )
         raise PathvizError(f"{path}: not a model ({type(held).__name__})")
     model, opts = files.load_pickle(path, kind, trust)
-    return model, "pickle" if opts is None else "PathFlowAI extracted model", opts
+    if opts is None:
+        return model, {"kind": "pickle"}
+    return model, {"kind": "PathFlowAI extracted model", "transform_opts": opts}
 
 
 def _built(path, kind, factory, kwargs, state, label):
@@ -314,7 +315,7 @@ def _built(path, kind, factory, kwargs, state, label):
 
     model = build_from_state_dict(path, factory, dict(kwargs), state, label)
     described = "safetensors" if kind == "safetensors" else "state dict"
-    return model, f"{described} + factory", None
+    return model, {"kind": f"{described} + factory", "factory": factory, "factory_kwargs": kwargs}
 
 
 def _tuple(value) -> tuple[float, ...] | None:
