@@ -35,7 +35,8 @@ def run_main(*args) -> tuple[int, str, str]:
 
 def error_lines(stderr: str) -> list[str]:
     """stderr without tqdm's cleared progress bars (carriage-return redraws)."""
-    return [line for line in stderr.split("\n") if line.strip() and "\r" not in line]
+    lines = (line.rsplit("\r", 1)[-1] for line in stderr.split("\n"))
+    return [line for line in lines if line.strip()]
 
 
 def digest(path: Path) -> str:
@@ -277,3 +278,146 @@ def test_convert_overwrite_replaces_the_pyramid(tmp_path, ome_zarr):
         open_slide(out).levels[0].compute(), open_slide(ome_zarr).levels[0].compute()
     )
     assert hidden_leftovers(tmp_path) == []
+
+
+# --- bad numbers and files that used to end in a traceback -----------------------------------
+
+DEMO_WEIGHTS = str(Path(__file__).parents[1] / "src/napari_pathviz/data/demo_model.pt")
+NORM = ["--mean", "0.8", "0.72", "0.7", "--std", "0.15", "0.18", "0.18"]
+
+
+def fails_on_second_batch():
+    """The demo model, failing like a flaky GPU on its second call with 16 inputs (extract's
+    --batch-size 16; 4 patches x 4 samples of a shapley-plot chunk): the first is stored."""
+    import warnings
+
+    from napari_pathviz._demo_model import build_demo_model
+
+    model = build_demo_model()
+    original, batches = model.forward, []
+
+    def forward(x):
+        if len(x) == 16:
+            batches.append(len(x))
+            warnings.warn("TypedStorage is deprecated", UserWarning, stacklevel=1)  # as torch's
+            if len(batches) >= 2:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return original(x)
+
+    model.forward = forward
+    return model
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    from napari_pathviz._demo import demo_embeddings_path, ensure_demo_data
+
+    folder = tmp_path_factory.mktemp("bad_files")
+    paths = {k: str(v) for k, v in ensure_demo_data().items()}
+    emb = pd.read_parquet(demo_embeddings_path())
+    feats = [c for c in emb.columns if str(c).startswith("feat_")]
+    bad = {
+        "huge": emb.assign(**{c: emb[c] * 1e38 for c in feats}),
+        "all_nan": emb.assign(**dict.fromkeys(feats, np.nan)),
+    }
+    for name, frame in bad.items():
+        paths[name] = str(folder / f"{name}.parquet")
+        frame.to_parquet(paths[name])
+    paths["emb"] = str(demo_embeddings_path())
+    paths["object_npz"] = str(folder / "object.npz")
+    np.savez(paths["object_npz"], features=np.array([[1, "a"], [2, None]], dtype=object))
+    paths["ragged_npz"] = str(folder / "ragged.npz")
+    np.savez(
+        paths["ragged_npz"], features=np.ones((5, 4)), ID=np.array(["s"] * 5), x=np.arange(5),
+        y=np.arange(4), patch_size=np.full(5, 64),
+    )  # fmt: skip
+    paths["no_probs"] = str(folder / "no_probs.csv")
+    pd.read_parquet(paths["patches"]).to_csv(paths["no_probs"], index=False)
+    return paths
+
+
+MODEL = ["-m", DEMO_WEIGHTS, "--factory", "napari_pathviz._demo_model:build_demo_model", *NORM]
+EXPLAIN = [*MODEL, "--slide", "{slide}", "--patches", "{patches}", "--device", "cpu"]
+BAD_INPUTS = [
+    (["plot-embeddings", "-i", "{object_npz}", "-o", "{tmp}/u.html"],
+     ["object.npz", "'features' holds Python objects"]),
+    (["plot-embeddings", "-i", "{ragged_npz}", "-o", "{tmp}/u.html"],
+     ["ragged.npz", "different lengths", "y: 4"]),
+    (["plot-embeddings", "-i", "{huge}", "-o", "{tmp}/u.html"],
+     ["huge.parquet", "3.4e+38", "rescale"]),
+    (["plot-embeddings", "-i", "{all_nan}", "-o", "{tmp}/u.html"],
+     ["all_nan.parquet", "all 872 embedding rows have NaN or infinite features"]),
+    (["plot-embeddings", "-i", "{emb}", "-o", "{tmp}/u.html", "--metric", "bogus"],
+     ["--metric", "'bogus'"]),
+    (["shapley-plot", *EXPLAIN, "-o", "{tmp}/m.png", "--top", "abc", "dab_positive"],
+     ["--top", "whole number", "'abc'"]),
+    (["shapley-plot", *EXPLAIN, "-o", "{tmp}/m.png", "--top", "-3", "dab_positive"],
+     ["--top", "0 or more", "-3"]),
+    (["shapley-plot", *EXPLAIN, "-o", "{tmp}/m.png", "-bs", "-1"], ["-bs/--batch_size", "-1"]),
+    (["shapley-plot", *EXPLAIN, "-o", "{tmp}/m.png", "-l", "-1"],
+     ["-l/--local_smoothing", "at least 0"]),
+    (["plot-predictions", "--slide", "{slide}", "-p", "{patches}", "-o", "{tmp}/p.png",
+      "--alpha", "5"], ["--alpha", "from 0 to 1", "got 5"]),
+    (["plot-predictions", "--slide", "{slide}", "-p", "{no_probs}", "-o", "{tmp}/p.png"],
+     ["no_probs.csv", "no prob_* column", "--column", "dab_positive"]),
+    (["render", "{slide}", "-o", "{tmp}/r.png", "--max-size", "-10"], ["--max-size", "-10"]),
+    (["render", "{slide}", "-o", "{tmp}/r.png", "--max-size", "0"], ["--max-size", "got 0"]),
+    (["plot-image-umap-embeddings", "-e", "{emb}", "-i", "{slide}", "-o", "{tmp}/m.png",
+      "--canvas", "200000"], ["--canvas", "16384", "200000"]),
+    (["extract", *MODEL, "--slide", "{slide}", "-o", "{tmp}/o.parquet", "--batch-size", "0"],
+     ["--batch-size", "got 0"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "words"), BAD_INPUTS, ids=lambda v: " ".join(v)[:50])
+def test_bad_numbers_and_files_are_one_line(demo_files, tmp_path, argv, words):
+    names = {**demo_files, "tmp": str(tmp_path)}
+    code, _, err = run_main(*[a.format(**names) for a in argv])
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("command", ["extract", "shapley-plot"])
+def test_a_model_failing_in_a_later_batch_keeps_finished_work(demo_files, tmp_path, command):
+    """One line naming the failed batch and its first patch, and the batches before it kept
+    in the store for the rerun."""
+    import zarr
+
+    model = [*MODEL[:3], "test_output_guard:fails_on_second_batch", *NORM]
+    store = tmp_path / "work.zarr"
+    slide, patches = demo_files["slide"], demo_files["patches"]
+    if command == "extract":
+        argv = ["extract", *model, "--slide", slide, "--patches", patches, "--device", "cpu",
+                "-o", tmp_path / "o.parquet", "--store", store, "--batch-size", "16"]  # fmt: skip
+    else:
+        argv = ["shapley-plot", *model, "--slide", slide, "--patches", patches, "--device", "cpu",
+                "-o", tmp_path / "m.png", "--attributions-out", store, "--ids", *"01234567",
+                "--chunk-size", "4", "-bs", "2", "-ns", "4", "--samples-per-batch", "64"]  # fmt: skip
+    code, _, err = run_main(*argv)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    unit = "batch 2 of 55" if command == "extract" else "chunk 2 of 2"
+    assert f"the model failed on {unit} (patches demo_ihc x=" in lines[0]
+    assert "RuntimeError: CUDA error: an illegal memory access" in lines[0]
+    assert f"kept in {store}, a rerun resumes" in lines[0]
+    done = zarr.open_group(str(store), mode="r")["done"][:]
+    assert done.tolist()[:2] == [True, False] and done.sum() == 1
+    assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "m.png").exists()
+
+
+def test_other_libraries_warnings_only_with_verbose(demo_files, tmp_path):
+    """In a real process (pytest records warnings itself): the model's warning stays off stderr,
+    where our one line is all, unless --verbose asks for it."""
+    argv = ["extract", *MODEL[:3], "test_output_guard:fails_on_second_batch", *NORM,
+            "--slide", demo_files["slide"], "--patches", demo_files["patches"], "--device", "cpu",
+            "-o", tmp_path / "o.parquet", "--batch-size", "16"]  # fmt: skip
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    quiet = run_cli(*argv, env=env)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    lines = [line for line in error_lines(quiet.stderr) if "%|" not in line]  # tqdm's redraws
+    assert len(lines) == 1 and lines[0].startswith("pathviz extract: error: the model failed")
+    verbose = run_cli(*argv, "--verbose", env=env)
+    assert verbose.returncode == 2 and "UserWarning: TypedStorage is deprecated" in verbose.stderr

@@ -106,7 +106,12 @@ def join_embeddings(
     features = raw.features
     finite = np.isfinite(features).all(axis=1)
     report.n_nonfinite = int((~finite).sum())
+    if len(features) and not finite.any():
+        raise PathvizError(
+            f"{raw.source}: all {len(features)} embedding rows have NaN or infinite features"
+        )
     rows, features = rows[finite].reset_index(drop=True), features[finite]
+    _refuse_overflowing(features, raw.source)
 
     missing = [c for c in ("x", "y") if c not in rows.columns]
     if missing:
@@ -155,6 +160,20 @@ def join_embeddings(
     return EmbeddingSet(table, features, report)
 
 
+def _refuse_overflowing(features: np.ndarray, source: str) -> None:
+    """Distances are computed in float32: a squared distance between features this large
+    overflows to inf, and PCA and UMAP fail deep inside. Refused, naming the size."""
+    if not features.size:
+        return
+    peak = float(np.abs(features).max())
+    limit = float(np.sqrt(np.finfo(np.float32).max / features.shape[1])) / 4
+    if peak > limit:
+        raise PathvizError(
+            f"{source}: features reach {peak:.3g} in magnitude, too large for float32 distances "
+            f"(at most {limit:.3g} with {features.shape[1]} features); rescale them"
+        )
+
+
 def _size_of(patches: PatchTable | None) -> int | None:
     if patches is None:
         return None
@@ -199,6 +218,24 @@ class UMAPParams:
             )
         if not 0.0 <= self.min_dist <= 1.0:
             raise PathvizError(f"--min_dist must be between 0 and 1, got {self.min_dist}")
+        check_metric(self.metric)
+
+
+# The common metrics, known without importing umap (slow: numba); others are asked of umap.
+_COMMON_METRICS = ("euclidean", "manhattan", "chebyshev", "minkowski", "cosine", "correlation")
+
+
+def check_metric(metric: str) -> None:
+    """A metric umap-learn knows by name, else a one-line error listing them."""
+    if metric in _COMMON_METRICS:
+        return
+    from umap.distances import named_distances
+
+    if metric not in named_distances:
+        raise PathvizError(
+            f"--metric: unknown metric {metric!r} (e.g. {', '.join(_COMMON_METRICS)}; "
+            "see umap-learn's list)"
+        )
 
 
 def pca_dimensions(params: UMAPParams, n_features: int) -> int | None:

@@ -184,7 +184,12 @@ def extract(
                 patches = pending.pop(j).result()
                 submit(j + ahead)
                 keys = df.iloc[b * batch_size : (b + 1) * batch_size]
-                probs, feats = _forward(spec, model, patches, device, bf16, features, keys)
+                try:
+                    probs, feats = _forward(spec, model, patches, device, bf16, features, keys)
+                except (PathvizError, Cancelled):
+                    raise
+                except Exception as exc:  # the user's model: one line, finished batches kept
+                    raise _batch_failure(exc, b, n_batches, keys, finished, store) from exc
                 rows = slice(b * batch_size, b * batch_size + len(patches))
                 root["probs"][rows] = probs
                 if embeddings:
@@ -212,6 +217,17 @@ def extract(
             hook.remove()
         if job is not None:
             job.release()  # the store's lock
+
+
+def _batch_failure(exc, batch, n_batches, keys, finished, store) -> PathvizError:
+    from .patches import describe_patches
+
+    return PathvizError(
+        f"the model failed on batch {batch + 1} of {n_batches} "
+        f"(patches {describe_patches(keys, range(len(keys)), limit=1)}): "
+        f"{type(exc).__name__}: {str(exc).strip() or 'no message'}; the {finished} finished "
+        f"batches are kept in {store}, a rerun resumes from there"
+    )
 
 
 def _feature_dim(spec: ModelSpec, patch: np.ndarray, device: str, features: list) -> int:

@@ -127,6 +127,10 @@ def explain(
                 raise Cancelled("attribution cancelled; finished chunks are kept") from None
             except NonFiniteOutput as exc:
                 raise _non_finite_patches(model, chunk_inputs, index, keys, exc) from None
+            except PathvizError:
+                raise
+            except Exception as exc:  # the user's model: one line, finished chunks kept
+                raise _chunk_failure(exc, c, len(done), index, keys, store) from exc
             if not keep_per_channel:
                 result.per_channel = None
             _write_chunk(root, rows, index, result, n_rows, chunk_size)
@@ -231,6 +235,17 @@ def _non_finite_patches(model, chunk_inputs, index, keys, error) -> PathvizError
             f"({named}); check the model and its inputs"
         )
     return PathvizError(f"{error} among the background (reference) patches")
+
+
+def _chunk_failure(exc, chunk, n_chunks, index, keys, store) -> PathvizError:
+    from ..patches import describe_patches
+
+    patches = describe_patches(keys, index) if keys is not None else f"rows {index[0]}-{index[-1]}"
+    return PathvizError(
+        f"the model failed on chunk {chunk + 1} of {n_chunks} (patches {patches}): "
+        f"{type(exc).__name__}: {str(exc).strip() or 'no message'}; finished chunks are kept "
+        f"in {_where(store) or 'the results cache'}, a rerun resumes from there"
+    )
 
 
 def _rows(model, inputs, target):

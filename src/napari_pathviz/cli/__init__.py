@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import PathvizError, PathvizWarning
 from . import attributions, demo, embeddings, inference, slides
 from ._common import EXIT_BAD_INPUT
-from ._guards import check_paths, install
+from ._guards import check_numbers, check_paths, install
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
 
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(), _quiet_library_logs(verbose):
             warnings.showwarning = _one_line_warnings(args.command, verbose)
+            check_numbers(args)
             check_paths(args)  # before any computation: outputs never replace inputs
             return int(args.func(args) or 0)
     except PathvizError as err:

@@ -18,6 +18,7 @@ inputs and outputs is declared once, in :data:`COMMAND_PATHS`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -85,6 +86,46 @@ COMMAND_PATHS: dict[str, CommandPaths] = {
     ),
     "demo": CommandPaths(outputs={"screenshot": (".png",)}),
 }
+
+
+# Numeric options by argparse dest: (least, most, what the user reads). Checked for every command
+# that has the option, right after parsing, so a bad number is one line before any work starts.
+_WHOLE = "a whole number"
+NUMBER_RULES: dict[str, tuple[float, float | None, str]] = {
+    "batch_size": (1, None, _WHOLE),
+    "chunk_size": (1, None, _WHOLE),
+    "samples_per_batch": (1, None, _WHOLE),
+    "n_samples": (1, None, _WHOLE),
+    "patch_size": (1, None, _WHOLE),
+    "stride": (1, None, _WHOLE),
+    "input_size": (1, None, _WHOLE),
+    "max_size": (16, 65536, _WHOLE),
+    "canvas": (64, 16384, _WHOLE),  # an RGB canvas of 16384^2 is already 0.8 GB
+    "chunk": (16, 65536, _WHOLE),
+    "level": (0, None, _WHOLE),
+    "workers": (0, 256, _WHOLE),
+    "n_workers": (1, None, _WHOLE),
+    "n_neighbors": (2, None, _WHOLE),
+    "alpha": (0.0, 1.0, "a number"),
+    "min_tissue": (0.0, 1.0, "a number"),
+    "min_dist": (0.0, 1.0, "a number"),
+    "max_background_area": (0.0, 1.0, "a number"),
+    "local_smoothing": (0.0, None, "a number"),
+    "zoom": (1e-3, 4.0, "a number"),
+    "target_mpp": (1e-6, None, "a number"),
+}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuses, in one line naming the option, a number outside what its command can use."""
+    labels = getattr(args, "_path_labels", {})
+    for dest, (least, most, kind) in NUMBER_RULES.items():
+        value = getattr(args, dest, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value) or value < least or (most is not None and value > most):
+            span = f"from {least:g} to {most:g}" if most is not None else f"at least {least:g}"
+            raise PathvizError(f"{labels.get(dest, dest)} must be {kind} {span}, got {value:g}")
 
 
 def install(subparsers: argparse._SubParsersAction) -> None:

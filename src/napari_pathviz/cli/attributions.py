@@ -154,11 +154,13 @@ def explanation_inputs(args: argparse.Namespace):
     --ids, --top or a seeded random draw) as model inputs and images, and the references for
     the methods that need them (--background, else -bs patches drawn from the rest)."""
     import numpy as np
+    import pandas as pd
 
     from ..attribution.references import check_same_size, random_reference_rows, reference_images
     from ..inference import read_patch_batch, resolve_device
     from ..slide import open_slide
 
+    top_count = _top_count(args.top[0]) if args.top else None  # before loading anything
     spec = recipe_from_args(args).load()
     slide = open_slide(args.slide, args.layout)
     df = load_table_for(slide, args.patches, args.patch_size, None).df
@@ -169,10 +171,14 @@ def explanation_inputs(args: argparse.Namespace):
             raise PathvizError(f"--ids: row {bad[0]} is not in {args.patches} ({len(df)} rows)")
         chosen = np.asarray(args.ids)
     elif args.top:
-        count, column = args.top
+        count, column = top_count, args.top[1]
         if column not in df.columns:
             raise PathvizError(f"--top: no column {column!r} in {args.patches}")
-        chosen = np.argsort(-df[column].to_numpy(float), kind="stable")[: int(count)]
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
+        if np.isnan(values).all():
+            raise PathvizError(f"--top: column {column!r} of {args.patches} holds no numbers")
+        # NaN ranks last: a patch without a value is never among the highest.
+        chosen = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:count]
     else:
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):
@@ -307,6 +313,16 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     print(write_table(table, args.out, overwrite=args.overwrite))
     return 0
+
+
+def _top_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise PathvizError(f"--top N COL: N must be a whole number, got {text!r}") from None
+    if count < 0:
+        raise PathvizError(f"--top N COL: N must be 0 or more, got {count}")
+    return count
 
 
 def _int(text: str, option: str) -> int:

@@ -160,7 +160,12 @@ def cmd_plot_predictions(args: argparse.Namespace) -> int:
     df = read_table(args.predictions)
     probs = [c for c in df.columns if str(c).startswith("prob_")]
     column = args.column or (probs[-1] if probs else None)
-    if column is None or column not in df.columns:
+    if column is None:
+        raise PathvizError(
+            f"{args.predictions}: no prob_* column to plot; name one with --column "
+            f"(columns: {', '.join(map(str, df.columns))})"
+        )
+    if column not in df.columns:
         raise PathvizError(
             f"{args.predictions}: no column {column!r} to plot "
             f"(prob_* columns: {', '.join(probs) or 'none'})"

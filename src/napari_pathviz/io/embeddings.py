@@ -89,10 +89,7 @@ def _read_array(path: str, keys: str | os.PathLike | None) -> RawEmbeddings:
         name = next((n for n in ("embeddings", "features") if n in names), None)
         if name is None:
             raise PathvizError(f"{path}: .npz has no 'embeddings' or 'features' array ({names})")
-        array = loaded[name]
-        key_arrays = {k: loaded[k] for k in ("ID", "x", "y", "patch_size") if k in names}
-        if key_arrays:
-            rows = pd.DataFrame(key_arrays)
+        array, rows = _npz_arrays(loaded, name, path)
     else:
         array = loaded
     if array.ndim != 2:
@@ -110,6 +107,28 @@ def _read_array(path: str, keys: str | os.PathLike | None) -> RawEmbeddings:
             + (f" in {keys}" if keys is not None else "")
         )
     return RawEmbeddings(rows.reset_index(drop=True), array.astype(np.float32), path)
+
+
+def _npz_arrays(loaded, name: str, path: str) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """The features and the key columns of an .npz; its members load lazily, so an object
+    array (it needs pickle) or a key of another length is found here."""
+    arrays = {}
+    for key in (name, "ID", "x", "y", "patch_size"):
+        if key not in loaded.files:
+            continue
+        try:
+            arrays[key] = loaded[key]
+        except ValueError as exc:
+            raise PathvizError(
+                f"{path}: array {key!r} holds Python objects, which cannot be read without "
+                "unpickling; store numbers and strings"
+            ) from exc
+    keys = {k: v for k, v in arrays.items() if k != name}
+    lengths = {k: len(np.atleast_1d(v)) for k, v in keys.items()}
+    if len(set(lengths.values())) > 1:
+        found = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise PathvizError(f"{path}: key arrays of different lengths ({found})")
+    return arrays[name], (pd.DataFrame(keys) if keys else None)
 
 
 def _read_pathflowai_pickle(path: str, trust_pickle: bool) -> RawEmbeddings:
