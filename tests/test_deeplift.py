@@ -239,6 +239,22 @@ def test_layers_without_a_rule_are_refused_by_name():
     batch_stats(x)
     with pytest.raises(PathvizError, match=r"'1' \(BatchNorm2d\) uses batch statistics"):
         attribute(batch_stats.eval(), x, "deep", background=references)
+    with pytest.raises(PathvizError, match=r"'relu' .* first axis is not the batch \(32, 4\)"):
+        attribute(TokensFolded(), x, "deep", background=references)
+
+
+class TokensFolded(nn.Module):
+    """Folds the tokens into the batch axis around a ReLU: (patch, reference) pairs would mix
+    there, so DeepLIFT refuses instead of pairing the wrong rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mlp, self.fc = nn.Conv2d(3, 4, 8, 8), nn.Linear(4, 4), nn.Linear(64, 2)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        n = tokens.shape[0]
+        return self.fc(torch.relu(self.mlp(tokens.reshape(-1, 4))).reshape(n, -1))
 
 
 def test_functional_copy_has_one_out_of_place_op_per_call_site():

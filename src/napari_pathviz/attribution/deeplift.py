@@ -111,6 +111,7 @@ def _attribute_batches(model, inputs, background, targets, output, batch_size, p
         if not torch.allclose(rewritten(inputs[:2]), model(inputs[:2]), rtol=1e-4, atol=1e-5):
             raise PathvizError("DeepLIFT: the rewritten model does not compute the same outputs")
         pairs.mode, pairs.n_refs = "reference", len(background)
+        pairs.n_rows = len(background)
         reference_logits = rewritten(background)
     chunks, totals = [], []
     try:
@@ -152,7 +153,7 @@ def _explain_batch(rewritten, pairs, x, background, reference_logits, targets, o
     from .deeplift_rules import OutputMultipliers
 
     n_refs = len(background)
-    pairs.mode = "explain"
+    pairs.mode, pairs.n_rows = "explain", len(x) * n_refs
     with torch.enable_grad():
         x_pairs = x.detach().repeat_interleave(n_refs, dim=0).requires_grad_(True)
         logits = rewritten(x_pairs)

@@ -20,6 +20,7 @@ _INPLACE_FUNCTIONS = {
     operator.itruediv: operator.truediv,
 }
 ADVICE = "use -mth gradient"
+_TENSOR_FACTS = ("shape", "dtype", "device", "ndim")  # attributes that carry no values
 
 
 def functional_copy(model):
@@ -150,7 +151,7 @@ def _tables() -> dict:
         | {operator.mul, operator.truediv, operator.matmul},
         "linear_functions": functions(torch, *linear_names)
         | functions(F, *linear_names)
-        | {operator.add, operator.sub, operator.neg, operator.pos, operator.getitem, getattr, len},
+        | {operator.add, operator.sub, operator.neg, operator.pos, operator.getitem},
         "elementwise_methods": set(elementwise_names),
         "product_methods": {"mul", "div", "matmul", "__mul__", "__truediv__"},
         "linear_methods": set(
@@ -236,7 +237,7 @@ def _rule_of(graph_module, node, tensors):
             return "elementwise", functools.partial(_call_method, name)
         _refuse(graph_module, node)
     target = node.target
-    if target in (getattr, len):
+    if target is len or (target is getattr and node.args[1] in _TENSOR_FACTS):
         return "shape"
     if target in tables["linear_functions"] or target in _USER_LINEAR:
         _check_eval_mode(graph_module, node)

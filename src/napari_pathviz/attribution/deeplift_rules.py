@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import PathvizError
+
 SMALL_STEP = 1e-6  # |x - r| below this: the midpoint derivative instead of the difference quotient
 
 
@@ -40,6 +42,7 @@ class Pairs:
     def __init__(self):
         self.mode = "plain"
         self.n_refs = 1
+        self.n_rows = 0  # rows of the batch now running: references, or (patch, reference) pairs
 
 
 def _by_reference(t, n_refs: int):
@@ -122,6 +125,11 @@ class RuleSite(nn.Module):
         mode = self.pairs.mode
         if mode == "plain":
             return op(x) if self.kind == "elementwise" else op(x)[0]
+        if x.shape[0] != self.pairs.n_rows:  # a reshape folded the batch: pairs would mix
+            raise PathvizError(
+                f"DeepLIFT: {self.label} gets a tensor whose first axis is not the batch "
+                f"{tuple(x.shape)}; use -mth gradient"
+            )
         if mode == "reference":
             out = op(x)
             if self.kind == "elementwise":
