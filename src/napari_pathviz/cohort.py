@@ -369,9 +369,12 @@ def _plan_todo(book, recipe, options, out: Path, rows_of: dict, source: str) -> 
                 f"{source} cannot say whose they are; rename one of the slides",
             )
         elif source and rows is None:
-            book.finish(
-                slide, "failed", error=f"{slide}: {source} has no patches for slide ID {slide_id!r}"
+            problem = (
+                f"{source} has no patches for slide ID {slide_id!r}"
+                if slide.exists()
+                else "no such file or directory"
             )
+            book.finish(slide, "failed", error=f"{slide}: {problem}")
         elif table.exists() and _table_job(table) == job:
             book.finish(slide, "skipped", patches=_parquet_rows(table), seconds=0.0)
         else:
