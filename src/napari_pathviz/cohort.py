@@ -63,7 +63,7 @@ class SlideOptions:
 
         if self.layout not in LAYOUTS:
             raise PathvizError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        positive = {"--batch-size": self.batch_size, "--workers": self.read_threads}
+        positive = {"--batch-size": self.batch_size}  # --workers 0 reads in one thread, as alone
         if self.patch_size is not None:
             positive["--patch-size"] = self.patch_size
         for option, value in positive.items():

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 def cluster_client(scheduler: str | None, n_workers: int, threads: int, log: Path):
     """A client of the given scheduler, or of a local cluster whose log lines stay quiet and
     whose workers write their stderr to ``log``."""
+    import dask
+
+    # A slide's patch rows travel with its tasks; a big table is expected, not worth a warning.
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1TiB"}):
+        yield from _client(scheduler, n_workers, threads, log)
+
+
+def _client(scheduler: str | None, n_workers: int, threads: int, log: Path):
     from distributed import Client, LocalCluster
     from distributed.utils import silence_logging_cmgr
 
