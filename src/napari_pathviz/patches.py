@@ -140,7 +140,8 @@ def patches_for_slide(
         if "ID" in df.columns and not (df["ID"].astype(str) == slide.slide_id).any():
             raise PathvizError(
                 f"{source}: no rows for slide {slide.slide_id!r} ({slide.path}): the table's "
-                f"IDs are {_some_ids(df['ID'])}; give the slide's ID in the table with --slide-id"
+                f"IDs are {_some_ids(df['ID'])}; say which is this slide's with --slide-id "
+                "(GUI: Slide ID)"
             )
         slide_id = slide.slide_id
     table = PatchTable.from_frame(df, source, patch_size=patch_size, slide_id=slide_id)
