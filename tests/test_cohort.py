@@ -45,6 +45,7 @@ def cluster():
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # 8787 may be taken
         silence_logs=logging.CRITICAL,
     ) as cluster:
         yield cluster.scheduler_address

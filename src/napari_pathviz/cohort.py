@@ -300,9 +300,8 @@ def run_cohort(
     ``{out_dir}/stores/{slide_key}/`` holds the resumable results of an unfinished slide
     (removed once it is done, unless ``keep_stores``).
     """
-    import pandas as pd
-
     from .cohort_run import Book, Run, cluster_client, gpu_count
+    from .slide import slide_id_from_path
 
     options = replace(options or SlideOptions(), **option_values)
     options.check()
@@ -314,9 +313,10 @@ def run_cohort(
     if not slides:
         raise PathvizError("the cohort has no slides")
     keys = {s: slide_key(s) for s in slides}
-    slides = list({keys[s]: s for s in reversed(slides)}.values())[::-1]  # one per file
-    from .slide import slide_id_from_path
-
+    by_key: dict[str, Path] = {}
+    for slide in slides:  # one per file: two names of it that resolve alike are one slide
+        by_key.setdefault(keys[slide], slide)
+    slides = list(by_key.values())
     ids = [slide_id_from_path(s) for s in slides]
     rows_of: dict[str, Any] = {}
     source = ""
@@ -336,13 +336,18 @@ def run_cohort(
         run = Run(recipe, options, out, source, chunk_size, keep_stores, local, torch_threads)
         with cluster_client(scheduler, workers, threads_per_worker, out / WORKER_LOG) as client:
             run.on(client, todo, book)
+    return _write_summary(book.rows(), out)
 
-    summary = pd.DataFrame(book.rows(), columns=list(SUMMARY_COLUMNS))
+
+def _write_summary(rows: list[dict], out: Path):
+    import pandas as pd
+
+    from .io.atomic import atomic_file
+
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     for column in ("level", "patches"):
         summary[column] = summary[column].astype("Int64")
     summary["seconds"] = summary["seconds"].astype(float).round(3)
-    from .io.atomic import atomic_file
-
     with atomic_file(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return summary
