@@ -91,7 +91,7 @@ def test_render_with_a_pathflowai_project(tmp_path, pathflowai_project):
         (["info", "{tmp}/missing.svs"], "missing.svs: no such file or directory"),
         (
             ["patches", "{slide}", "-o", "{tmp}/g.csv", "--patch-size", "0"],
-            "--patch-size must be positive",
+            "--patch-size must be a whole number at least 1, got 0",
         ),
         (
             ["render", "{slide}", "--patches", "{tmp}/bad.csv", "-o", "{tmp}/f.png"],
@@ -101,7 +101,7 @@ def test_render_with_a_pathflowai_project(tmp_path, pathflowai_project):
             ["render", "{slide}", "--patches", "{tmp}/far.csv", "-o", "{tmp}/f.png"],
             "far.csv: row 0: patch x=5000, y=0, size 64 lies outside the slide",
         ),
-        (["convert", "{slide}", "{slide}"], "already exists"),
+        (["convert", "{slide}", "{slide}"], "is the input SLIDE"),
         (["info", "{tmp}/strips.tif"], "strips.tif: TIFF is not tiled"),
     ],
 )
