@@ -186,7 +186,6 @@ class Run:
         work.mkdir(parents=True, exist_ok=True)
         stores = [str(work / f"part{k}.zarr") for k in range(len(bounds))]
         parts = [str(work / f"part{k}.parquet") for k in range(len(bounds))]
-        extras = {"torch_threads": self.torch_threads if self.local else None}
         chunks = [
             self._submit(
                 "chunk",
@@ -200,8 +199,8 @@ class Run:
                 part,
                 self.options,
                 level,
+                torch_threads=self.torch_threads if self.local else None,
                 spread_gpus=self.local,
-                **extras,
             )
             for (a, b), store, part in zip(bounds, stores, parts, strict=True)
         ]
