@@ -139,7 +139,7 @@ def means_model_path(tmp_path_factory):
 
 
 def _means_spec(path, **kwargs):
-    return load_model(path, trust_pickle=True, activation="none", **kwargs)
+    return load_model(path, trust_model=True, activation="none", **kwargs)
 
 
 def _check_aligned(result: pd.DataFrame, table: PatchTable, embeddings: bool = True) -> None:
@@ -185,7 +185,7 @@ def test_single_output_model(coded_slide, tmp_path):
     path = tmp_path / "one.pt"
     torch.save(model, path)
     table = _grid_table(np.random.default_rng(2).permutation(NY * NX))
-    result = extract(coded_slide, table, load_model(path, trust_pickle=True), batch_size=16)
+    result = extract(coded_slide, table, load_model(path, trust_model=True), batch_size=16)
     assert [c for c in result.columns if c.startswith("prob_")] == ["prob_0"]
     red = _expected(table)[:, 0]
     np.testing.assert_allclose(result["prob_0"], 1 / (1 + np.exp(-(10 * red - 4))), rtol=1e-5)
@@ -307,7 +307,7 @@ def test_store_of_another_job_is_refused(coded_slide, means_model_path, tmp_path
     others = [
         (_grid_table(np.arange(100)), _means_spec(means_model_path)),  # other patches
         (table, _means_spec(means_model_path, input_size=8)),  # other preprocessing
-        (table, load_model(means_model_path, trust_pickle=True, activation="sigmoid")),
+        (table, load_model(means_model_path, trust_model=True, activation="sigmoid")),
     ]
     for other_table, spec in others:
         with pytest.raises(PathvizError, match="holds results of another job") as err:

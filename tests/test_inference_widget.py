@@ -75,9 +75,8 @@ def test_extract_and_plot_predictions_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert png.stat().st_size > 50_000
 
-    bad = run_cli(
-        "extract", "-m", DEMO_WEIGHTS, "--slide", paths["slide"], "-o", out, "--overwrite"
-    )
+    bare = _weights_without_card(tmp_path)
+    bad = run_cli("extract", "-m", bare, "--slide", paths["slide"], "-o", out, "--overwrite")
     assert bad.returncode == 2
     assert "a state dict; give its architecture with --factory" in bad.stderr
     bad = run_cli(
@@ -104,7 +103,8 @@ def test_level_for_a_target_resolution(svs_file, ome_zarr, tmp_path):
 
 def test_extract_a_cohort_folder_with_a_broken_slide(tmp_path):
     """A folder of slides runs as a cohort on a dask LocalCluster: the good slide is done, the
-    broken one is reported and skipped, and a rerun skips the finished slide."""
+    broken one is reported (exit 2: a partial failure is visible), and a rerun skips the
+    finished slide."""
     import shutil
 
     from napari_pathviz._demo import ensure_demo_data
@@ -131,16 +131,16 @@ def test_extract_a_cohort_folder_with_a_broken_slide(tmp_path):
         "--no-embeddings",
     ]
     result = run_cli(*args)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("ID")
     assert summary.loc["demo_ihc", "status"] == "done"
     assert summary.loc["broken", "status"] == "failed"
     assert "broken.svs: not a readable TIFF" in summary.loc["broken", "error"]
-    assert "warning: skipped: " in result.stderr and "broken.svs" in result.stderr
-    predictions = pd.read_parquet(tmp_path / "out" / "demo_ihc.parquet")
+    assert "pathviz extract: failed: " in result.stderr and "broken.svs" in result.stderr
+    predictions = pd.read_parquet(tmp_path / "out" / summary.loc["demo_ihc", "output"])
     assert len(predictions) == summary.loc["demo_ihc", "patches"] > 0
     again = run_cli(*args)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 2, again.stderr  # the broken slide still fails
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("ID")
     assert summary.loc["demo_ihc", "status"] == "skipped"
 
@@ -188,7 +188,16 @@ def test_widget_bad_input(make_napari_viewer, qtbot, notifications, tmp_path):
     widget.run_button.clicked.emit()
     assert any("Mean: expected three numbers, got 2" in m for m in notifications)
     widget.mean.value = ""
+    widget.model_path.value = str(_weights_without_card(tmp_path))
     widget.run_button.clicked.emit()  # a state dict without its architecture
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
     assert any("give its architecture with --factory" in m for m in notifications)
     assert "prob_0" not in viewer.layers[-1].features.columns  # nothing half-written
+
+
+def _weights_without_card(folder):
+    """The demo weights alone: without the model card beside them, nothing names the
+    architecture."""
+    import shutil
+
+    return shutil.copyfile(DEMO_WEIGHTS, folder / "bare_weights.pt")

@@ -702,11 +702,6 @@ def test_cli_bad_card_is_one_line(tmp_path, demo_job):
     assert len(lines) == 1 and f"{card}: model card field 'mean'" in lines[0], done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grad_cam must refuse a ScriptModule in one line (attribution/gradcam.py: "
-    "spec.hookable_model or an isinstance check); remove this mark once it does",
-)
 def test_cli_gradcam_on_trusted_torchscript_is_one_line(tmp_path, demo_job):
     from conftest import run_cli
 

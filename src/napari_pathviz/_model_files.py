@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 import sys
 import warnings
 import zipfile
@@ -96,6 +97,11 @@ def read_weights(path: str, kind: str) -> dict:
     _require_safe_weights_only(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only met an object: the file is code
+        raise PathvizError(
+            f"{path}: not plain weights: it holds pickled objects, which run code when loaded; "
+            "pass --trust-model only if you trust its origin"
+        ) from exc
     except Exception as exc:
         raise PathvizError(
             f"{path}: not a state dict readable without unpickling code ({type(exc).__name__})"

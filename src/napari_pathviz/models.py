@@ -263,6 +263,12 @@ def _check_options(options: dict) -> None:
     names = options["class_names"]
     if names is not None and (not names or len(set(names)) != len(names)):
         raise PathvizError("class names must be distinct and at least one")
+    std = options["std"]
+    if std is not None and not all(np.isfinite(v) and v > 0 for v in std):
+        raise PathvizError(f"--std must be positive numbers (inputs are divided by it), got {std}")
+    size = options["input_size"]
+    if size is not None and not 0 < size <= 16384:
+        raise PathvizError(f"--input-size must be between 1 and 16384 px, got {size}")
 
 
 def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
@@ -275,8 +281,9 @@ def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
     if kind == "torchscript":
         if factory:
             raise PathvizError(
-                f"{path}: is a TorchScript archive (architecture included), not weights for "
-                f"--factory {factory}"
+                f"{path}: is a TorchScript archive (code, architecture included), not weights "
+                f"for --factory {factory}; drop --factory and pass --trust-model only if you "
+                "trust its origin"
             )
         return files.load_torchscript(path, trust), {"kind": "TorchScript"}
     card_factory = getattr(card, "factory", None)

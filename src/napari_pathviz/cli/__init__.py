@@ -21,8 +21,16 @@ from ._guards import check_numbers, check_paths, install
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals (a bad choice, a missing or malformed option) as our one line on
+    stderr and exit 2, without the usage block: the same shape as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pathviz",
         description="See what a patch classifier sees on a whole-slide image (headless tools of "
         "the napari-pathviz plugin).",

@@ -142,6 +142,8 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
             pca = int(pca)
         except ValueError:
             raise PathvizError(f"--pca must be auto, off or a number, got {pca!r}") from None
+        if pca < 2:
+            raise PathvizError(f"--pca must be auto, off or at least 2 dimensions, got {pca}")
     params = UMAPParams(
         n_components=components,
         n_neighbors=args.n_neighbors,

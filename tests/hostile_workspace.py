@@ -1,0 +1,190 @@
+"""The files the hostile-input suite feeds to ``pathviz``: one good project (the demo slide, its
+patch table, embeddings, the demo model) and, beside it, every kind of broken, mismatched or
+hostile file a user can hand us. Built once per test module; no test may change any of them."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def build_workspace(root: Path) -> dict[str, str]:
+    """Writes the workspace under ``root`` and returns placeholder name -> path."""
+    from napari_pathviz._demo import ensure_demo_data
+
+    demo = ensure_demo_data(root / "demo")
+    paths: dict[str, Path] = {"slide": demo["slide"], "patches": demo["patches"]}
+    table = pd.read_parquet(demo["patches"])
+    paths.update(_tables(root, table))
+    paths.update(_slides(root))
+    paths.update(_embeddings(root, table))
+    paths.update(_models(root))
+    paths.update(_misc(root))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _tables(root: Path, table: pd.DataFrame) -> dict[str, Path]:
+    t = root / "tables"
+    t.mkdir()
+    out = {}
+
+    def csv(name: str, frame: pd.DataFrame) -> None:
+        out[name] = t / f"{name}.csv"
+        frame.to_csv(out[name], index=False)
+
+    csv("csv", table)
+    csv("no_xy", table.drop(columns=["x"]))
+    neg = table.copy()
+    neg.loc[3, "x"] = -64
+    csv("negative", neg)
+    csv("fractional", table.assign(x=table["x"].astype(float) + 0.5))
+    csv("text_coords", table.assign(x="left"))
+    far = table.copy()
+    far.loc[5, "x"] = 10**7
+    csv("outside", far)
+    csv("other_slide", table.assign(ID="another_slide"))
+    csv("header_only", table.iloc[:0])
+    csv("predictions", table.assign(prob_tumour=np.linspace(0, 1, len(table))))
+    csv("mixed_sizes", table.assign(patch_size=np.where(np.arange(len(table)) % 2, 64, 32)))
+    out["garbage_parquet"] = t / "garbage.parquet"
+    out["garbage_parquet"].write_text("this is not parquet\n")
+    out["db"] = t / "patch_info.db"
+    with sqlite3.connect(out["db"]) as con:
+        table.to_sql("64", con, index=True)
+    return out
+
+
+def _slides(root: Path) -> dict[str, Path]:
+    import tifffile
+    import zarr
+
+    s = root / "slides"
+    s.mkdir()
+    out = {"empty_dir": s / "empty_dir", "not_a_slide": s / "scan.svs"}
+    out["empty_dir"].mkdir()
+    out["not_a_slide"].write_bytes(b"II*\x00 not really a tiff" * 10)
+    out["zero"] = s / "zero.zarr"
+    zarr.create_array(str(out["zero"]), shape=(0, 0, 3), chunks=(1, 1, 3), dtype="uint8")
+    out["huge"] = s / "huge.zarr"
+    zarr.create_array(
+        str(out["huge"]), shape=(10**9, 10**9, 3), chunks=(1024, 1024, 3), dtype="uint8"
+    )
+    image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    out["strips"] = s / "strips.tif"
+    tifffile.imwrite(out["strips"], image, photometric="rgb")
+    out["zero_tile"] = s / "zero_tile.tif"
+    tifffile.imwrite(out["zero_tile"], image, tile=(256, 256), photometric="rgb")
+    with tifffile.TiffFile(out["zero_tile"], mode="r+b") as tif:
+        tag = tif.pages[0].tags["TileByteCounts"]
+        counts = list(tag.value)
+        counts[1] = 0
+        tag.overwrite(counts)
+    out["missing_chunk"] = _small_ome_zarr(s / "missing_chunk.ome.zarr", image)
+    _level0_chunks(out["missing_chunk"])[0].unlink()
+    out["corrupt_chunk"] = _small_ome_zarr(s / "corrupt_chunk.ome.zarr", image)
+    _level0_chunks(out["corrupt_chunk"])[0].write_bytes(b"\x00garbage" * 7)
+    return out
+
+
+def _small_ome_zarr(path: Path, image: np.ndarray) -> Path:
+    import dask.array as da
+
+    from napari_pathviz.io.pyramid import lazy_levels
+    from napari_pathviz.io.zarr_io import write_ome_zarr
+
+    levels = lazy_levels(da.from_array(image, chunks=(256, 256, 3)), min_size=200)
+    return Path(write_ome_zarr(levels, path, n_native=1, mpp=0.5, chunk=256))
+
+
+def _level0_chunks(path: Path) -> list[Path]:
+    names = {".zarray", ".zattrs", ".zgroup", "zarr.json", ".zmetadata"}
+    return sorted(p for p in (path / "0").rglob("*") if p.is_file() and p.name not in names)
+
+
+def _embeddings(root: Path, table: pd.DataFrame) -> dict[str, Path]:
+    e = root / "embeddings"
+    e.mkdir()
+    rng = np.random.default_rng(1)
+    keys = table[["ID", "x", "y", "patch_size"]].reset_index(drop=True)
+    features = rng.normal(size=(len(table), 16)).astype(np.float32)
+    frame = pd.concat([keys, pd.DataFrame(features).add_prefix("feat_")], axis=1)
+    out = {name: e / f"{name}.parquet" for name in ("emb", "huge_values", "all_nan", "no_feat")}
+    frame.to_parquet(out["emb"])
+    frame.assign(**{f"feat_{j}": features[:, j] * 1e38 for j in range(16)}).to_parquet(
+        out["huge_values"]
+    )
+    frame.assign(**{f"feat_{j}": np.nan for j in range(16)}).to_parquet(out["all_nan"])
+    keys.to_parquet(out["no_feat"])
+    out["text_feat"] = e / "text_feat.csv"
+    frame.assign(feat_3="high").to_csv(out["text_feat"], index=False)
+    out["npy"] = e / "emb.npy"
+    np.save(out["npy"], features)
+    out["object_npz"] = e / "object.npz"
+    np.savez(out["object_npz"], features=np.array([[1, "a"], [2, None]], dtype=object))
+    out["ragged_npz"] = e / "ragged.npz"
+    np.savez(
+        out["ragged_npz"],
+        features=features[:10],
+        ID=np.array(["demo_ihc"] * 5),
+        x=np.arange(5),
+        y=np.arange(5),
+        patch_size=np.full(5, 64),
+    )
+    out["pkl"] = e / "embeddings.pkl"
+    out["pkl"].write_bytes(pickle.dumps({"embeddings": frame, "patch_info": keys}))
+    out["existing_html"] = e / "existing.html"
+    out["existing_html"].write_text("<html>an earlier result</html>")
+    return out
+
+
+def _models(root: Path) -> dict[str, Path]:
+    from importlib import resources
+
+    import torch
+
+    import zoo
+    from napari_pathviz._demo_model import build_demo_model
+
+    m = root / "models"
+    m.mkdir()
+    out = {"weights": m / "demo_weights.pt"}
+    shutil.copyfile(resources.files("napari_pathviz") / "data" / "demo_model.pt", out["weights"])
+    model = build_demo_model().eval()
+    out["garbage_model"] = m / "garbage.pt"
+    out["garbage_model"].write_bytes(np.random.default_rng(2).bytes(4096))
+    out["pickled_model"] = m / "whole_model.pt"  # a whole pickled module: code, to be trusted
+    torch.save(zoo.plain_maxpool_cnn(), out["pickled_model"])
+    out["scripted_model"] = m / "scripted.pt"
+    torch.jit.save(torch.jit.script(model), out["scripted_model"])
+    out["wrong_keys"] = m / "wrong_keys.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, out["wrong_keys"])
+    return out
+
+
+def _misc(root: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    x = root / "misc"
+    x.mkdir()
+    out = {"bad_npy": x / "bad_background.npy", "png": x / "picture.png"}
+    np.save(out["bad_npy"], np.zeros((3, 10, 10), dtype=np.float32))
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(out["png"])
+    out["existing_png"] = x / "existing.png"
+    shutil.copyfile(out["png"], out["existing_png"])
+    out["not_json"] = x / "kwargs.txt"
+    out["not_json"].write_text("{n_classes: 3")
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under ``root``: what a command must leave untouched."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
