@@ -69,6 +69,11 @@ def grad_cam(
     import torch
     import torch.nn.functional as F
 
+    if isinstance(model, torch.jit.ScriptModule):  # hooks are not run on scripted modules
+        raise PathvizError(
+            "Grad-CAM: a TorchScript model has no hookable layers; load its weights with "
+            "--factory (a state dict or safetensors) instead"
+        )
     model.eval()
     modules = dict(model.named_modules())
     layer = layer or find_cam_layer(model, inputs[:1])
