@@ -590,3 +590,23 @@ def test_worker_device_spreads_gpus_on_a_local_cluster(monkeypatch):
     assert worker_device("cuda:0", True) == "cuda:0"
     assert worker_device("cpu", True) == "cpu"
     assert worker_device("auto", False) == "auto"  # another's cluster: its own GPU placement
+
+
+def test_recipe_key_follows_the_model_card(tmp_path):
+    """Editing the card beside unchanged weights changes what a worker computes, so it must
+    change the key that decides whether a worker's loaded model can be reused."""
+    import json
+    import shutil
+    from importlib import resources
+
+    from napari_pathviz.cohort import ModelRecipe
+
+    data = resources.files("napari_pathviz") / "data"
+    weights = shutil.copyfile(data / "demo_model.pt", tmp_path / "m.pt")
+    card = json.loads((data / "demo_model.json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    before = ModelRecipe(path=str(weights)).cache_key()
+    assert ModelRecipe(path=str(weights)).cache_key() == before
+    card["std"] = [0.2, 0.2, 0.2]
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    assert ModelRecipe(path=str(weights)).cache_key() != before

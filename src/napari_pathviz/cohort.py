@@ -183,15 +183,19 @@ class ModelRecipe:
         return load_model(**asdict(self))
 
     def cache_key(self) -> str:
-        """Changes with the recipe and with the model file's content (a hash of its bytes,
-        recomputed when the file's size, times or inode change)."""
+        """Changes with the recipe, with the model file's content (a hash of its bytes,
+        recomputed when the file's size, times or inode change) and with its model card's
+        fields (a card edited beside the same weights changes the numbers too)."""
+        from .model_card import find_card
         from .store import file_digest
 
         try:
             version = file_digest(self.path)
         except OSError:
             version = None
-        return json.dumps([asdict(self), version], sort_keys=True, default=str)
+        card = find_card(self.path, self.card)
+        fields = card.as_dict() if card is not None else None
+        return json.dumps([asdict(self), version, fields], sort_keys=True, default=str)
 
 
 # --------------------------------------------------------------------------- names and jobs
