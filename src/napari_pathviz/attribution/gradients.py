@@ -9,6 +9,11 @@ Stratified sampling (default): each baseline gets an equal share of the samples,
 baseline the interpolation points are stratified over [0, 1] (one uniform draw in each of m
 equal strata). The estimator stays unbiased; its variance drops, so a given accuracy (e.g.
 completeness within 5%) needs several times fewer samples than plain random sampling.
+
+``local_smoothing`` (sigma) is shap's: every sample draws x' = x + N(0, sigma^2) and takes
+grad f(b + alpha (x' - b)) * (x' - b), so the attributions sum to E f(x') - E f(b); with
+smoothing, ``output_delta`` (and the completeness error) is taken against that, with f(x')
+averaged over the same draws (one extra forward pass per sample).
 """
 
 from __future__ import annotations
@@ -103,24 +108,33 @@ def expected_gradients(
     )
     target_t = torch.as_tensor(targets, device=device)
     attributions = torch.zeros_like(inputs, dtype=torch.float32)
+    noisy_outputs = torch.zeros(n, device=device)  # sum of f(x + noise) per patch, if smoothed
     generator = torch.Generator(device=device).manual_seed(seed)
     total = len(patch_index)
 
     def contribution(begin: int, end: int):
         p = patch_index[begin:end]
         x, b = inputs[p], background[base_index[begin:end]]
+        if local_smoothing > 0:
+            # shap's estimator: each sample noises the explained patch itself, and the noisy
+            # patch is both the end of the path and the x in (x - b), so the samples average
+            # to E f(x + noise) - E f(b) (noising the path point instead biases the sum).
+            x = x + local_smoothing * torch.randn(x.shape, device=device, generator=generator)
         a = alphas[begin:end].view(-1, 1, 1, 1)
         sample = b + a * (x - b)
-        if local_smoothing > 0:
-            sample = sample + local_smoothing * torch.randn(
-                sample.shape, device=device, generator=generator
-            )
         sample = sample.contiguous(memory_format=memory_format).requires_grad_(True)
         with autocast:
             out = explained_output(model(sample).float(), output)
         chosen = out.gather(1, target_t[p].view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(chosen, sample)
-        return p, (grad.float() * (x - b).float()).detach()
+        f_noisy = None
+        if local_smoothing > 0:
+            # The samples sum to E f(x + noise) - E f(b): estimate f(x + noise) on the same
+            # draws, so that the completeness error measures the estimator, not the smoothing.
+            with torch.no_grad(), autocast:
+                f_all = explained_output(model(x.contiguous(memory_format=memory_format)), output)
+            f_noisy = f_all.float().gather(1, target_t[p].view(-1, 1)).squeeze(1)
+        return p, (grad.float() * (x - b).float()).detach(), f_noisy
 
     start = 0
     while start < total:
@@ -128,7 +142,7 @@ def expected_gradients(
             raise Cancelled("attribution cancelled")
         stop = min(start + batch_size, total)
         try:
-            p, contrib = contribution(start, stop)
+            p, contrib, f_noisy = contribution(start, stop)
         except torch.OutOfMemoryError:
             # Halve the batch and retry the same samples: nothing computed is lost.
             if batch_size == 1:
@@ -143,14 +157,18 @@ def expected_gradients(
             )
             continue
         attributions.index_add_(0, p, contrib)
+        if f_noisy is not None:
+            noisy_outputs.index_add_(0, p, f_noisy)
         start = stop
         if progress is not None:
             progress(start, total)
     attributions /= n_samples
     per_channel = attributions.cpu().numpy()
-    delta = (
-        (f_x.gather(1, target_t.view(-1, 1)).squeeze(1) - f_b.mean(dim=0)[target_t]).cpu().numpy()
-    )
+    if local_smoothing > 0:
+        f_end = noisy_outputs / n_samples
+    else:
+        f_end = f_x.gather(1, target_t.view(-1, 1)).squeeze(1)
+    delta = (f_end - f_b.mean(dim=0)[target_t]).cpu().numpy()
     total_attr = per_channel.reshape(n, -1).sum(axis=1)
     error = np.abs(total_attr - delta) / np.maximum(np.abs(delta), 1e-12)
     return AttributionResult(
