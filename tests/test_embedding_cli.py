@@ -266,7 +266,7 @@ def test_bad_input_exits_2_with_one_line(bad_inputs, args, message):
         (["plot-embeddings", "-i", "{tmp}/flat.npy"], "give the key table (--keys)"),
         (
             ["plot-embeddings", "-i", "{tmp}/emb.parquet", "-rb", "glass", "-ma", "2"],
-            "--max_background_area must be between 0 and 1, got 2.0",
+            "-ma/--max_background_area must be a number from 0 to 1, got 2",
         ),
         (["plot-embeddings", "-i", "{tmp}/emb.parquet", "--pca", "x"], "--pca must be auto, off"),
         (
@@ -280,7 +280,8 @@ def test_bad_input_exits_2_with_one_line(bad_inputs, args, message):
     ],
 )
 def test_more_bad_input_in_process(bad_inputs, cache_dir, args, message):
-    argv = [a.format(tmp=bad_inputs) for a in args] + ["-o", str(bad_inputs / "out.png")]
+    out = "out.png" if args[0] == "plot-image-umap-embeddings" else "out.html"
+    argv = [a.format(tmp=bad_inputs) for a in args] + ["-o", str(bad_inputs / out)]
     code, stdout, stderr = run_main(*argv)
     assert code == 2
     lines = error_lines(stderr)
