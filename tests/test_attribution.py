@@ -376,8 +376,8 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
         (["shapley-plot", "--background", tmp_path / "s.png"], "s.png"),
         (["shapley-plot", "--background", tmp_path / "bad.npy"], "expected (N, H, W, 3) uint8"),
         (["shapley-plot", "--attributions-out", tmp_path / "maps.zarr"], "another job"),
-        (["gradcam", "--chunk-size", "0"], "--chunk-size must be positive, got 0"),
-        (["shapley-plot", "--samples-per-batch", "0"], "--samples-per-batch must be positive"),
+        (["gradcam", "--chunk-size", "0"], "--chunk-size must be a whole number at least 1, got 0"),
+        (["shapley-plot", "--samples-per-batch", "0"], "--samples-per-batch must be a whole number at least 1"),
     ):
         bad = run_cli(args[0], *common, *args[1:], "-o", tmp_path / "x.png")
         assert bad.returncode == 2, bad.stderr
