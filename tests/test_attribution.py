@@ -377,7 +377,10 @@ def test_shapley_plot_and_gradcam_commands(tmp_path):
         (["shapley-plot", "--background", tmp_path / "bad.npy"], "expected (N, H, W, 3) uint8"),
         (["shapley-plot", "--attributions-out", tmp_path / "maps.zarr"], "another job"),
         (["gradcam", "--chunk-size", "0"], "--chunk-size must be a whole number at least 1, got 0"),
-        (["shapley-plot", "--samples-per-batch", "0"], "--samples-per-batch must be a whole number at least 1"),
+        (
+            ["shapley-plot", "--samples-per-batch", "0"],
+            "--samples-per-batch must be a whole number at least 1",
+        ),
     ):
         bad = run_cli(args[0], *common, *args[1:], "-o", tmp_path / "x.png")
         assert bad.returncode == 2, bad.stderr
@@ -438,6 +441,8 @@ def test_model_randomisation_sanity_check(demo_inputs, tmp_path):
     assert table["spearman_mean"].iloc[-1] < 0.3  # signed maps: no longer related
     assert table["spearman_abs_mean"].iloc[-1] < 0.6
     assert model.fc.weight.abs().sum() > 0 and model.training is False  # original untouched
+    completeness = table.attrs["original"].completeness_error
+    assert completeness.shape == (4,)  # reported for the unrandomised model's maps
 
     paths = ensure_demo_data()
     out = tmp_path / "sanity.csv"
@@ -459,3 +464,20 @@ def test_model_randomisation_sanity_check(demo_inputs, tmp_path):
     import pandas as pd
 
     assert len(pd.read_csv(out)) == len(layers)
+    deep = run_cli(
+        "sanity-check",
+        *_cli_model_args(),
+        "--slide",
+        paths["slide"],
+        "--patches",
+        paths["patches"],
+        "-mth",
+        "deep",
+        "-bs",
+        "3",
+        "-o",
+        tmp_path / "sanity_deep.csv",
+    )
+    assert deep.returncode == 0, deep.stderr
+    line = next(s for s in deep.stdout.splitlines() if s.startswith("completeness error"))
+    assert float(line.rsplit("max ", 1)[1]) < 1e-3  # DeepLIFT adds up to f(x) - E f(b)

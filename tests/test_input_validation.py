@@ -424,3 +424,28 @@ def test_lazy_levels_of_a_float_slide_match_the_dask_means(tmp_path, tissue_rgb)
     np.testing.assert_array_equal(
         slide.read_region(10, 20, 30, 40, level=2), reference[2][10:40, 20:60].compute()
     )
+
+
+def test_slide_id_maps_a_table_named_otherwise(tmp_path, capsys):
+    """A table calling the slide by another name is refused by default and used with
+    --slide-id, on every command that reads patches of one slide."""
+    import numpy as np
+    import pandas as pd
+
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.cli import main
+
+    paths = ensure_demo_data()
+    table = pd.read_parquet(paths["patches"]).assign(ID="scan_0042")
+    table["prob_tumour"] = np.linspace(0, 1, len(table))
+    renamed = tmp_path / "renamed.csv"
+    table.to_csv(renamed, index=False)
+    command = ["plot-predictions", "--slide", str(paths["slide"]), "-p", str(renamed)]
+    assert main([*command, "-o", str(tmp_path / "a.png")]) == 2
+    assert "scan_0042" in capsys.readouterr().err
+    assert main([*command, "-o", str(tmp_path / "b.png"), "--slide-id", "scan_0042"]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+    for name in ("extract", "shapley-plot", "gradcam", "sanity-check"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "--slide-id" in capsys.readouterr().out

@@ -121,5 +121,5 @@ def test_incomplete_maps_are_reported(demo_command, tmp_path, capsys):
     # Two expected-gradients samples cannot add up to the output change: the user is told.
     _explain(demo_command, tmp_path, "few", "-mth", "gradient", "-ns", "2")
     err = capsys.readouterr().err
-    assert "maps miss f(x) - E[f(reference)] by more than 5%" in err
+    assert "maps incomplete: their attributions miss f(x) - E f(background) by more than 5%" in err
     assert err.count("\n") == err.count("pathviz shapley-plot: warning:")  # one line each

@@ -26,7 +26,9 @@ class AttributionResult:
     probabilities: np.ndarray
     per_channel: np.ndarray | None = None
     completeness_error: np.ndarray | None = None  # |sum(attr) - (f(x) - E f(b))| / |f(x) - E f(b)|
-    output_delta: np.ndarray | None = None  # f(x) - E f(b): what the attributions should sum to
+    # what the attributions should sum to: f(x) - E f(b), or E f(x + noise) - E f(b) when
+    # expected gradients smooth the input
+    output_delta: np.ndarray | None = None
     patch_index: np.ndarray | None = (
         None  # the explained patch of each row (None: row i is patch i)
     )

@@ -40,7 +40,8 @@ def model_randomisation(
     **options,
 ) -> pd.DataFrame:
     """One row per cumulative randomisation step: the layer just randomised and the mean and
-    minimum Spearman correlation (of |map| and of the signed map) with the original maps."""
+    minimum Spearman correlation (of |map| and of the signed map) with the original maps. The
+    original model's result (its completeness errors among them) is ``table.attrs["original"]``."""
     import torch
     from scipy.stats import spearmanr
 
@@ -81,4 +82,6 @@ def model_randomisation(
                 "spearman_mean": float(np.mean(signed)),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["original"] = original
+    return table

@@ -30,7 +30,9 @@ from ._target import NonFiniteOutput, forward_batched
 from .result import AttributionResult
 
 EACH = "each"
-STORE_VERSION = 2  # 2: keyed by model_digest (weights and architecture)
+# 2: keyed by model_digest (weights and architecture); 3: our own DeepLIFT rules, shap's
+# smoothing estimator, Grad-CAM before in-place changes: older stores hold other numbers
+STORE_VERSION = 3
 
 
 def explain(

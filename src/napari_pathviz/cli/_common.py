@@ -122,6 +122,14 @@ def recipe_from_args(args: argparse.Namespace):
     )
 
 
+def add_slide_id_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--slide-id",
+        help="the slide's ID in the table's ID column, when the table names it otherwise "
+        "(default: the slide's file name without suffixes)",
+    )
+
+
 def load_table_for(slide, path: str, patch_size: int | None, slide_id: str | None):
     from ..io.tables import read_table
     from ..patches import patches_for_slide

@@ -7,11 +7,16 @@ import warnings
 
 from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
-from ._common import add_model_options, load_table_for, progress_bar, recipe_from_args
+from ._common import (
+    add_model_options,
+    add_slide_id_option,
+    load_table_for,
+    progress_bar,
+    recipe_from_args,
+)
 
 # --explain-output's names -> the engine's output names
 EXPLAINED_OUTPUTS = ("logit", "sigmoid", "softmax")
-INCOMPLETE = 0.05  # a completeness error above this is reported, never shown silently
 
 COMMANDS = (
     (
@@ -56,6 +61,7 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--slide", required=True, help="slide file or folder")
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--patches", required=True, help="patch table")
+    add_slide_id_option(p)
     p.add_argument("--patch-size", type=int, help="patch size (a PathFlowAI db table)")
     p.add_argument("--ids", type=int, nargs="+", help="table rows to explain")
     p.add_argument(
@@ -163,7 +169,7 @@ def explanation_inputs(args: argparse.Namespace):
     top_count = _top_count(args.top[0]) if args.top else None  # before loading anything
     spec = recipe_from_args(args).load()
     slide = open_slide(args.slide, args.layout)
-    df = load_table_for(slide, args.patches, args.patch_size, None).df
+    df = load_table_for(slide, args.patches, args.patch_size, args.slide_id).df
     rng = np.random.default_rng(args.seed)
     if args.ids:
         bad = [i for i in args.ids if not 0 <= i < len(df)]
@@ -270,23 +276,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def report_completeness(result, rows) -> None:
     """Prints the completeness error (how far each map's sum is from f(x) - E[f(reference)])
-    and warns, one line, about every map past INCOMPLETE: such a map does not add up to the
-    output change it claims to explain."""
+    and warns, one line, when maps miss it by more than 5% (NaN included): such a map does
+    not add up to the output change it claims to explain."""
     import numpy as np
 
     error = result.completeness_error
     if error is None:
         return
-    print(f"completeness error: median {np.median(error):.4f}, max {error.max():.4f}")
-    bad = np.flatnonzero(error > INCOMPLETE)
+    print(f"completeness error: median {np.nanmedian(error):.4f}, max {np.nanmax(error):.4f}")
+    bad = result.incomplete_rows()
     if len(bad):
         patches = rows.iloc[result.patch_of_rows()[bad]]
         where = ", ".join(
             f"x={x} y={y}" for x, y in zip(patches["x"][:5], patches["y"][:5], strict=True)
         )
         warnings.warn(
-            f"{len(bad)} of {len(error)} maps miss f(x) - E[f(reference)] by more than "
-            f"{INCOMPLETE:.0%} (max {error.max():.1%}; {where}); raise -ns or check the "
+            f"{result.completeness_warning()} (patches {where}); raise -ns or check the "
             "model's layers",
             PathvizWarning,
             stacklevel=1,
@@ -297,7 +302,7 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
     from ..attribution.sanity import model_randomisation
     from ..io.tables import write_table
 
-    model, inputs, background, target, _images, _rows = explanation_inputs(args)
+    model, inputs, background, target, _images, rows = explanation_inputs(args)
     if target == "each":
         raise PathvizError("sanity-check: --target each is not supported; give a class index")
     table = model_randomisation(
@@ -310,7 +315,9 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
         init_seed=args.seed,
         **method_options(args),
     )
+    original = table.attrs.pop("original")  # not a column: kept out of the written table
     print(table.to_string(index=False))
+    report_completeness(original, rows)  # the unrandomised model's maps
     print(write_table(table, args.out, overwrite=args.overwrite))
     return 0
 

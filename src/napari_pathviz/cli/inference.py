@@ -11,6 +11,7 @@ from ..io.zarr_io import LAYOUTS
 from ._common import (
     EXIT_BAD_INPUT,
     add_model_options,
+    add_slide_id_option,
     load_table_for,
     progress_bar,
     recipe_from_args,
@@ -37,6 +38,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     p.add_argument("--patches", help="patch table (default: a tissue grid of --patch-size)")
+    add_slide_id_option(p)
     p.add_argument(
         "--patch-size",
         type=int,
@@ -89,7 +91,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.target_mpp is not None:
         args.level = slide.level_for_mpp(args.target_mpp)
     if args.patches:
-        table = load_table_for(slide, args.patches, args.patch_size, None)
+        table = load_table_for(slide, args.patches, args.patch_size, args.slide_id)
     else:
         table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
     # A .db output's tables are named by patch size, known only now: checked before the model runs.

@@ -6,7 +6,13 @@ import argparse
 
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
-from ._common import add_slide_options, load_table_for, open_slide_from_args, progress_bar
+from ._common import (
+    add_slide_id_option,
+    add_slide_options,
+    load_table_for,
+    open_slide_from_args,
+    progress_bar,
+)
 
 
 def add_parsers(sub) -> None:
@@ -80,6 +86,7 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output PNG")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
+    add_slide_id_option(p)
     p.set_defaults(func=cmd_plot_predictions)
 
 
@@ -171,7 +178,7 @@ def cmd_plot_predictions(args: argparse.Namespace) -> int:
             f"(prob_* columns: {', '.join(probs) or 'none'})"
         )
     # Only this slide's rows: a table of other slides is refused naming the IDs it holds.
-    table = patches_for_slide(df, args.predictions, slide, slide_id=getattr(args, "slide_id", None))
+    table = patches_for_slide(df, args.predictions, slide, slide_id=args.slide_id)
     out = render_slide_with_patches(
         slide,
         table,
