@@ -149,7 +149,8 @@ def progress_bar(unit: str):
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, unit=unit, file=sys.stderr, leave=False))
+            # disable=None: a bar on a terminal only; piped or logged stderr keeps clean lines
+            bars.append(tqdm(total=total, unit=unit, file=sys.stderr, leave=False, disable=None))
         bars[0].update(done - bars[0].n)
 
     try:
