@@ -444,40 +444,27 @@ def test_model_randomisation_sanity_check(demo_inputs, tmp_path):
     completeness = table.attrs["original"].completeness_error
     assert completeness.shape == (4,)  # reported for the unrandomised model's maps
 
-    paths = ensure_demo_data()
-    out = tmp_path / "sanity.csv"
-    result = run_cli(
-        "sanity-check",
-        *_cli_model_args(),
-        "--slide",
-        paths["slide"],
-        "--patches",
-        paths["patches"],
-        "-mth",
-        "gradcam",
-        "-bs",
-        "3",
-        "-o",
-        out,
-    )
-    assert result.returncode == 0, result.stderr
     import pandas as pd
 
-    assert len(pd.read_csv(out)) == len(layers)
-    deep = run_cli(
-        "sanity-check",
-        *_cli_model_args(),
-        "--slide",
-        paths["slide"],
-        "--patches",
-        paths["patches"],
-        "-mth",
-        "deep",
-        "-bs",
-        "3",
-        "-o",
-        tmp_path / "sanity_deep.csv",
-    )
-    assert deep.returncode == 0, deep.stderr
-    line = next(s for s in deep.stdout.splitlines() if s.startswith("completeness error"))
-    assert float(line.rsplit("max ", 1)[1]) < 1e-3  # DeepLIFT adds up to f(x) - E f(b)
+    paths = ensure_demo_data()
+    for method in ("gradcam", "deep"):
+        out = tmp_path / f"sanity_{method}.csv"
+        result = run_cli(
+            "sanity-check",
+            *_cli_model_args(),
+            "--slide",
+            paths["slide"],
+            "--patches",
+            paths["patches"],
+            "-mth",
+            method,
+            "-bs",
+            "3",
+            "-o",
+            out,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(pd.read_csv(out)) == len(layers)
+    # DeepLIFT's maps add up to f(x) - E f(b): the completeness line says so.
+    line = next(s for s in result.stdout.splitlines() if s.startswith("completeness error"))
+    assert float(line.rsplit("max ", 1)[1]) < 1e-3

@@ -53,20 +53,11 @@ def demo_command(tmp_path):
     from napari_pathviz._demo import ensure_demo_data
 
     paths = ensure_demo_data()
+    # The demo weights' model card names the architecture and the normalisation.
     weights = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
     return [
         "-m",
         weights,
-        "--factory",
-        "napari_pathviz._demo_model:build_demo_model",
-        "--mean",
-        "0.8",
-        "0.72",
-        "0.7",
-        "--std",
-        "0.15",
-        "0.18",
-        "0.18",
         "--slide",
         paths["slide"],
         "--patches",
