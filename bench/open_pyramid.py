@@ -4,8 +4,8 @@ Claim under test: "Opening a 100,000 x 100,000 RGB pyramid and adding it to a na
 takes under 1 s; report the time and the number of chunks read."
 
 The pyramid is synthetic and lazy: an OME-Zarr (NGFF 0.4, zarr format 2) group with levels
-100000, 50000, ... down to <= 512 px, chunks 512 x 512 x 3 uint8, Blosc-zstd like
-``write_ome_zarr``. Metadata is real; every chunk key (about 51,000 of them) is served on read
+100000, 50000, ... down to <= 512 px, chunks 512 x 512 x 3 uint8 (y, x, c), Blosc-zstd as
+``write_ome_zarr`` compresses. Metadata is real; every chunk key (about 51,000 of them) is served on read
 from one of two pre-encoded chunks, and every chunk read is counted. Nothing but metadata is
 ever stored.
 
@@ -63,7 +63,8 @@ _CHUNK_KEY = re.compile(r"^(\d+)/(\d+)/(\d+)/(\d+)$")  # level/y/x/c, v2 keys wi
 
 
 def _array_kwargs() -> dict[str, Any]:
-    """Array settings as ``write_ome_zarr`` uses them."""
+    """Array settings of the y, x, c layout ``write_ome_zarr`` wrote before it moved to NGFF's
+    c, y, x (same codec; the reader opens both)."""
     return {
         "chunks": (CHUNK, CHUNK, 3),
         "dtype": np.uint8,

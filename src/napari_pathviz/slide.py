@@ -68,7 +68,8 @@ class Slide:
 
     @property
     def downsamples(self) -> list[float]:
-        """Level-0 pixels per level pixel, per level (from the heights, as OpenSlide does)."""
+        """Level-0 pixels per level pixel, per level (from the heights; OpenSlide and tiffslide
+        average the height and width ratios, which differs by < 0.1% on odd sizes)."""
         return [self.height / lv.shape[0] for lv in self.levels]
 
     def best_level_for_downsample(self, downsample: float) -> int:
