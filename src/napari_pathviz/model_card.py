@@ -18,6 +18,20 @@ Example (the demo model's, ``data/demo_model.json``)::
      "input_size": null, "mpp": 0.5, "mean": [0.8, 0.72, 0.7], "std": [0.15, 0.18, 0.18],
      "class_names": ["background", "dab_negative", "dab_positive"], "activation": "softmax",
      "explained_output": "logit"}
+
+A two-stage model (a patch encoder, then a slide-level head over the bag of patch features:
+:mod:`napari_pathviz.mil`) has an ``encoder`` and a ``head``, each with its own factory, keyword
+arguments and weights (a path relative to the card); the encoder carries the preprocessing, the
+head the class names, and ``feature_dim`` the size of the features between them (checked
+against both when loaded: :mod:`napari_pathviz.slide_level`)::
+
+    {"name": "demo gated-attention MIL", "feature_dim": 32,
+     "encoder": {"factory": "my_models.encoders:PatchEncoder", "factory_kwargs": {"dim": 32},
+                 "weights": "encoder.safetensors", "input_size": 64,
+                 "mean": [0.8, 0.72, 0.7], "std": [0.15, 0.18, 0.18]},
+     "head": {"factory": "napari_pathviz.mil:GatedAttentionMIL",
+              "factory_kwargs": {"in_dim": 32, "hidden": 32, "n_classes": 2},
+              "weights": "head.safetensors", "class_names": ["negative", "positive"]}}
 """
 
 from __future__ import annotations
@@ -63,6 +77,15 @@ class ModelCard:
     activation: str | None = None
     explained_output: str | None = None
     feature_layer: str | None = None
+    # Two-stage models (see TWO_STAGE_EXAMPLE): the patch encoder's and the slide-level head's
+    # own fields, and the size of the features the one hands the other.
+    encoder: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+    feature_dim: int | None = None
+
+    @property
+    def two_stage(self) -> bool:
+        return self.head is not None
 
     def as_dict(self) -> dict[str, Any]:
         """The card's fields (without ``source``), as JSON-able values."""
@@ -124,6 +147,12 @@ def parse_card(text: bytes | str, source: str) -> ModelCard:
             raise PathvizError(f"{source}: model card field {name!r} {bad}") from None
     if values.get("std") is not None and values.get("mean") is None:
         raise PathvizError(f"{source}: model card field 'std' is given without 'mean'")
+    if (values.get("encoder") is None) != (values.get("head") is None):
+        missing = "encoder" if values.get("encoder") is None else "head"
+        raise PathvizError(
+            f"{source}: a two-stage model card needs both 'encoder' and 'head'; "
+            f"{missing!r} is missing"
+        )
     return ModelCard(source=source, **values)
 
 
@@ -243,6 +272,50 @@ def _one_of(choices: tuple[str, ...]):
     return check
 
 
+def _whole(low: int, high: int):
+    def check(value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(f"must be a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+# A stage's own fields: the encoder is preprocessed like a patch classifier; the head has the
+# class names. ``weights`` is a path, relative to the card's folder.
+_ENCODER_FIELDS = (
+    "factory", "factory_kwargs", "weights", "input_size", "resize_mode", "channel_order",
+    "mpp", "mean", "std",
+)  # fmt: skip
+_HEAD_FIELDS = ("factory", "factory_kwargs", "weights", "class_names", "activation")
+
+
+def _stage(allowed: tuple[str, ...]):
+    def check(value) -> dict:
+        if not isinstance(value, dict):
+            raise _Invalid("must be a JSON object (factory, factory_kwargs, weights, ...)")
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise _Invalid(f"has unknown field {unknown[0]!r} (known: {', '.join(allowed)})")
+        if value.get("factory") is None:
+            raise _Invalid("needs a 'factory' (package.module:Class)")
+        out = {}
+        for name, item in value.items():
+            if item is None:
+                continue
+            try:
+                out[name] = (_text if name == "weights" else _CHECKS[name])(item)
+            except _Invalid as bad:
+                raise _Invalid(f"field {name!r} {bad}") from None
+            if isinstance(out[name], tuple):
+                out[name] = list(out[name])
+        if out.get("std") is not None and out.get("mean") is None:
+            raise _Invalid("gives 'std' without 'mean'")
+        return out
+
+    return check
+
+
 _CHECKS = {
     "name": _text,
     "description": _text,
@@ -258,4 +331,7 @@ _CHECKS = {
     "activation": _one_of(ACTIVATIONS),
     "explained_output": _one_of(EXPLAINED_OUTPUTS),
     "feature_layer": _text,
+    "encoder": _stage(_ENCODER_FIELDS),
+    "head": _stage(_HEAD_FIELDS),
+    "feature_dim": _whole(1, 1 << 20),
 }
