@@ -17,7 +17,10 @@ import pandas as pd
 from ..errors import PathvizError
 from .tables import read_table
 
-EMBEDDING_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".npy", ".npz", ".pkl", ".pickle", ".pt")
+EMBEDDING_SUFFIXES = (
+    *(".parquet", ".pq", ".csv", ".tsv", ".npy", ".npz", ".pkl", ".pickle", ".pt"),
+    *(".h5", ".hdf5"),
+)
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt")
 _FEATURE_PREFIX = re.compile(r"^feat_(\d+)$")
 
@@ -48,6 +51,14 @@ def read_embeddings(
     if not os.path.exists(path):
         raise PathvizError(f"{path}: no such file or directory")
     lower = path.lower()
+    if lower.endswith((".h5", ".hdf5")):  # CLAM/TRIDENT features with their coords
+        from .clam_h5 import read_h5_features
+
+        return RawEmbeddings(*read_h5_features(path), path)
+    if lower.endswith(".pt"):  # CLAM/TRIDENT: a bare tensor, loaded as data (weights_only)
+        tensor = _feature_tensor(path)
+        if tensor is not None:
+            return _keyed_tensor(tensor, path, keys)
     if lower.endswith(_PICKLE_SUFFIXES):
         return _read_pathflowai_pickle(path, trust_pickle)
     if lower.endswith((".npy", ".npz")):
@@ -62,6 +73,32 @@ def read_embeddings(
         features = _as_float_matrix(df[columns], path)
         return RawEmbeddings(df.drop(columns=columns).reset_index(drop=True), features, path)
     raise PathvizError(f"{path}: not an embeddings format ({', '.join(EMBEDDING_SUFFIXES)})")
+
+
+def _feature_tensor(path: str) -> np.ndarray | None:
+    try:
+        from .clam_h5 import read_feature_tensor
+
+        return read_feature_tensor(path)
+    except ImportError:  # no torch: only the pickle reading is left
+        return None
+
+
+def _keyed_tensor(tensor: np.ndarray, path: str, keys) -> RawEmbeddings:
+    """A CLAM/TRIDENT ``.pt`` holds features only; its rows follow the coords of the ``.h5``
+    of the same slide, which ``keys`` names."""
+    if keys is None:
+        raise PathvizError(
+            f"{path}: a bare feature tensor has no patch coordinates; give the slide's "
+            "CLAM/TRIDENT .h5 (or a key table) with --keys"
+        )
+    rows = read_table(keys)
+    if len(rows) != len(tensor):
+        raise PathvizError(
+            f"{path}: {len(tensor)} feature rows but {len(rows)} coordinates in {keys}; "
+            "they must describe the same patches"
+        )
+    return RawEmbeddings(rows.reset_index(drop=True), tensor, path)
 
 
 def _as_float_matrix(frame: pd.DataFrame, path: str) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 PathFlowAI keeps one table per patch size in ``patch_info.db``, named by the size as text
 (table ``"224"``), with columns index, ID, x, y, patch_size, annotation and one coverage column per
-annotation; ``predictions.db`` has the same layout plus ``y_pred``. Its readers index that layout
+annotation; ``predictions.db`` has the same layout plus ``{i}_pred`` (output i's probability)
+and ``y_pred``. Its readers index that layout
 by position (``patch_info.iloc[:, 6:]`` are the annotation areas, ``iloc[:, 5:]`` once the index
 column is dropped) and look each patch's ``annotation`` up as a column name, so a database we
 write keeps exactly that order (see ``PATHFLOWAI_LEADING_COLUMNS``).
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..classes import with_pathflowai_columns
 from ..errors import PathvizError
 from .atomic import atomic_file, make_parent
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".db", ".sqlite", ".sqlite3")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+# Read, never written: other tools' patch files (see io/clam_h5.py, io/wsinfer.py).
+FIELD_TABLE_SUFFIXES = (".h5", ".hdf5", ".geojson")
 # PathFlowAI's first six columns, in its order; every other column follows them.
 PATHFLOWAI_LEADING_COLUMNS = ("index", "ID", "x", "y", "patch_size", "annotation")
 # What PathFlowAI's preprocessing writes as the annotation of a patch it has no areas for.
@@ -58,6 +62,8 @@ def read_table(path: str | os.PathLike, patch_size: int | str | None = None) -> 
     _must_exist(path)
     lower = path.lower()
     try:
+        if lower.endswith(FIELD_TABLE_SUFFIXES):
+            return _read_field_table(path)
         if lower.endswith(SQLITE_SUFFIXES):
             return _read_sqlite(path, patch_size)
         if lower.endswith((".parquet", ".pq")):
@@ -65,12 +71,25 @@ def read_table(path: str | os.PathLike, patch_size: int | str | None = None) -> 
         if lower.endswith(".tsv"):
             return pd.read_csv(path, sep="\t")
         if lower.endswith(".csv"):
-            return pd.read_csv(path)
+            from .wsinfer import wsinfer_to_patches  # WSInfer's minx, miny, width, height
+
+            return wsinfer_to_patches(pd.read_csv(path), path)
     except PathvizError:
         raise
     except Exception as exc:
         raise PathvizError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from exc
     raise PathvizError(f"{path}: not a patch table format ({', '.join(TABLE_SUFFIXES)})")
+
+
+def _read_field_table(path: str) -> pd.DataFrame:
+    """CLAM/TRIDENT/WSInfer HDF5 coordinates, or a GeoJSON of tiles (WSInfer, QuPath)."""
+    if path.lower().endswith((".h5", ".hdf5")):
+        from .clam_h5 import read_coords_table
+
+        return read_coords_table(path)
+    from .wsinfer import read_tiles_geojson
+
+    return read_tiles_geojson(path)
 
 
 def _read_sqlite(path: str, patch_size: int | str | None) -> pd.DataFrame:
@@ -131,7 +150,10 @@ def _pathflowai_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The rows in PathFlowAI's column order: index (0..n-1), ID, x, y, patch_size, annotation,
     then every other column as given (annotation areas first, by the caller's order).
 
-    A table without ``annotation`` gets PathFlowAI's own placeholder, "NA".
+    A table without ``annotation`` gets PathFlowAI's own placeholder, "NA". Probabilities
+    ``prob_<class>`` are also written as PathFlowAI's ``{i}_pred`` (output i), which its
+    ``plot_predictions -ac 1_pred`` reads; ``y_pred`` stays the class name (``y_pred_index``
+    is the integer PathFlowAI's own ``y_pred`` held).
     """
     missing = [c for c in ("ID", "x", "y", "patch_size") if c not in df.columns]
     if missing:
@@ -154,6 +176,8 @@ def _pathflowai_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         out[col] = numbers.astype(np.int64)
     if "annotation" not in out.columns:
         out["annotation"] = NO_ANNOTATION
+    # Predictions keep PathFlowAI's predictions.db names too: {i}_pred beside prob_<class>.
+    out = with_pathflowai_columns(out)
     rest = [c for c in out.columns if c not in PATHFLOWAI_LEADING_COLUMNS]
     out = out[list(PATHFLOWAI_LEADING_COLUMNS[1:]) + rest]
     out.insert(0, "index", np.arange(len(out), dtype=np.int64))
