@@ -149,3 +149,24 @@ def head_input_dim(head: nn.Module) -> int | None:
         if isinstance(module, nn.Linear):
             return int(module.in_features)
     return None
+
+
+class SmallConvEncoder(nn.Module):
+    """A small convolutional patch encoder (two strided convolutions, global average pooling,
+    a Linear to ``dim`` features): the demo's and the tests' stand-in for a foundation-model
+    encoder such as UNI or Virchow, cheap enough to train on the CPU in seconds."""
+
+    def __init__(self, dim: int = 16, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.project = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(x))

@@ -25,8 +25,9 @@ def add_parsers(sub) -> None:
         help="predictions and embeddings of a model for every patch of a slide",
         description="Reads every patch (from --patches, or a tissue grid), runs the model in "
         "batches (reads prefetched in threads; GPU when there) and writes one row per patch: "
-        "ID, x, y, patch_size, prob_{i}, y_pred, feat_{j}. Finished batches are kept in the "
-        "results store (--store), so a rerun resumes.",
+        "ID, x, y, patch_size, prob_CLASS (one per class name of the model card or "
+        "--class-names; prob_0, prob_1, ... without), y_pred (the class name), y_pred_index, "
+        "feat_{j}. Finished batches are kept in the results store (--store), so a rerun resumes.",
     )
     add_model_options(p)
     p.add_argument(
@@ -83,7 +84,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from ..io.tables import write_table
     from ..slide import open_slide
     from ..tissue import tissue_grid
+    from .slide_level import extract_two_stage, two_stage_card_of
 
+    card = two_stage_card_of(args)
+    if card is not None:  # encoder + slide-level head: cli/slide_level.py
+        return extract_two_stage(args, card)
     if is_cohort(args.slide):
         return extract_cohort(args)
     spec = recipe_from_args(args).load()

@@ -1,0 +1,334 @@
+"""Two-stage models: a patch encoder on every patch, then a slide-level head over the bag.
+
+:func:`load_two_stage` builds both stages from a two-stage model card (:mod:`.model_card`), as
+data (safetensors or a weights-only state dict, each factory checked as a card's factory is),
+and checks that the encoder's output size is the head's input size. :func:`extract_slide` runs
+the encoder over the slide's patches through :func:`napari_pathviz.inference.extract` (batched
+reads, resumable store) and the head on the bag; :func:`slide_outputs` gives the slide
+prediction and, per patch, the attention, the attention-weighted patch logit (whose sum over
+the patches is the slide logit) and gradient x feature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import PathvizError
+from .model_card import ModelCard, find_card, read_card
+from .models import ModelSpec
+from .patches import KEY_COLUMNS
+
+
+@dataclass
+class TwoStageModel:
+    """A patch encoder (with its preprocessing) and a slide-level head, with the head's class
+    names; ``feature_dim`` is the size of the features between them."""
+
+    encoder: ModelSpec
+    head: Any
+    class_names: tuple[str, ...]
+    feature_dim: int
+    source: str
+    activation: str = "auto"
+
+    def probabilities(self, logits) -> np.ndarray:
+        """Slide probabilities from slide logits (softmax for several classes, else sigmoid)."""
+        logits = np.asarray(logits, np.float64)
+        activation = self.activation
+        if activation == "auto":
+            activation = "softmax" if logits.shape[-1] > 1 else "sigmoid"
+        if activation == "softmax":
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+        if activation == "sigmoid":
+            return 1 / (1 + np.exp(-logits))
+        return logits
+
+
+def two_stage_card(model: str | os.PathLike, card: str | os.PathLike | None = None):
+    """The two-stage card for ``-m MODEL [--model-card CARD]``, or None when the model is a
+    single-stage one. MODEL may be the card itself (a .json file)."""
+    if card is None and str(model).lower().endswith(".json") and os.path.isfile(model):
+        found = read_card(model)
+    else:
+        found = find_card(model, card)
+    return found if found is not None and found.two_stage else None
+
+
+def _stage_path(card: ModelCard, stage: dict, given: str | None, name: str) -> str:
+    """A stage's weights: the card's path (relative to the card's folder), else ``given``."""
+    if stage.get("weights"):
+        source = card.source
+        base = Path(source.split("[")[0]).parent if source.endswith("]") else Path(source).parent
+        path = Path(stage["weights"]).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise PathvizError(f"{card.source}: {name} weights {stage['weights']}: no such file")
+        return str(path)
+    if given is None:
+        raise PathvizError(f"{card.source}: the {name} has no 'weights' (a path beside the card)")
+    return str(given)
+
+
+def _build_stage(card: ModelCard, stage: dict, path: str, name: str, trust: bool):
+    from . import _model_files as files
+
+    kind = files.file_kind(path)
+    if kind in ("torchscript", "unknown"):
+        raise PathvizError(
+            f"{path}: the {name} of a two-stage model must be weights (safetensors or a state "
+            f"dict), found {'a TorchScript archive' if kind == 'torchscript' else 'no such file'}"
+        )
+    factory = stage["factory"]
+    if not trust:
+        files.card_factory(factory, card.source, path)
+    state = files.read_weights(path, kind)
+    label = f"{card.source}: {name} factory"
+    model = files.build_from_state_dict(
+        path, factory, dict(stage.get("factory_kwargs") or {}), state, label
+    )
+    return model.eval()
+
+
+def load_two_stage(
+    card: ModelCard, *, weights: str | None = None, trust_model: bool = False
+) -> TwoStageModel:
+    """Both stages of a two-stage card, on the CPU in eval mode; ``weights`` stands for the
+    encoder's when the card gives none (``-m encoder.safetensors`` with the card beside it)."""
+    if not card.two_stage:
+        raise PathvizError(f"{card.source}: not a two-stage model card (no 'head')")
+    enc, head_fields = card.encoder, card.head
+    if weights is not None and str(weights).lower().endswith(".json"):
+        weights = None
+    encoder = _build_stage(
+        card, enc, _stage_path(card, enc, weights, "encoder"), "encoder", trust_model
+    )
+    head = _build_stage(
+        card, head_fields, _stage_path(card, head_fields, None, "head"), "head", trust_model
+    )
+    spec = ModelSpec(
+        model=encoder,
+        source=f"{card.source} (encoder)",
+        input_size=enc.get("input_size"),
+        resize_mode=enc.get("resize_mode") or "resize",
+        channel_order=enc.get("channel_order") or "RGB",
+        mean=tuple(enc["mean"]) if enc.get("mean") else None,
+        std=tuple(enc["std"]) if enc.get("std") else None,
+        activation="none",  # the encoder's outputs are features, taken as they are
+        mpp=enc.get("mpp"),
+        metadata={"kind": "two-stage encoder", "factory": enc["factory"],
+                  "factory_kwargs": enc.get("factory_kwargs") or {}},
+    )  # fmt: skip
+    dim = check_feature_sizes(card, spec, head)
+    names = head_fields.get("class_names") or card.class_names
+    n_classes = _head_outputs(card, head, dim)
+    if names is None:
+        names = tuple(f"class_{k}" for k in range(n_classes))
+    if len(names) != n_classes:
+        raise PathvizError(
+            f"{card.source}: {len(names)} class names for a head with {n_classes} outputs"
+        )
+    return TwoStageModel(
+        spec, head, tuple(names), dim, card.source, head_fields.get("activation") or "auto"
+    )
+
+
+def check_feature_sizes(card: ModelCard, encoder: ModelSpec, head, patch_size: int = 0) -> int:
+    """The feature size, checked three ways: the encoder's output on a zero patch (of the
+    card's input size, else ``patch_size``, else 224), the head's input size, the card's
+    ``feature_dim``; any two that differ raise one line naming both."""
+    import torch
+
+    from .mil import head_input_dim
+
+    side = encoder.input_size or patch_size or 224
+    try:
+        with torch.no_grad():
+            out = encoder.model(torch.zeros(1, 3, side, side))
+    except Exception as exc:
+        raise PathvizError(
+            f"{card.source}: the encoder rejects {side} x {side} patches "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PathvizError(
+            f"{card.source}: the encoder must return (patches, features), got {shape}"
+        )
+    produced, taken = int(out.shape[1]), head_input_dim(head)
+    if taken is not None and taken != produced:
+        raise PathvizError(
+            f"{card.source}: the encoder's output size ({produced}) differs from the head's "
+            f"input size ({taken})"
+        )
+    if card.feature_dim is not None and card.feature_dim != produced:
+        raise PathvizError(
+            f"{card.source}: feature_dim {card.feature_dim} differs from the encoder's output "
+            f"size ({produced})"
+        )
+    return produced
+
+
+def _head_outputs(card: ModelCard, head, dim: int) -> int:
+    import torch
+
+    try:
+        with torch.no_grad():
+            logits = head(torch.zeros(3, dim))
+    except Exception as exc:
+        raise PathvizError(
+            f"{card.source}: the head rejects a bag of {dim}-long features "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from exc
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 1:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PathvizError(
+            f"{card.source}: the head must return one slide's logits (classes,) for a bag "
+            f"(patches, features), got {shape}"
+        )
+    return int(logits.shape[0])
+
+
+@dataclass
+class SlidePrediction:
+    """The head's view of one slide: logits and probabilities per class, the predicted class,
+    and per patch (rows in the bag's order) the attention, the head's patch logits, their
+    attention-weighted contributions to the slide logit, and gradient x feature."""
+
+    class_names: tuple[str, ...]
+    logits: np.ndarray  # (classes,)
+    probabilities: np.ndarray  # (classes,)
+    attention: np.ndarray | None  # (n,), sums to 1; None for a head without attention
+    patch_logits: np.ndarray | None  # (n, classes)
+    contributions: np.ndarray | None  # (n, classes): attention x patch logit
+    grad_x_feature: np.ndarray  # (n, classes): d logit_c / d h_i . h_i
+
+    @property
+    def predicted(self) -> str:
+        return self.class_names[int(np.argmax(self.logits))] if len(self.logits) > 1 else (
+            self.class_names[0] if self.probabilities[0] > 0.5 else f"not {self.class_names[0]}"
+        )  # fmt: skip
+
+    def summary(self) -> dict:
+        """The slide prediction as JSON-able values."""
+        return {
+            "prediction": self.predicted,
+            "probabilities": dict(
+                zip(self.class_names, map(float, self.probabilities), strict=True)
+            ),
+            "logits": dict(zip(self.class_names, map(float, self.logits), strict=True)),
+            "n_patches": len(self.grad_x_feature),
+        }
+
+    def columns(self) -> pd.DataFrame:
+        """The per-patch columns: attention, patch_logit_<class>, contribution_<class>,
+        gradxfeat_<class>."""
+        out = {}
+        if self.attention is not None:
+            out["attention"] = self.attention
+        for k, name in enumerate(self.class_names):
+            if self.patch_logits is not None:
+                out[f"patch_logit_{name}"] = self.patch_logits[:, k]
+                out[f"contribution_{name}"] = self.contributions[:, k]
+            out[f"gradxfeat_{name}"] = self.grad_x_feature[:, k]
+        return pd.DataFrame(out)
+
+
+def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
+    """The head on the bag ``features`` (n, D): see :class:`SlidePrediction`. Contributions
+    need a head with ``attend`` and ``patch_logits`` (:mod:`.mil`); gradient x feature works on
+    any head."""
+    import torch
+
+    head = model.head
+    h = torch.as_tensor(np.asarray(features), dtype=torch.float32).requires_grad_(True)
+    logits = head(h)
+    grads = [torch.autograd.grad(logits[k], h, retain_graph=True)[0] for k in range(len(logits))]
+    grad_x_feature = torch.stack([(g * h).sum(dim=1) for g in grads], dim=1)
+    attention = patch_logits = contributions = None
+    with torch.no_grad():
+        if hasattr(head, "attend") and hasattr(head, "patch_logits"):
+            attention = head.attend(h)[0]
+            patch_logits = head.patch_logits(h)
+            contributions = attention.unsqueeze(1) * patch_logits
+
+    def numpy(t):
+        return None if t is None else t.detach().double().numpy()
+
+    logits_np = numpy(logits)
+    return SlidePrediction(
+        model.class_names,
+        logits_np,
+        model.probabilities(logits_np),
+        numpy(attention),
+        numpy(patch_logits),
+        numpy(contributions),
+        numpy(grad_x_feature),
+    )
+
+
+def extract_slide(
+    slide,
+    table,
+    model: TwoStageModel,
+    *,
+    embeddings: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    **extract_options,
+) -> tuple[pd.DataFrame, SlidePrediction]:
+    """The encoder on every patch (through :func:`.inference.extract`, its options passed on:
+    store, batch_size, device, workers, level, bf16), then the head on the slide's bag.
+    Returns the patch table (key columns, the head's columns, ``feat_{j}`` with
+    ``embeddings``) and the slide prediction."""
+    from .inference import extract
+
+    check_feature_sizes(
+        ModelCard(source=model.source, feature_dim=model.feature_dim),
+        model.encoder,
+        model.head,
+        int(table.df["patch_size"].iloc[0]) if len(table) else 0,
+    )
+    encoded = extract(
+        slide,
+        table,
+        model.encoder,
+        embeddings=False,
+        progress=progress,
+        cancelled=cancelled,
+        **extract_options,
+    )
+    # The encoder's outputs are every column but the keys and the argmax (features, not classes).
+    outputs = [c for c in encoded.columns if c not in KEY_COLUMNS and c != "y_pred"]
+    features = encoded[outputs].to_numpy(np.float32)
+    prediction = slide_outputs(model, features)
+    parts = [encoded[list(KEY_COLUMNS)], prediction.columns()]
+    if embeddings:
+        parts.append(
+            pd.DataFrame(features, columns=[f"feat_{j}" for j in range(features.shape[1])])
+        )
+    return pd.concat(parts, axis=1), prediction
+
+
+def slide_prediction_path(out: str | os.PathLike) -> Path:
+    """Where the slide prediction goes beside the patch table: OUT without suffix + .slide.json."""
+    out = Path(out)
+    return out.with_name(out.name.split(".")[0] + ".slide.json")
+
+
+def write_slide_prediction(path, prediction: SlidePrediction, slide_id: str, model: str) -> Path:
+    """The slide prediction as a small JSON file (written to a temporary name, then renamed)."""
+    path = Path(path)
+    record = {"slide": slide_id, "model": model, **prediction.summary()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
