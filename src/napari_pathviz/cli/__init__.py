@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import PathvizError, PathvizWarning
-from . import attributions, demo, embeddings, inference, slides
+from . import attributions, demo, embeddings, inference, qupath, slides
 from ._common import EXIT_BAD_INPUT
 from ._guards import check_numbers, check_paths, install
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for family in (demo, slides, embeddings, inference, attributions):
+    for family in (demo, slides, embeddings, inference, attributions, qupath):
         family.add_parsers(sub)
     install(sub)  # --overwrite, --verbose and the output guard's option names
     return parser

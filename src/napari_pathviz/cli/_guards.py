@@ -85,6 +85,10 @@ COMMAND_PATHS: dict[str, CommandPaths] = {
         inputs=(*_MODEL_SLIDE_TABLE, "background"), outputs={"out": FLAT_TABLE_SUFFIXES}
     ),
     "demo": CommandPaths(outputs={"screenshot": (".png",)}),
+    "export-geojson": CommandPaths(
+        inputs=("table", "rows", "slide"), outputs={"out": (".geojson",)}
+    ),
+    "annotate": CommandPaths(inputs=("table", "geojson", "slide"), outputs={"out": TABLE_SUFFIXES}),
 }
 
 
@@ -113,6 +117,7 @@ NUMBER_RULES: dict[str, tuple[float, float | None, str]] = {
     "local_smoothing": (0.0, None, "a number"),
     "zoom": (1e-3, 4.0, "a number"),
     "target_mpp": (1e-6, None, "a number"),
+    "min_coverage": (1e-6, 1.0, "a number"),
 }
 
 
