@@ -190,3 +190,111 @@ def tiny_vit(n_classes: int = 3, seed: int = 0, layer_norm: bool = True) -> nn.M
     first op without a DeepLIFT rule."""
     torch.manual_seed(seed)
     return TinyViT(n_classes, layer_norm=layer_norm).eval()
+
+
+# --- vision transformers with a class token, for Grad-CAM on tokens, rollout and chefer ------
+
+
+class HandAttention(nn.Module):
+    """Multi-head attention written out, the softmax an nn.Softmax module (the convention the
+    attention methods hook)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.softmax = nn.Softmax(dim=-1)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, heads, n, d_head)
+        attention = self.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5)
+        return self.proj((attention @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm block; ``torch_attention`` uses nn.MultiheadAttention, called the way many
+    models do (weights asked for positionally, then ignored)."""
+
+    def __init__(self, dim: int, heads: int, torch_attention: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        if torch_attention:
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        else:
+            self.attn = HandAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        if isinstance(self.attn, nn.MultiheadAttention):
+            h = self.attn(h, h, h, None, False)[0]  # need_weights=False, positionally
+        else:
+            h = self.attn(h)
+        x = x + h
+        return x + self.mlp(self.norm2(x))
+
+
+class ClassTokenViT(nn.Module):
+    """8x8-pixel patches embedded by a conv, a class token and ``registers`` register tokens in
+    front of them, position embeddings, ``depth`` blocks, a final LayerNorm. Returns the tokens
+    (B, N, D) when ``head`` is False, else the logits of a Linear on the class token."""
+
+    def __init__(
+        self,
+        n_classes=3,
+        dim=16,
+        depth=2,
+        heads=2,
+        registers=0,
+        torch_attention=False,
+        head=True,
+        size=32,
+    ):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 8, 8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1 + registers, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + registers + (size // 8) ** 2, dim) * 0.5)
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads, torch_attention) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes) if head else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), patches], 1) + self.pos_embed
+        tokens = self.norm(self.blocks(x))
+        return tokens if self.head is None else self.head(tokens[:, 0])
+
+
+class ClassTokenHead(nn.Module):
+    """A linear head on the class token of an encoder that returns tokens (B, N, D)."""
+
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(tokens[:, 0])
+
+
+def hand_attention_vit(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    """Class token + one register token, two blocks of hand-written attention (nn.Softmax)."""
+    torch.manual_seed(seed)
+    return ClassTokenViT(n_classes, registers=1).eval()
+
+
+def token_encoder_vit(n_classes: int = 3, seed: int = 0) -> nn.Module:
+    """An encoder returning tokens (nn.MultiheadAttention blocks, a class token) followed by a
+    head on the class token: ``model[0]`` is the encoder, ``model[1]`` the head."""
+    torch.manual_seed(seed)
+    encoder = ClassTokenViT(n_classes, torch_attention=True, head=False)
+    return nn.Sequential(encoder, ClassTokenHead(16, n_classes)).eval()
+
+
+VISION_TRANSFORMERS = {
+    "hand_attention": hand_attention_vit,
+    "token_encoder_mha": token_encoder_vit,
+}

@@ -1,7 +1,10 @@
 """Pixel attributions for patches: one entry point, one result type, one module per method.
 
 Methods: ``gradient`` (SHAP expected gradients, batched and stratified), ``deep`` (DeepLIFT /
-DeepSHAP on a functionally equal rewrite of the model), ``gradcam`` and ``gradcampp``. The engine imports no napari; torch is imported where it runs.
+DeepSHAP on a functionally equal rewrite of the model), ``gradcam`` and ``gradcampp`` (on a
+convolutional block or a transformer block's tokens), and, for vision transformers only,
+``rollout`` (attention rollout) and ``chefer`` (gradient-weighted attention relevance). The
+engine imports no napari; torch is imported where it runs.
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 from ..errors import PathvizError
 from .result import AttributionResult
 
-METHODS = ("gradient", "deep", "gradcam", "gradcampp")
+# PIXEL_METHODS explain any patch classifier (DeepLIFT refuses layers it has no rule for);
+# ATTENTION_METHODS need attention modules (a vision transformer) and refuse a CNN.
+PIXEL_METHODS = ("gradient", "deep", "gradcam", "gradcampp")
+ATTENTION_METHODS = ("rollout", "chefer")
+METHODS = PIXEL_METHODS + ATTENTION_METHODS
 
 
 def attribute(
@@ -47,7 +54,15 @@ def attribute(
         return grad_cam(
             model, inputs, target=target, output=output, plus_plus=method == "gradcampp", **options
         )
+    if method == "rollout":
+        from .rollout import attention_rollout
+
+        return attention_rollout(model, inputs, target=target, output=output, **options)
+    if method == "chefer":
+        from .chefer import chefer
+
+        return chefer(model, inputs, target=target, output=output, **options)
     raise PathvizError(f"-mth/--method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-__all__ = ["METHODS", "AttributionResult", "attribute"]
+__all__ = ["ATTENTION_METHODS", "METHODS", "PIXEL_METHODS", "AttributionResult", "attribute"]

@@ -1,5 +1,9 @@
 """Grad-CAM and Grad-CAM++ (arXiv 1610.02391, 1710.11063) on a chosen layer.
 
+On a transformer layer the tokens (B, N, D) are put back on their patch grid (B, D, h, w),
+the leading class and register tokens (``N - h * w`` of them) dropped, as pytorch-grad-cam's
+``reshape_transform`` does; the maps are then those of a feature map.
+
 Maps keep their sign and scale (no ReLU, no per-map [0, 1] normalisation as pytorch-grad-cam
 does), so they are comparable across patches; normalising is a display choice.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import Cancelled, PathvizError
+from ._attention import tokens_to_grid
 from ._target import explained_output, forward_checked, resolve_targets
 from .result import AttributionResult
 
@@ -23,20 +28,34 @@ DEFAULT_BATCH_SIZE = 64  # patches per forward/backward pass
 
 
 def find_cam_layer(model, example) -> str:
-    """The last module (in forward order) whose output is a spatial feature map (N, C, h, w)
-    with h * w > 1: the last convolutional block. Modules run more than once per pass (a
-    reused ReLU) are skipped: their output is not one feature map."""
+    """The layer Grad-CAM explains by default. In a vision transformer (a model with attention
+    modules, see ``_attention``): the LayerNorm that feeds the last attention (the last block's
+    ``norm1``), whose tokens (B, N, D) still each carry their patch; the blocks' outputs do
+    not, as only the class token of the last one reaches the head. Otherwise: the last module
+    (in forward order) whose output is a spatial feature map (N, C, h, w) with h * w > 1, the
+    last convolutional block. Modules run more than once per pass (a reused ReLU) are
+    skipped: their output is not one feature map."""
     import torch
+    from torch import nn
 
-    finished: list[str] = []
+    from ._attention import attention_modules
+
+    finished: list[tuple[str, str]] = []  # (name, kind) in the order the modules finish
+    attention = {id(m) for _n, m in attention_modules(model)}
     handles = []
     for name, module in model.named_modules():
         if not name:
             continue
+        if id(module) in attention:
+            handles.append(
+                module.register_forward_pre_hook(lambda *_a: finished.append(("", "attention")))
+            )
 
-        def hook(_m, _inp, out, name=name):
+        def hook(m, _inp, out, name=name):
             if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
-                finished.append(name)
+                finished.append((name, "map"))
+            elif isinstance(out, torch.Tensor) and out.ndim == 3:
+                finished.append((name, "norm" if isinstance(m, nn.LayerNorm) else "tokens"))
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -45,12 +64,27 @@ def find_cam_layer(model, example) -> str:
     finally:
         for h in handles:
             h.remove()
-    once = [name for name in finished if finished.count(name) == 1]
-    if not once:
+    return _chosen_layer(finished)
+
+
+def _chosen_layer(finished: list[tuple[str, str]]) -> str:
+    names = [name for name, _kind in finished]
+    once = [(n, kind) for n, kind in finished if n and names.count(n) == 1]
+    last_attention = max(
+        (i for i, (_n, kind) in enumerate(finished) if kind == "attention"), default=None
+    )
+    if last_attention is not None:
+        before = [(n, k) for n, k in finished[:last_attention] if (n, k) in once]
+        for wanted in ("norm", "tokens"):
+            chosen = [n for n, k in before if k == wanted]
+            if chosen:
+                return chosen[-1]
+    maps = [n for n, kind in once if kind == "map"]
+    if not maps:
         raise PathvizError(
             "Grad-CAM: the model has no layer with a spatial output; name one with --layer"
         )
-    return once[-1]
+    return maps[-1]
 
 
 def grad_cam(
@@ -103,6 +137,10 @@ def grad_cam(
             out = explained_output(logits, output)
             chosen = out.gather(1, torch.as_tensor(targets, device=x.device).view(-1, 1)).sum()
             (grads,) = torch.autograd.grad(chosen, activation)
+            if activation.ndim == 3:  # tokens (B, N, D): the patch tokens on their grid
+                height, width = x.shape[2:]
+                activation = tokens_to_grid(activation, height, width)
+                grads = tokens_to_grid(grads, height, width)
             cam = cam_from(activation.detach(), grads.detach(), plus_plus)
             cam = F.interpolate(
                 cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False
@@ -151,8 +189,15 @@ def _checked_activation(saved: dict, layer: str):
             f"--layer {layer!r} runs {saved['calls']} times in one forward pass (a reused "
             "module): name a layer that runs once"
         )
-    if saved["calls"] == 0 or not isinstance(activation, torch.Tensor) or activation.ndim != 4:
-        raise PathvizError(f"--layer {layer!r}: its output is not a feature map (N, C, h, w)")
+    if (
+        saved["calls"] == 0
+        or not isinstance(activation, torch.Tensor)
+        or activation.ndim not in (3, 4)
+    ):
+        raise PathvizError(
+            f"--layer {layer!r}: its output is neither a feature map (N, C, h, w) nor "
+            "tokens (N, tokens, D)"
+        )
     if activation._version != saved["version"]:
         # Only reachable through a view that aliases the output (e.g. a layer returning its
         # input, changed in place later): the kept values are no longer the layer's output.

@@ -246,7 +246,7 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
 
 def _demo_files(args) -> list[tuple[str, str]]:
     """The files the headless demo writes into --out (each refused when it exists)."""
-    from ..attribution import METHODS
+    from ..attribution import PIXEL_METHODS
 
     if not args.headless and (args.screenshot or _has_display()):
         return []
@@ -257,7 +257,7 @@ def _demo_files(args) -> list[tuple[str, str]]:
         "embeddings_umap.html",
         "umap_coords.csv",
         "umap_image_mosaic.png",
-    ] + [f"attributions_{m}.png" for m in METHODS]
+    ] + [f"attributions_{m}.png" for m in PIXEL_METHODS]
     return [("--out", str(Path(args.out) / name)) for name in names]
 
 

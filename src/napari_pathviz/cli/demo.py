@@ -80,7 +80,7 @@ def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
 
     from .._demo import ANNOTATIONS
     from .._demo_model import load_demo_model, read_patches, to_model_input
-    from ..attribution import METHODS, attribute
+    from ..attribution import PIXEL_METHODS, attribute
     from ..attribution.gallery import render_gallery
     from ..patches import PatchTable
 
@@ -93,7 +93,7 @@ def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
     reference = to_model_input(read_patches(slide, PatchTable(df.iloc[background], table.source)))
     model = load_demo_model()
     written = []
-    for method in METHODS:
+    for method in PIXEL_METHODS:  # the demo model is a CNN: no attention methods
         result = attribute(model, inputs, method, background=reference)
         titles = [f"x={df['x'].iat[i]} y={df['y'].iat[i]}" for i in chosen]
         written.append(
