@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from ..attribution import ATTENTION_METHODS, METHODS
 from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
 from ._common import (
@@ -24,7 +25,11 @@ COMMANDS = (
         "SHAP expected gradients or DeepLIFT for patches, as a gallery PNG "
         "(PathFlowAI's shapley_plot)",
     ),
-    ("gradcam", "Grad-CAM / Grad-CAM++ for patches, as a gallery PNG"),
+    (
+        "gradcam",
+        "Grad-CAM / Grad-CAM++ for patches, or attention rollout / Chefer relevance for a "
+        "vision transformer, as a gallery PNG",
+    ),
     (
         "sanity-check",
         "model-randomisation test of an attribution method (Adebayo et al. 2018): "
@@ -42,8 +47,14 @@ def add_parsers(sub) -> None:
         elif name == "shapley-plot":
             _add_shapley_options(p)
         else:
-            p.add_argument("--method", choices=("gradcam", "gradcampp"), default="gradcam")
-            p.add_argument("--layer", help="module to explain (default: the last conv block)")
+            p.add_argument(
+                "--method", choices=("gradcam", "gradcampp", *ATTENTION_METHODS), default="gradcam"
+            )
+            p.add_argument(
+                "--layer",
+                help="Grad-CAM module to explain (default: the last conv block; in a vision "
+                "transformer the last block's norm1)",
+            )
         if name != "sanity-check":
             p.add_argument(
                 "--attributions-out",
@@ -125,12 +136,14 @@ def _add_sanity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-mth",
         "--method",
-        choices=("gradient", "deep", "gradcam", "gradcampp"),
+        choices=METHODS,
         default="gradient",
     )
     p.add_argument("-ns", "--n_samples", type=int, default=100, help="samples per patch (gradient)")
     p.add_argument("-l", "--local_smoothing", type=float, default=0.0)
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last conv block)")
+    p.add_argument(
+        "--layer", help="Grad-CAM layer (default: the last conv block, or a ViT's last norm1)"
+    )
     p.set_defaults(func=cmd_sanity_check)
 
 
@@ -229,8 +242,8 @@ def method_options(args: argparse.Namespace) -> dict:
                 batch_size=args.samples_per_batch, bf16=args.bf16, channels_last=args.channels_last
             )
         return options
-    if args.method in ("gradcam", "gradcampp"):
-        return {"layer": args.layer}
+    if args.method in ("gradcam", "gradcampp", *ATTENTION_METHODS):
+        return {"layer": args.layer}  # the attention methods refuse a layer
     return {}
 
 
