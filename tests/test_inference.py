@@ -46,26 +46,29 @@ def test_extract_demo_matches_the_demo_model(demo):
         )
     n = len(table)
     probs, feats = run_demo_model(slide, table)
+    # The model card beside the weights names the classes: prob_<name>, y_pred the name.
+    names = ["background", "dab_negative", "dab_positive"]
+    prob_columns = [f"prob_{name}" for name in names]
     assert list(result.columns) == [
         *KEY_COLUMNS,
-        "prob_0",
-        "prob_1",
-        "prob_2",
+        *prob_columns,
         "y_pred",
+        "y_pred_index",
         *(f"feat_{j}" for j in range(64)),
     ]
     assert len(result) == n
     pd.testing.assert_frame_equal(
         result[list(KEY_COLUMNS)], table.df[list(KEY_COLUMNS)].reset_index(drop=True)
     )
-    got_probs = result[["prob_0", "prob_1", "prob_2"]].to_numpy()
+    got_probs = result[prob_columns].to_numpy()
     np.testing.assert_allclose(got_probs, probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_probs.sum(axis=1), 1.0, atol=1e-5)
     got_feats = result[[f"feat_{j}" for j in range(64)]].to_numpy()
     np.testing.assert_allclose(got_feats, feats, rtol=1e-5, atol=1e-5)
-    assert result["y_pred"].dtype == np.int64
-    np.testing.assert_array_equal(result["y_pred"].to_numpy(), probs.argmax(axis=1))
-    accuracy = (result["y_pred"].to_numpy() == demo_labels(table)).mean()
+    assert result["y_pred_index"].dtype == np.int64
+    np.testing.assert_array_equal(result["y_pred_index"].to_numpy(), probs.argmax(axis=1))
+    assert result["y_pred"].tolist() == [names[i] for i in probs.argmax(axis=1)]
+    accuracy = (result["y_pred_index"].to_numpy() == demo_labels(table)).mean()
     assert accuracy >= 0.9, accuracy
     # Progress: one call per batch, counting up to all patches.
     assert [d for d, _, _ in seen] == [min(100 * (i + 1), n) for i in range(9)]
@@ -189,7 +192,14 @@ def test_single_output_model(coded_slide, tmp_path):
     assert [c for c in result.columns if c.startswith("prob_")] == ["prob_0"]
     red = _expected(table)[:, 0]
     np.testing.assert_allclose(result["prob_0"], 1 / (1 + np.exp(-(10 * red - 4))), rtol=1e-5)
-    np.testing.assert_array_equal(result["y_pred"], (table.df["y"] // P >= 5).astype(np.int64))
+    positive = (table.df["y"] // P >= 5).astype(np.int64).to_numpy()
+    np.testing.assert_array_equal(result["y_pred"], positive)  # no names: the index
+    np.testing.assert_array_equal(result["y_pred_index"], positive)
+    # Named, its one class is y_pred above 0.5, "not <name>" below.
+    spec = load_model(path, trust_model=True, class_names=("red",))
+    named = extract(coded_slide, table, spec, batch_size=16)
+    assert [c for c in named.columns if c.startswith("prob_")] == ["prob_red"]
+    assert named["y_pred"].tolist() == ["red" if p else "not red" for p in positive]
 
 
 # --- lower levels --------------------------------------------------------------------------

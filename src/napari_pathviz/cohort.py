@@ -165,6 +165,7 @@ class ModelRecipe:
     std: tuple[float, ...] | None = None
     activation: str | None = None
     feature_layer: str | None = None
+    class_names: tuple[str, ...] | None = None  # None: the model card's
     card: str | None = None  # None: the card beside the weights, if any
 
     def __post_init__(self):
@@ -175,6 +176,8 @@ class ModelRecipe:
             self.factory_kwargs = dict(self.factory_kwargs)
         self.mean = tuple(float(v) for v in self.mean) if self.mean is not None else None
         self.std = tuple(float(v) for v in self.std) if self.std is not None else None
+        if self.class_names is not None:
+            self.class_names = tuple(str(n) for n in self.class_names)
 
     def load(self):
         """The :class:`~napari_pathviz.models.ModelSpec` (loaded now, on the CPU)."""

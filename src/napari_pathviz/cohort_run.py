@@ -4,12 +4,13 @@ summary's book, and the loop that submits each slide's tasks and records how eac
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import PathvizError
+from .errors import PathvizError, PathvizWarning
 
 if TYPE_CHECKING:
     from .cohort import ModelRecipe, SlideOptions
@@ -150,6 +151,8 @@ class Run:
             outcome = Failed(error_line(exc, Path(self.recipe.path)))
         if isinstance(outcome, Failed):
             raise PathvizError(error_line(outcome.message, Path(self.recipe.path)))
+        if isinstance(outcome, dict) and outcome.get("warning"):
+            warnings.warn(outcome["warning"], PathvizWarning, stacklevel=1)
         tables = {}
         for slide, rows, table, job in todo:
             tables[slide] = (table, job)

@@ -119,10 +119,15 @@ def borrow_model(recipe: ModelRecipe):
 
 
 @reporting
-def check_recipe(recipe: ModelRecipe) -> str:
-    """Loads the model in a worker (kept for its first chunk): a bad recipe fails once, up front."""
+def check_recipe(recipe: ModelRecipe) -> dict:
+    """Loads the model in a worker (kept for its first chunk): a bad recipe fails once, up front.
+    Returns its kind and what the user must hear once (no normalisation known), since a
+    worker's own warnings go to its log."""
     with borrow_model(recipe) as spec:
-        return str(spec.metadata.get("kind", ""))
+        return {
+            "kind": str(spec.metadata.get("kind", "")),
+            "warning": spec.normalisation_warning(),
+        }
 
 
 # --------------------------------------------------------------------------- the tasks

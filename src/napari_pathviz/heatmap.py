@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .classes import default_heatmap_column
 from .errors import PathvizError
 from .patches import PatchTable
 
@@ -33,9 +34,20 @@ class PatchGrid:
         return (self.origin[0] + half, self.origin[1] + half)
 
 
-def patch_value_grid(table: PatchTable, column: str) -> PatchGrid:
-    """The values of ``column`` laid out on the patches' grid (one patch size, regular stride)."""
+def default_column(columns, class_names=None) -> str | None:
+    """The column a heatmap shows unless told: the explained class's probability
+    (``prob_<last class>``, by name when the class names are known), never merely the first."""
+    return default_heatmap_column(columns, class_names)
+
+
+def patch_value_grid(table: PatchTable, column: str | None = None, class_names=None) -> PatchGrid:
+    """The values of ``column`` (default: :func:`default_column`) laid out on the patches'
+    grid (one patch size, regular stride)."""
     df = table.df
+    if column is None:
+        column = default_column(df.columns, class_names)
+        if column is None:
+            raise PathvizError(f"heatmap: {table.source} has no prob_* column; name a column")
     if column not in df.columns:
         raise PathvizError(f"heatmap: no column {column!r}")
     sizes = np.unique(df["patch_size"])

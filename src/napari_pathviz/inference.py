@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from .classes import prediction_frame
 from .errors import Cancelled, PathvizError
 from .models import ModelSpec, check_model
 from .patches import KEY_COLUMNS, PatchTable, raise_on_non_finite
@@ -118,8 +119,11 @@ def extract(
     progress: Callable[[int, int, float], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> pd.DataFrame:
-    """Runs the model on every patch; returns the key columns, ``prob_{i}``, ``y_pred`` and
-    ``feat_{j}`` (with ``embeddings``). ``progress(done, total, patches_per_second)``."""
+    """Runs the model on every patch; returns the key columns, ``prob_<class name>`` (the
+    model's class names, from its card or options; ``prob_<i>`` without), ``y_pred`` (the
+    predicted class's name; its index without names), ``y_pred_index`` and ``feat_{j}`` (with
+    ``embeddings``): :func:`napari_pathviz.classes.prediction_frame`.
+    ``progress(done, total, patches_per_second)``."""
     import torch
 
     if batch_size < 1:
@@ -200,17 +204,15 @@ def extract(
                     elapsed = time.perf_counter() - started
                     rate = (j + 1) * batch_size / elapsed if elapsed > 0 else 0.0
                     progress(min(finished * batch_size, n), n, rate)
-        result = df[list(KEY_COLUMNS)].copy()
-        probs = root["probs"][:]
-        for i in range(n_classes):
-            result[f"prob_{i}"] = probs[:, i]
-        # One output: a probability splits at 0.5, a raw logit (activation none) at 0.
-        threshold = 0.0 if spec.activation == "none" else 0.5
-        result["y_pred"] = probs.argmax(axis=1) if n_classes > 1 else (probs[:, 0] > threshold)
-        result["y_pred"] = result["y_pred"].astype(np.int64)
+        predictions = prediction_frame(root["probs"][:], spec.class_names, spec.activation)
+        parts = [df[list(KEY_COLUMNS)].copy(), predictions]
         if embeddings:
-            feats = pd.DataFrame(root["feats"][:], columns=[f"feat_{j}" for j in range(dim)])
-            result = pd.concat([result, feats], axis=1)
+            parts.append(pd.DataFrame(root["feats"][:], columns=[f"feat_{j}" for j in range(dim)]))
+        result = pd.concat(parts, axis=1)
+        # What the columns are called, for the widget's heatmap and labels (pandas keeps
+        # attrs through copies; a file does not, its column names say it).
+        names = spec.class_names
+        result.attrs["class_names"] = list(names) if names else None
         return result
     finally:
         if hook is not None:

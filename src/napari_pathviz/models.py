@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._model_files import import_factory as import_factory  # re-exported
-from .errors import PathvizError
+from .errors import PathvizError, PathvizWarning
 from .model_card import ACTIVATIONS, EXPLAINED_OUTPUTS, RESIZE_MODES, find_card
 
 
@@ -129,6 +129,27 @@ class ModelSpec:
             return torch.sigmoid(logits.float())
         return logits.float()
 
+    def normalisation_warning(self) -> str | None:
+        """One line when no normalisation is known (no mean from options, card or PathFlowAI's
+        transform_opts): patches then reach the model as RGB on [0, 1], which a model trained
+        on normalised patches turns into confident nonsense (the demo model: one class at
+        p 0.93-1.00 for every patch). None when a mean is known."""
+        if self.mean is not None:
+            return None
+        card = self.metadata.get("card")
+        where = f"the model card {card} has no mean/std" if card else "no model card"
+        return (
+            f"{self.source}: no normalisation known ({where}, no --mean/--std): patches reach "
+            "the model as RGB on [0, 1]; give the mean/std it was trained with (a model that "
+            "normalises itself: mean 0 0 0, std 1 1 1)"
+        )
+
+    def class_label(self, index) -> str:
+        """Output ``index`` as shown: its class name, or ``class <i>`` without names."""
+        from .classes import class_label
+
+        return class_label(self.class_names, index)
+
     def hookable_model(self, purpose: str):
         """The model, for work that hooks or traces its layers (embeddings, Grad-CAM,
         DeepLIFT); a TorchScript model has no such layers and is refused in one line."""
@@ -212,10 +233,10 @@ def load_model(
     if model_card is not None:
         metadata["card"] = model_card.source
         metadata["card_fields"] = model_card.as_dict()
-    if metadata.get("transform_opts"):
+    if "transform_opts" in metadata:  # PathFlowAI's extracted model (even with empty opts)
         _fill_from_transform_opts(options, metadata["transform_opts"])
     model.eval()  # PathFlowAI's shapley_plot left models in train mode: batch norm then drifts
-    return ModelSpec(
+    spec = ModelSpec(
         model=model,
         source=path,
         input_size=options["input_size"],
@@ -230,6 +251,10 @@ def load_model(
         mpp=options["mpp"],
         explained_output=options["explained_output"],
     )
+    unknown = spec.normalisation_warning()
+    if unknown:
+        warnings.warn(unknown, PathvizWarning, stacklevel=2)
+    return spec
 
 
 def _check_file(path: str) -> None:
@@ -241,12 +266,25 @@ def _check_file(path: str) -> None:
         raise PathvizError(f"{path}: not readable (permission denied)")
 
 
+# What PathFlowAI's get_data_transforms normalises with when transform_opts give no mean/std
+# (its statistics of lung adenocarcinoma resections).
+PATHFLOWAI_DEFAULT_MEAN = (0.7, 0.6, 0.7)
+PATHFLOWAI_DEFAULT_STD = (0.15, 0.15, 0.15)
+
+
 def _fill_from_transform_opts(options: dict, opts: dict) -> None:
-    """PathFlowAI's transform_opts fill what options and card left open."""
-    options["mean"] = options["mean"] or _tuple(opts.get("mean"))
-    options["std"] = options["std"] or _tuple(opts.get("std"))
-    size = opts.get("resize") or opts.get("patch_size")
-    if not options["input_size"] and isinstance(size, (int, float)) and size:
+    """PathFlowAI's transform_opts fill what options and card left open, as its test-time
+    transform does: ``Resize((patch_size, patch_size))`` (``patch_size`` is the resized side;
+    ``resize`` is only a flag), ``Normalize(mean, std)`` with ``user_transforms['normalization']``
+    first and PathFlowAI's own defaults when neither gives them."""
+    norm = (opts.get("user_transforms") or {}).get("normalization") or {}
+    mean = _tuple(norm.get("mean")) or _tuple(opts.get("mean")) or PATHFLOWAI_DEFAULT_MEAN
+    std = _tuple(norm.get("std")) or _tuple(opts.get("std")) or PATHFLOWAI_DEFAULT_STD
+    options["mean"] = options["mean"] or mean
+    options["std"] = options["std"] or std
+    size = opts.get("patch_size")
+    is_size = isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0
+    if not options["input_size"] and is_size:
         options["input_size"] = int(size)
 
 

@@ -89,6 +89,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--feature-layer",
         help="module whose output is the embedding (default: the input of the last Linear)",
     )
+    p.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="one name per model output, in order: columns prob_NAME, y_pred NAME "
+        "(default: the card's, else prob_0, prob_1, ...)",
+    )
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -118,6 +125,7 @@ def recipe_from_args(args: argparse.Namespace):
         std=tuple(args.std) if args.std else None,
         activation=args.activation,
         feature_layer=args.feature_layer,
+        class_names=tuple(args.class_names) if getattr(args, "class_names", None) else None,
         card=args.model_card,
     )
 
