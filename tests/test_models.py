@@ -218,27 +218,51 @@ def test_pathflowai_extracted_model(tmp_path, x):
                 "patch_info_file": "patch_info.db",
                 "input_dir": "inputs",
             },
-            "transform_opts": {"mean": mean, "std": std, "resize": 48, "patch_size": 64},
+            # As PathFlowAI's model_training saves it: patch_size is the resized side (its
+            # patch_resize), resize a flag.
+            "transform_opts": {
+                "patch_size": 48,
+                "mean": mean,
+                "std": std,
+                "resize": True,
+                "transform_platform": "torch",
+                "user_transforms": {},
+            },
         },
         path,
     )
     spec = load_model(path, trust_model=True)
     assert spec.metadata["kind"] == "PathFlowAI extracted model"
     assert spec.mean == pytest.approx(tuple(mean)) and spec.std == pytest.approx(tuple(std))
-    assert spec.input_size == 48
-    assert spec.metadata["transform_opts"]["patch_size"] == 64
+    assert spec.input_size == 48 and spec.resize_mode == "resize"
+    assert spec.metadata["transform_opts"]["patch_size"] == 48
     _same_outputs(model, spec.model, x)
     # Its patches of 64 px are resized to 48 and normalised with its statistics.
     patches = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     assert tuple(spec.preprocess(patches).shape) == (2, 3, 48, 48)
     assert check_model(spec, 64) == 3
-    # Without a resize, the model's input is its patch size; the user's choices come first.
+    # The user's choices come first.
     torch.save(
         {"model": model, "transform_opts": {"mean": mean, "std": std, "patch_size": 32}}, path
     )
     assert load_model(path, trust_model=True).input_size == 32
     spec = load_model(path, trust_model=True, input_size=40, mean=(0.5, 0.5, 0.5))
     assert spec.input_size == 40 and spec.mean == (0.5, 0.5, 0.5)
+
+
+def test_pathflowai_transform_opts_defaults_and_user_normalization(tmp_path):
+    """What PathFlowAI's get_data_transforms normalises with: user_transforms' normalization
+    first, then transform_opts' mean/std, else its own defaults (0.7, 0.6, 0.7) / 0.15."""
+    path = tmp_path / "pathflowai.pkl"
+    torch.save({"model": _sequential(), "transform_opts": {"patch_size": 32, "mean": []}}, path)
+    spec = load_model(path, trust_model=True)
+    assert spec.mean == (0.7, 0.6, 0.7) and spec.std == (0.15, 0.15, 0.15)
+    assert spec.normalisation_warning() is None
+    user = {"normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.1]}}
+    opts = {"patch_size": 32, "mean": [0.1] * 3, "std": [0.3] * 3, "user_transforms": user}
+    torch.save({"model": _sequential(), "transform_opts": opts}, path)
+    spec = load_model(path, trust_model=True)
+    assert spec.mean == (0.5, 0.4, 0.3) and spec.std == pytest.approx((0.2, 0.2, 0.1))
 
 
 # --- refusals ------------------------------------------------------------------------------
