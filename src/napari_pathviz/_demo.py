@@ -1,10 +1,11 @@
 """Demo data built offline and deterministically from a real tissue image.
 
 scikit-image ships a real immunohistochemistry (IHC) image: hematoxylin-counterstained tissue with
-DAB (brown) marking the positive cells. We enlarge it into a small "slide" with glass around an
-irregular tissue section, and label every 64-pixel patch by what covers it: background (glass),
-dab_negative or dab_positive tissue, as PathFlowAI's coverage columns do. The slide is written
-as an OME-Zarr pyramid through the package's own writer, and the patch table as Parquet.
+DAB (brown) marking the positive cells. We enlarge it 2x and cut it into distinct fragments,
+turned at random and laid on glass (_demo_slide.py; nothing mirrored, no pixel used twice), and
+label every 64-pixel patch by what covers it, from the HED stain deconvolution: background
+(glass), dab_negative or dab_positive tissue, as PathFlowAI's coverage columns do. The slide is
+written as an OME-Zarr pyramid through the package's own writer, and the patch table as Parquet.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEMO_VERSION = 1
+from ._demo_slide import DEMO_SHAPE as DEMO_SHAPE  # re-exported: tests and callers read it here
+
+DEMO_VERSION = 2  # bumped whenever the demo data change, so cached copies are rebuilt
 DEMO_SLIDE_ID = "demo_ihc"
 DEMO_PATCH_SIZE = 64
-DEMO_SHAPE = (2304, 2816)  # (height, width): not square, so a swapped axis shows at once
 ANNOTATIONS = ("background", "dab_negative", "dab_positive")
-TISSUE_SATURATION = 0.05
-_GLASS = np.array([236, 234, 240], np.float32)
 
 
 def demo_dir() -> Path:
@@ -33,46 +33,11 @@ def demo_dir() -> Path:
 
 
 def demo_image() -> tuple[np.ndarray, np.ndarray]:
-    """The demo slide (H x W x 3 uint8) and its per-pixel class map (0 glass, 1 DAB-, 2 DAB+)."""
-    from scipy import ndimage
-    from skimage import color, data, filters, transform
+    """The demo slide (H x W x 3 uint8) and its per-pixel class map (0 glass, 1 DAB-, 2 DAB+):
+    distinct, turned fragments of the IHC image on glass, labelled from the stain."""
+    from ._demo_slide import build_demo_slide
 
-    ihc = data.immunohistochemistry()
-    big = transform.rescale(
-        ihc, 2, order=1, channel_axis=2, preserve_range=True, anti_aliasing=False
-    )
-    # Mirror-tile 2 x 2: a larger section without seams.
-    top = np.concatenate([big, big[:, ::-1]], axis=1)
-    tissue = np.concatenate([top, top[::-1]], axis=0)
-    h, w = DEMO_SHAPE
-    th, tw = tissue.shape[:2]
-    oy, ox = (h - th) // 2, (w - tw) // 2
-
-    rng = np.random.default_rng(20261128)
-    slide = np.broadcast_to(_GLASS, (h, w, 3)).copy()
-    slide += rng.normal(0, 2.0, size=slide.shape).astype(np.float32)  # sensor noise on glass
-    # An irregular section outline: a smoothed random field thresholded inside an ellipse.
-    yy, xx = np.mgrid[0:th, 0:tw]
-    ellipse = ((yy - th / 2) / (th * 0.52)) ** 2 + ((xx - tw / 2) / (tw * 0.5)) ** 2
-    field = ndimage.gaussian_filter(rng.normal(size=(th // 16, tw // 16)), 3)
-    field = transform.resize(field / field.std(), (th, tw), order=1)
-    section = ellipse + 0.12 * field < 1.0
-    blend = ndimage.gaussian_filter(section.astype(np.float32), 2)[..., None]
-    region = slide[oy : oy + th, ox : ox + tw]
-    slide[oy : oy + th, ox : ox + tw] = blend * tissue + (1 - blend) * region
-    slide = np.clip(slide, 0, 255).round().astype(np.uint8)
-
-    # Per-pixel classes. Tissue, pale stroma included, is more saturated than glass; DAB is the
-    # third stain of the HED colour deconvolution, split from hematoxylin-only tissue by Otsu.
-    classes = np.zeros((h, w), np.uint8)
-    # Smoothing at the scale of a few nuclei makes pale stroma between nuclei count as tissue.
-    saturation = ndimage.gaussian_filter(color.rgb2hsv(slide)[..., 1], 16)
-    is_tissue = saturation > TISSUE_SATURATION
-    dab = ndimage.gaussian_filter(color.rgb2hed(slide)[..., 2], 6)
-    dab_threshold = filters.threshold_otsu(dab[is_tissue])
-    classes[is_tissue] = 1
-    classes[is_tissue & (dab > dab_threshold)] = 2
-    return slide, classes
+    return build_demo_slide()
 
 
 def demo_patch_table(classes: np.ndarray, patch_size: int = DEMO_PATCH_SIZE) -> pd.DataFrame:
