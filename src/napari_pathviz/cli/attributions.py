@@ -109,7 +109,8 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument(
         "--target",
         default="predicted",
-        help="class to explain: predicted (default), each (every class) or an index",
+        help="class to explain: predicted (default), each (every class), a class name of "
+        "the model card (or --class-names) or an output index",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -202,7 +203,17 @@ def explanation_inputs(args: argparse.Namespace):
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):
         raise PathvizError("no patches to explain (the selection is empty)")
-    target = args.target if args.target in ("predicted", "each") else _int(args.target, "--target")
+    target = args.target if args.target in ("predicted", "each") else None
+    if target is None and spec.class_names and args.target in spec.class_names:
+        target = spec.class_names.index(args.target)
+    elif target is None and spec.class_names and not args.target.lstrip("-").isdigit():
+        raise PathvizError(
+            f"--target {args.target!r} is none of the model's classes "
+            f"({', '.join(spec.class_names)}), predicted, each or an output index"
+        )
+    elif target is None:
+        target = _int(args.target, "--target")
+    args.class_names = spec.class_names  # the names in effect (flag, else card): for labels
     device = resolve_device(args.device)
     if args.device == "auto" and device == "cpu":
         warnings.warn("no CUDA GPU: attributions run on the CPU", PathvizWarning, stacklevel=1)
@@ -280,6 +291,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             titles=titles,
             per_patch_scale=args.per_patch_scale,
             label_output=args.pred_out,
+            class_names=args.class_names,
         )
     )
     report_completeness(result, rows)
