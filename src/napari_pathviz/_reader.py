@@ -1,4 +1,6 @@
-"""npe2 reader: whole-slide images (zarr, OME-Zarr, SVS, TIFF, NDPI) and patch tables.
+"""npe2 reader: whole-slide images (zarr, OME-Zarr, SVS, TIFF, NDPI), patch tables (ours,
+PathFlowAI's, CLAM/TRIDENT/WSInfer .h5, WSInfer CSV) and GeoJSON (QuPath annotations become a
+shapes layer; a file of tiles only, such as WSInfer's, a patches layer).
 
 Bad files give one notification line instead of a traceback dialog: the reader reports the
 error itself and hands napari the "empty file" sentinel.
@@ -11,6 +13,8 @@ from collections.abc import Callable
 
 from ._layers import patches_layer_data, slide_layer_data
 from .errors import PathvizError
+from .io.clam_h5 import is_h5_path
+from .io.geojson import is_geojson_path
 from .io.tables import SQLITE_SUFFIXES, is_table_path, sqlite_patch_sizes
 from .io.tiff_io import is_tiff_path
 from .io.zarr_io import is_zarr_path
@@ -28,6 +32,10 @@ def get_reader(path: str | list[str]) -> Callable | None:
     path = str(path)
     if is_zarr_path(path) or is_tiff_path(path):
         return read_slide
+    if is_h5_path(path):
+        return read_patch_table
+    if is_geojson_path(path):
+        return read_geojson_layers
     if is_table_path(path) and _has_patch_columns(path):
         return read_patch_table
     return None
@@ -65,6 +73,25 @@ def read_slide(path: str | list[str]) -> list:
     path = path[0] if isinstance(path, list) else path
     try:
         return [slide_layer_data(open_slide(path))]
+    except PathvizError as err:
+        return _notify(err)
+
+
+def read_geojson_layers(path: str | list[str]) -> list:
+    """QuPath annotations as a shapes layer (class names as its features); a file holding
+    only tiles (WSInfer's output, QuPath tiles) as a patches layer."""
+    from ._qupath_layers import annotation_shapes_data
+    from .io.geojson import read_geojson
+
+    path = str(path[0] if isinstance(path, list) else path)
+    try:
+        features = read_geojson(path)
+        if features and all(f.object_type == "tile" for f in features):
+            return [patches_layer_data(load_patches(path))]
+        shapes = [f for f in features if f.object_type != "tile"]
+        if not shapes:
+            raise PathvizError(f"{path}: holds no polygons (annotations or tiles)")
+        return [annotation_shapes_data(shapes, os.path.basename(path))]
     except PathvizError as err:
         return _notify(err)
 

@@ -149,14 +149,23 @@ def _plain(value):
 
 def _coords_frame(coords: np.ndarray, attrs: dict, path: str) -> pd.DataFrame:
     frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})
+    # The slide: the file's "name" attribute, else its name, as CLAM and TRIDENT call their
+    # files {slide}.h5 (CLAM's feature files carry no attributes).
     name = attrs.get("name")
-    if isinstance(name, str) and name and name != "None":
-        frame.insert(0, "ID", name)
+    if not (isinstance(name, str) and name and name != "None"):
+        name = file_stem(path)
+    frame.insert(0, "ID", name)
     size = level0_patch_size(attrs, path)
     if size is not None:
         frame["patch_size"] = size
     check_against_level0(frame, attrs, path)
     return frame
+
+
+def file_stem(path: str) -> str:
+    """A tool's per-slide output file named {slide}.h5 / .csv / .geojson: the slide ID."""
+    name = os.path.basename(str(path).rstrip("/"))
+    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 def level0_patch_size(attrs: dict, path: str) -> int | None:

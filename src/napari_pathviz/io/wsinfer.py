@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PathvizError
+from .clam_h5 import file_stem
 
 WSINFER_COLUMNS = ("minx", "miny", "width", "height")
 _KEYS = ("ID", "x", "y", "patch_size", "qupath_class")
@@ -37,11 +38,14 @@ def wsinfer_to_patches(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if bad.size:
         i = int(bad[0])
         raise PathvizError(
-            f"{source}: row {i}: width {df['width'].iloc[i]!r} differs from height "
-            f"{df['height'].iloc[i]!r}; patches must be square ({bad.size} such rows)"
+            f"{source}: row {i}: width {df['width'].iloc[i]} differs from height "
+            f"{df['height'].iloc[i]}; patches must be square ({bad.size} such rows)"
         )
     out = df.rename(columns={"minx": "x", "miny": "y", "width": "patch_size"})
-    return out.drop(columns="height")
+    out = out.drop(columns="height")
+    if "ID" not in out.columns:  # WSInfer writes model-outputs-csv/{slide}.csv
+        out.insert(0, "ID", file_stem(source))
+    return out
 
 
 def read_tiles_geojson(path: str | os.PathLike) -> pd.DataFrame:
@@ -79,6 +83,6 @@ def read_tiles_geojson(path: str | os.PathLike) -> pd.DataFrame:
         row.update({k: v for k, v in feature.measurements.items() if k not in _KEYS})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    if "ID" in frame.columns and frame["ID"].isna().any():
-        frame = frame.drop(columns="ID")  # named only in part: the file's stem names all
+    if "ID" not in frame.columns or frame["ID"].isna().any():
+        frame["ID"] = file_stem(path)  # WSInfer's model-outputs-geojson/{slide}.geojson
     return frame
