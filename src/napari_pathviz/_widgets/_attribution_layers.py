@@ -11,6 +11,7 @@ from .._layers import META_SLIDE
 from ..attribution.gallery import shared_limit
 from ..attribution.layer import attribution_pyramid
 from ..attribution.result import AttributionResult
+from ..classes import class_label, class_labels
 
 LAYER_PREFIX = "attributions: "
 META_ATTRIBUTION = "pathviz_attribution"
@@ -60,8 +61,9 @@ def show_attributions(
     patch_of_row = result.patch_of_rows()
     targets = np.asarray(result.targets)
     each_class = len(patch_of_row) > len(np.unique(patch_of_row))
+    names = result.metadata.get("class_names")  # the model's, recorded by the widget's job
     groups = (
-        [(f" class {k}", np.flatnonzero(targets == k)) for k in np.unique(targets)]
+        [(f" {class_label(names, k)}", np.flatnonzero(targets == k)) for k in np.unique(targets)]
         if each_class
         else [("", np.arange(len(patch_of_row)))]
     )
@@ -141,7 +143,12 @@ def _show_labels(viewer, result: AttributionResult, keys: pd.DataFrame, slide_la
     labels = viewer.add_points(
         corners + size[:, None] * 0.1,
         name=name,
-        features=pd.DataFrame({"target": targets, "probability": probability}),
+        features=pd.DataFrame(
+            {
+                "target": class_labels(result.metadata.get("class_names"), targets),
+                "probability": probability,
+            }
+        ),
         text={
             "string": "{target}: p={probability:.2f}",
             "size": 9,

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from ..classes import class_label
 from ..errors import PathvizError
 from .result import AttributionResult
 
@@ -65,6 +66,8 @@ def gallery_figure(
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    # The model's class names (which the widget records in the result), unless given.
+    class_names = class_names or result.metadata.get("class_names")
     patch_of_row = result.patch_of_rows()
     maps = np.asarray(result.maps)
     explained = list(dict.fromkeys(patch_of_row.tolist()))  # patches, in first-row order
@@ -103,7 +106,7 @@ def gallery_figure(
             ax_map.imshow(gray, cmap="gray", alpha=0.35)
             ax_map.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
             target = int(result.targets[row])
-            name = class_names[target] if class_names and target < len(class_names) else target
+            name = class_label(class_names, target)
             ax_map.set_title(
                 f"{name}: p={_probability(probabilities, row, target):.2f}", fontsize=6
             )
