@@ -177,3 +177,22 @@ def with_pathflowai_columns(df: pd.DataFrame) -> pd.DataFrame:
     for i, column in enumerate(probs):
         df.insert(at + i, f"{i}_pred", pd.to_numeric(df[column], errors="coerce"))
     return df
+
+
+def resolve_target(target, class_names: Sequence[str] | None, option: str = "--target"):
+    """What to explain: "predicted", "each", or an output index given as an int, its digits or
+    its class name; anything else is refused naming the classes."""
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    text = str(target).strip() or "predicted"
+    if text in ("predicted", "each"):
+        return text
+    if class_names and text in class_names:
+        return list(class_names).index(text)
+    try:
+        return int(text)
+    except ValueError:
+        classes = f"one of the model's classes ({', '.join(class_names)}), " if class_names else ""
+        raise PathvizError(
+            f"{option} must be {classes}predicted, each or an output index, got {text!r}"
+        ) from None

@@ -177,6 +177,7 @@ def explanation_inputs(args: argparse.Namespace):
     import pandas as pd
 
     from ..attribution.references import check_same_size, random_reference_rows, reference_images
+    from ..classes import resolve_target
     from ..inference import read_patch_batch, resolve_device
     from ..slide import open_slide
 
@@ -203,16 +204,7 @@ def explanation_inputs(args: argparse.Namespace):
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):
         raise PathvizError("no patches to explain (the selection is empty)")
-    target = args.target if args.target in ("predicted", "each") else None
-    if target is None and spec.class_names and args.target in spec.class_names:
-        target = spec.class_names.index(args.target)
-    elif target is None and spec.class_names and not args.target.lstrip("-").isdigit():
-        raise PathvizError(
-            f"--target {args.target!r} is none of the model's classes "
-            f"({', '.join(spec.class_names)}), predicted, each or an output index"
-        )
-    elif target is None:
-        target = _int(args.target, "--target")
+    target = resolve_target(args.target, spec.class_names)
     args.class_names = spec.class_names  # the names in effect (flag, else card): for labels
     device = resolve_device(args.device)
     if args.device == "auto" and device == "cpu":
@@ -355,10 +347,3 @@ def _top_count(text: str) -> int:
     if count < 0:
         raise PathvizError(f"--top N COL: N must be 0 or more, got {count}")
     return count
-
-
-def _int(text: str, option: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise PathvizError(f"{option} must be 'predicted' or a class index, got {text!r}") from None
