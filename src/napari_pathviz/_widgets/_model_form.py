@@ -5,6 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import CheckBox, LineEdit, SpinBox
 
 from ..errors import PathvizError
+from ._compact import path_field, path_text
 
 
 class ModelForm:
@@ -12,8 +13,8 @@ class ModelForm:
     Blank fields are filled from the model card beside the weights."""
 
     def __init__(self):
-        self.model_path = LineEdit(
-            label="Model",
+        self.model_path = path_field(
+            "Model",
             tooltip="weights (safetensors or state dict) with a model card beside them "
             "(<name>.json or model_card.json), or TorchScript, or a pickle",
         )
@@ -40,26 +41,29 @@ class ModelForm:
             value=0,
             min=0,
             max=4096,
-            tooltip="0: the model card's, else patches as read",
+            tooltip="0 = auto: the model card's input size, else patches as read",
         )
+        self.input_size.native.setSpecialValueText("0 = auto")
 
     @property
     def widgets(self) -> list:
-        return [
-            self.model_path,
-            self.factory,
-            self.factory_kwargs,
-            self.trust_model,
-            self.mean,
-            self.std,
-            self.input_size,
-        ]
+        return [*self.essential, *self.advanced]
+
+    @property
+    def essential(self) -> list:
+        """What a model with a card needs: the file (and trust, for programs)."""
+        return [self.model_path, self.trust_model]
+
+    @property
+    def advanced(self) -> list:
+        """Overrides of the model card."""
+        return [self.factory, self.factory_kwargs, self.mean, self.std, self.input_size]
 
     def arguments(self) -> dict:
         """load_model's arguments; raises PathvizError naming the field at fault."""
         import json
 
-        if not self.model_path.value.strip():
+        if not path_text(self.model_path):
             raise PathvizError("Model: give a model file first")
         kwargs = None  # blank: the model card's
         if self.factory_kwargs.value.strip():
@@ -70,7 +74,7 @@ class ModelForm:
             if not isinstance(kwargs, dict):
                 raise PathvizError('Factory kwargs must be a JSON object, e.g. {"width": 4}')
         return {
-            "path": self.model_path.value.strip(),
+            "path": path_text(self.model_path),
             "factory": self.factory.value.strip() or None,
             "factory_kwargs": kwargs,
             "trust_model": self.trust_model.value,

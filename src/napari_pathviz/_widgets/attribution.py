@@ -23,7 +23,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .._layers import META_COLOR_BY, META_SLIDE
+from .._layers import META_SLIDE
 from ..attribution import METHODS
 from ..attribution.references import check_same_size, random_reference_rows, reference_images
 from ..errors import PathvizError
@@ -32,10 +32,12 @@ from ._attribution_layers import (
     set_opacity,
     show_attributions,
 )
+from ._compact import add_section, collapsed_section, narrow, path_field, path_text, row
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
+from ._patches_in_use import patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -43,23 +45,36 @@ if TYPE_CHECKING:
 
 class AttributionWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # opened sections scroll
         self._viewer = viewer
         self.form = ModelForm()
         self.method = ComboBox(label="Method", choices=list(METHODS), value="gradient")
         self.target = LineEdit(
             label="Target",
             value="predicted",
-            tooltip="predicted, each (every class: one layer per class), or a class index",
+            tooltip="predicted, each (every class: one layer per class), a class name or index",
         )
         self.output = ComboBox(
             label="Explain",
-            choices=["none", "sigmoid", "softmax"],
+            choices=[
+                ("none: the logit", "none"),
+                ("sigmoid probability", "sigmoid"),
+                ("softmax probability", "softmax"),
+            ],
             value="none",
-            tooltip="the logit, or a probability",
+            tooltip="what the maps explain: none = the raw model output (logit); sigmoid or "
+            "softmax = that probability",
         )
         self.n_samples = SpinBox(label="Samples", value=400, min=1, max=100_000)
-        self.smoothing = FloatSpinBox(label="Smoothing", value=0.0, min=0.0, max=10.0, step=0.05)
+        self.smoothing = FloatSpinBox(
+            label="Smoothing",
+            value=0.0,
+            min=0.0,
+            max=10.0,
+            step=0.05,
+            tooltip="gradient: local smoothing of the samples; 0 = none",
+        )
+        self.smoothing.native.setSpecialValueText("0 = none")
         self.background_from = ComboBox(
             label="Background",
             choices=["random patches", "kept selection", "file"],
@@ -69,16 +84,19 @@ class AttributionWidget(Container):
         )
         self.n_background = SpinBox(label="Random patches", value=32, min=2, max=10_000)
         self.keep_background = PushButton(text="Keep selection as background")
-        self.background_file = LineEdit(label="Background file")
+        self.background_file = path_field(
+            "Background file", tooltip="a patch table or a .npy of images"
+        )
         self.layer_name = LineEdit(label="CAM layer", tooltip="blank: the last conv block")
         self.batch_size = SpinBox(
             label="Batch size",
             value=0,
             min=0,
             max=100_000,
-            tooltip="model inputs per pass, halved on out-of-memory; 0: automatic (gradient: "
+            tooltip="model inputs per pass, halved on out-of-memory; 0 = auto (gradient: "
             "256 samples on a GPU, 64 on the CPU)",
         )
+        self.batch_size.native.setSpecialValueText("0 = auto")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.precision = ComboBox(
             label="Precision",
@@ -86,7 +104,14 @@ class AttributionWidget(Container):
             value="float32",
             tooltip="bfloat16 autocast on CUDA (gradient)",
         )
-        self.which = ComboBox(label="Patches", choices=["selection", "top N"], value="selection")
+        self.in_use = patches_in_use(viewer)
+        self.patches_layer_choice = patches_combo(self.in_use)
+        self.which = ComboBox(
+            label="Explain rows",
+            choices=["selection", "top N"],
+            value="selection",
+            tooltip="the patches selected on the slide or in the scatter, or the top N by a column",
+        )
         self.top_n = SpinBox(label="N", value=8, min=1, max=100_000)
         self.top_column = ComboBox(label="By column", choices=self._numeric_columns, nullable=True)
         self.per_patch = CheckBox(text="Scale each patch on its own", value=False)
@@ -95,21 +120,36 @@ class AttributionWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self.status = Label(value="")
-        self.gallery_path = LineEdit(label="Gallery PNG")
+        self.gallery_path = path_field("Gallery PNG", mode="w", filter="*.png")
         self.gallery_button = PushButton(text="Export gallery")
         self.show_gallery_button = PushButton(text="Show gallery")
         self._gallery_view = None
-        self.store_path = LineEdit(label="Attributions store", tooltip="from pathviz shapley-plot")
+        self.store_path = path_field(
+            "Attributions store", mode="d", tooltip="a .zarr folder from pathviz shapley-plot"
+        )
         self.open_store_button = PushButton(text="Open store on the slide")
         self._jobs = JobRunner(
             self.run_button, self.cancel_button, self._show_progress, self._report
         )
+        self._top_row = row(self.top_n, self.top_column, label="Top N")
         self._last = None  # (result, images, titles) of the last run, for the gallery
         self._kept_background: np.ndarray | None = None
         self.extend(
             [
-                *self.form.widgets,
+                self.patches_layer_choice,
+                *self.form.essential,
                 self.method,
+                self.which,
+                self._top_row,
+                row(self.run_button, self.cancel_button),
+                self.progress,
+                self.status,
+                row(self.show_gallery_button, self.gallery_button),
+            ]
+        )
+        self.advanced, _ = collapsed_section(
+            "Advanced: target, samples, background, model",
+            [
                 self.target,
                 self.output,
                 self.n_samples,
@@ -122,26 +162,18 @@ class AttributionWidget(Container):
                 self.batch_size,
                 self.device,
                 self.precision,
-                self.which,
-                self.top_n,
-                self.top_column,
                 self.per_patch,
                 self.opacity,
-                Container(
-                    widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
-                ),
-                self.progress,
-                self.status,
-                Container(
-                    widgets=[self.show_gallery_button, self.gallery_button],
-                    layout="horizontal",
-                    labels=False,
-                ),
-                self.gallery_path,
-                self.store_path,
-                self.open_store_button,
-            ]
+                *self.form.advanced,
+            ],
         )
+        self.files, _ = collapsed_section(
+            "Files: gallery PNG, stored maps",
+            [self.gallery_path, self.store_path, self.open_store_button],
+        )
+        add_section(self, self.advanced)
+        add_section(self, self.files)
+        narrow(self.native)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.gallery_button.changed.connect(self.export_gallery)
@@ -149,25 +181,39 @@ class AttributionWidget(Container):
         self.keep_background.changed.connect(self.keep_selection_as_background)
         self.open_store_button.changed.connect(self.open_store)
         self.opacity.changed.connect(lambda value: set_opacity(self._viewer, value))
-        viewer.layers.events.inserted.connect(lambda _e: self.top_column.reset_choices())
+        self.which.changed.connect(self._show_top_fields)
+        self._show_top_fields()
+        for signal in (self.in_use.changed, self.in_use.columns_changed):
+            signal.connect(self._refresh_top_columns)
 
     # -- inputs --------------------------------------------------------------------------------
     def _layer_with(self, key: str):
         return layer_with(self._viewer, key)
 
+    def _show_top_fields(self, _value=None) -> None:
+        self._top_row.visible = self.which.value == "top N"
+
+    def _refresh_top_columns(self, _event=None) -> None:
+        with self.top_column.changed.blocked():
+            self.top_column.reset_choices()
+
+    def patches_layer(self):
+        """The patches layer in use (shared by every PathViz widget of this viewer)."""
+        return self.in_use.layer
+
     def _numeric_columns(self, _widget=None) -> list[str]:
-        layer = self._layer_with(META_COLOR_BY) if hasattr(self, "_viewer") else None
+        layer = self.patches_layer() if hasattr(self, "in_use") else None
         if layer is None:
             return []
         return [str(c) for c in layer.features.columns if layer.features[c].dtype.kind in "fiu"]
 
     def chosen_rows(self, layer) -> np.ndarray:
         if self.which.value == "selection":
-            rows = np.sort(np.fromiter(layer.selected_data, np.int64))
+            rows = self.in_use.selected_rows()
             if not len(rows):
                 raise PathvizError(
-                    "Attributions: select patches first (on the slide or in the "
-                    "embedding scatter), or choose 'top N'"
+                    f"Attributions: select patches of {layer.name!r} first (on the slide or "
+                    "in the embedding scatter), or choose 'top N'"
                 )
             return rows
         column = self.top_column.value
@@ -177,8 +223,7 @@ class AttributionWidget(Container):
         return np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[: self.top_n.value]
 
     def keep_selection_as_background(self) -> None:
-        layer = self._layer_with(META_COLOR_BY)
-        rows = np.sort(np.fromiter(layer.selected_data, np.int64)) if layer is not None else []
+        rows = self.in_use.selected_rows()
         if len(rows) < 2:
             report_error(self.status, PathvizError("Background: select at least two patches"))
             return
@@ -190,12 +235,7 @@ class AttributionWidget(Container):
         target = self.target.value.strip() or "predicted"
         if target in ("predicted", "each"):
             return target
-        try:
-            return int(target)
-        except ValueError:
-            raise PathvizError(
-                f"Target: 'predicted', 'each' or a class index, not {target!r}"
-            ) from None
+        return target  # a class name or index: resolved by the job, which knows the classes
 
     def _background(self, features, rows) -> tuple[str, object]:
         """How the job gets its references: ("rows", table rows) or ("file", path)."""
@@ -205,7 +245,7 @@ class AttributionWidget(Container):
                 raise PathvizError("Background: keep a selection first, or choose another source")
             return "rows", self._kept_background
         if source == "file":
-            path = self.background_file.value.strip()
+            path = path_text(self.background_file)
             if not path:
                 raise PathvizError("Background file: give a patch table or a .npy of images")
             return "file", path
@@ -222,7 +262,7 @@ class AttributionWidget(Container):
             report_error(self.status, err)
 
     def _start(self) -> None:
-        slide_layer, layer = self._layer_with(META_SLIDE), self._layer_with(META_COLOR_BY)
+        slide_layer, layer = self._layer_with(META_SLIDE), self.patches_layer()
         if slide_layer is None or layer is None:
             raise PathvizError("Attributions: open a slide and its patches first")
         rows = self.chosen_rows(layer)
@@ -301,7 +341,7 @@ class AttributionWidget(Container):
             slide_layer = self._layer_with(META_SLIDE)
             if slide_layer is None:
                 raise PathvizError("Attributions store: open its slide first")
-            path = self.store_path.value.strip()
+            path = path_text(self.store_path)
             if not path:
                 raise PathvizError("Attributions store: give the store folder first")
             result, keys = open_attributions(path)
@@ -330,7 +370,7 @@ class AttributionWidget(Container):
         try:
             if self._last is None:
                 raise PathvizError("Gallery: explain some patches first")
-            path = self.gallery_path.value.strip()
+            path = path_text(self.gallery_path)
             if not path:
                 raise PathvizError("Gallery PNG: give a file path first")
             result, images, titles = self._last
@@ -355,6 +395,7 @@ class _AttributionJob:
 
     def run(self, progress, cancelled):
         from ..attribution.stored import explain
+        from ..classes import resolve_target
         from ..inference import read_patch_batch, resolve_device
         from ..models import load_model
 
@@ -374,7 +415,7 @@ class _AttributionJob:
             inputs,
             self.method,
             background=background,
-            target=self.target,
+            target=resolve_target(self.target, spec.class_names, "Target"),
             output=self.output,
             store="auto",
             keep_per_channel=False,  # the layers and gallery show channel sums; keep the cache small
@@ -383,6 +424,8 @@ class _AttributionJob:
             cancelled=cancelled,
             **self.options,
         )
+        # The layers, labels and gallery name the classes as the model card does.
+        result.metadata["class_names"] = list(spec.class_names) if spec.class_names else None
         return result, self.rows, images, warning
 
     def _references(self) -> np.ndarray:

@@ -17,13 +17,15 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .._layers import META_COLOR_BY, META_SLIDE
+from .._layers import META_SLIDE
 from ..errors import PathvizError
 from ..patches import KEY_COLUMNS
+from ._compact import add_section, collapsed_section, narrow, row
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
+from ._patches_in_use import patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -33,12 +35,14 @@ HEATMAP_SUFFIX = " heatmap"
 
 class InferenceWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # opened sections scroll
         self._viewer = viewer
         self.form = ModelForm()
         # The fields by name, as the demo and the tests reach them.
         self.model_path, self.factory = self.form.model_path, self.form.factory
         self.mean, self.std = self.form.mean, self.form.std
+        self.in_use = patches_in_use(viewer)
+        self.patches_layer_choice = patches_combo(self.in_use)
         self.batch_size = SpinBox(label="Batch size", value=64, min=1, max=4096)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.level = SpinBox(label="Level", value=0, min=0, max=20)
@@ -51,34 +55,49 @@ class InferenceWidget(Container):
             self.run_button, self.cancel_button, self._show_progress, self._report
         )
         self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
+        self._refresh_heatmap_choices()
         self.extend(
             [
-                *self.form.widgets,
-                self.batch_size,
-                self.device,
-                self.level,
-                self.embeddings,
-                Container(
-                    widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
-                ),
+                self.patches_layer_choice,
+                *self.form.essential,
+                row(self.run_button, self.cancel_button),
                 self.progress,
                 self.status,
                 self.heatmap_column,
             ]
         )
+        self.advanced, _ = collapsed_section(
+            "Advanced: model card overrides, batch, device",
+            [*self.form.advanced, self.batch_size, self.device, self.level, self.embeddings],
+        )
+        add_section(self, self.advanced)
+        narrow(self.native)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.heatmap_column.changed.connect(self._show_heatmap)
+        self.in_use.changed.connect(self._refresh_heatmap_choices)
+        self.in_use.columns_changed.connect(self._refresh_heatmap_choices)
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_with(self, key: str):
         return layer_with(self._viewer, key)
 
     def patches_layer(self):
-        return self._layer_with(META_COLOR_BY)
+        """The patches layer in use (shared by every PathViz widget of this viewer)."""
+        return self.in_use.layer
+
+    def _refresh_heatmap_choices(self, _event=None) -> None:
+        from ..classes import default_heatmap_column
+
+        with self.heatmap_column.changed.blocked():
+            previous = self.heatmap_column.value
+            self.heatmap_column.reset_choices()
+            choices = self.heatmap_column.choices
+            if choices and previous not in choices:  # the explained class, not the first
+                self.heatmap_column.value = default_heatmap_column(choices)
 
     def _prob_columns(self, _widget=None) -> list[str]:
-        layer = self.patches_layer() if hasattr(self, "_viewer") else None
+        layer = self.patches_layer() if hasattr(self, "in_use") else None
         if layer is None:
             return []
         return [str(c) for c in layer.features.columns if str(c).startswith("prob_")]
@@ -122,27 +141,31 @@ class InferenceWidget(Container):
         report_error(self.status, err)
 
     def _done(self, result, layer) -> None:
-        """Predictions into the layer's features, then the heatmap of the last class."""
-        from ..patches import match_rows
+        """Predictions into the layer's features (earlier predictions of the same classes
+        replaced, of other classes refused), then the heatmap of the explained class."""
+        from ..classes import default_heatmap_column, merge_predictions
 
-        new = [c for c in result.columns if c not in KEY_COLUMNS]
-        # A rerun replaces its own columns; other columns (e.g. earlier predictions) stay.
-        features = layer.features.drop(columns=[c for c in new if c in layer.features.columns])
-        where = match_rows(features, result)
-        found = where >= 0
-        for column in new:
-            values = np.full(len(features), np.nan, np.float32)
-            values[found] = result[column].to_numpy()[where[found]]
-            features[column] = values
+        try:
+            features, found = merge_predictions(layer.features, result, layer.name)
+        except PathvizError as err:
+            report_error(self.status, err)
+            return
         layer.features = features
-        self.status.value = f"predictions for {int(found.sum())} patches"
+        self.status.value = f"predictions for {found} patches"
+        if result.attrs.get("warning"):  # no normalisation known: said, not silent
+            from napari.utils.notifications import show_warning
+
+            show_warning(result.attrs["warning"])
+            self.status.value += f"; WARNING: {result.attrs['warning']}"
         self.progress.value = 100
         self.heatmap_column.reset_choices()
-        choices = self.heatmap_column.choices
-        if choices:
+        column = default_heatmap_column(
+            self.heatmap_column.choices, result.attrs.get("class_names")
+        )
+        if column:
             with self.heatmap_column.changed.blocked():
-                self.heatmap_column.value = choices[-1]
-            self._show_heatmap(choices[-1])
+                self.heatmap_column.value = column
+            self._show_heatmap(column)
 
     def _show_heatmap(self, column: str | None) -> None:
         try:
@@ -202,7 +225,7 @@ class _InferenceJob:
         from ..models import load_model
 
         spec = load_model(**self.model_args)
-        return extract(
+        result = extract(
             self.slide,
             self.table,
             spec,
@@ -213,3 +236,5 @@ class _InferenceJob:
             progress=progress,
             cancelled=cancelled,
         )
+        result.attrs["warning"] = spec.normalisation_warning()
+        return result

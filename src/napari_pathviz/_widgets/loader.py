@@ -29,8 +29,10 @@ from .._layers import (
 )
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
+from ._compact import add_section, collapsed_section, narrow, path_field, path_text, row
 from ._lookup import layer_with
 from ._notify import report_error
+from ._patches_in_use import patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -38,13 +40,15 @@ if TYPE_CHECKING:
 
 class SlideLoaderWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # opened sections scroll
         self._viewer = viewer
         self._worker: Any = None
+        self.in_use = patches_in_use(viewer)
 
-        self.slide_path = LineEdit(label="Slide", tooltip="file or .zarr folder")
-        self._browse_slide_file = PushButton(text="File…")
-        self._browse_slide_dir = PushButton(text="Folder…")
+        self.slide_path = path_field(
+            "Slide", tooltip="a slide file; for a .zarr folder use Folder…"
+        )
+        self._browse_slide_dir = PushButton(text="Folder…", tooltip="a .zarr slide folder")
         self.layout_choice = ComboBox(
             label="Layout",
             choices=LAYOUTS,
@@ -54,15 +58,15 @@ class SlideLoaderWidget(Container):
         self.use_mpp = CheckBox(text="Scale in µm where the file says", value=False)
         self.open_slide_button = PushButton(text="Open slide")
 
-        self.table_path = LineEdit(label="Patch table", tooltip=".csv, .parquet or PathFlowAI .db")
-        self._browse_table = PushButton(text="File…")
+        self.table_path = path_field("Patch table", tooltip=".csv, .parquet or PathFlowAI .db")
         self.patch_size = SpinBox(
             label="Patch size",
             value=0,
             min=0,
             max=1_000_000,
-            tooltip="0: from the table (a .db with one table)",
+            tooltip="0 = auto: the table's patch_size column (or a .db with one table)",
         )
+        self.patch_size.native.setSpecialValueText("0 = auto")
         self.slide_id = LineEdit(
             label="Slide ID", tooltip="keep these rows; blank: the slide's own when present"
         )
@@ -73,51 +77,44 @@ class SlideLoaderWidget(Container):
         self.grid_button = PushButton(text="Generate tissue grid")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
 
+        self.patches_layer_choice = patches_combo(self.in_use, self._refresh_colors)
         self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
         self.status = Label(value="")
 
-        slide_row = Container(
-            widgets=[self.slide_path, self._browse_slide_file, self._browse_slide_dir],
-            layout="horizontal",
-            labels=False,
-            label="Slide",
-        )
-        table_row = Container(
-            widgets=[self.table_path, self._browse_table],
-            layout="horizontal",
-            labels=False,
-            label="Patch table",
-        )
         self.extend(
             [
-                slide_row,
-                self.layout_choice,
-                self.use_mpp,
+                row(self.slide_path, self._browse_slide_dir, label="Slide"),
                 self.open_slide_button,
-                table_row,
-                self.patch_size,
-                self.slide_id,
+                self.table_path,
                 self.load_table_button,
-                self.grid_size,
-                self.min_tissue,
-                self.grid_button,
-                self.cancel_button,
+                row(self.grid_button, self.cancel_button),
+                self.patches_layer_choice,
                 self.color_by,
                 self.status,
             ]
         )
+        self.advanced, _ = collapsed_section(
+            "Advanced: slide layout, patch size, grid",
+            [
+                self.layout_choice,
+                self.use_mpp,
+                self.patch_size,
+                self.slide_id,
+                self.grid_size,
+                self.min_tissue,
+            ],
+        )
+        add_section(self, self.advanced)
+        narrow(self.native)
 
-        self._browse_slide_file.changed.connect(lambda: self._browse(self.slide_path, False))
-        self._browse_slide_dir.changed.connect(lambda: self._browse(self.slide_path, True))
-        self._browse_table.changed.connect(lambda: self._browse(self.table_path, False))
+        self._browse_slide_dir.changed.connect(self._browse_folder)
         self.open_slide_button.changed.connect(self.open_slide)
         self.load_table_button.changed.connect(self.load_patches)
         self.grid_button.changed.connect(self.generate_grid)
         self.cancel_button.changed.connect(self.cancel)
         self.color_by.changed.connect(self._recolor)
-        viewer.layers.selection.events.active.connect(self._refresh_colors)
-        viewer.layers.events.inserted.connect(self._refresh_colors)
-        viewer.layers.events.removed.connect(self._refresh_colors)
+        self.in_use.choices_changed.connect(self._refresh_colors)
+        self.in_use.columns_changed.connect(self._refresh_colors)
         self._refresh_colors()
 
     # -- layers this widget works on ---------------------------------------------------------
@@ -126,13 +123,14 @@ class SlideLoaderWidget(Container):
         return layer_with(self._viewer, META_SLIDE)
 
     def patches_layer(self):
-        return layer_with(self._viewer, META_COLOR_BY)
+        """The patches layer in use (shared by every PathViz widget of this viewer)."""
+        return self.in_use.layer
 
     # -- actions -----------------------------------------------------------------------------
     def open_slide(self) -> None:
         from ..slide import open_slide
 
-        path = self.slide_path.value.strip()
+        path = path_text(self.slide_path)
         self._guarded(
             lambda: self._add(
                 slide_layer_data(
@@ -149,7 +147,7 @@ class SlideLoaderWidget(Container):
         from ..io.tables import read_table
         from ..patches import PatchTable, patches_for_slide
 
-        path = self.table_path.value.strip()
+        path = path_text(self.table_path)
         if not path:
             raise PathvizError("Patch table: give a table path first")
         size = self.patch_size.value or None
@@ -241,6 +239,9 @@ class SlideLoaderWidget(Container):
 
         layer = self._viewer.add_layer(Layer.create(*layer_data))
         self.status.value = f"added {layer.name}"
+        if META_COLOR_BY in layer.metadata and layer is not self.in_use.layer:
+            # A new table does not take over the selection the other widgets act on.
+            self.status.value += f"; Patches in use: {self.in_use.name} (change it above)"
         if META_SLIDE in layer.metadata and len(self._viewer.layers) == 1:
             self._viewer.reset_view()
 
@@ -253,12 +254,9 @@ class SlideLoaderWidget(Container):
     def _report(self, err: Exception) -> None:
         report_error(self.status, err)
 
-    def _browse(self, target: LineEdit, directory: bool) -> None:
+    def _browse_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        if directory:
-            path = QFileDialog.getExistingDirectory(self.native, "Choose a slide folder")
-        else:
-            path, _ = QFileDialog.getOpenFileName(self.native, "Choose a file")
+        path = QFileDialog.getExistingDirectory(self.native, "Choose a slide folder")
         if path:
-            target.value = path
+            self.slide_path.value = path

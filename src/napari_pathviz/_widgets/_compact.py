@@ -1,0 +1,63 @@
+"""Pieces that keep the dock widgets small enough for a 1440 x 900 screen: collapsed
+"Advanced" sections, button rows, and file pickers for path fields."""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container, FileEdit
+
+# Dock widgets share the right-hand column; this keeps it to about a quarter of a laptop
+# screen, so the slide canvas keeps at least half the window.
+DOCK_WIDTH = 340
+
+
+def collapsed_section(title: str, widgets: list, labels: bool = True):
+    """A collapsed section (superqt's QCollapsible, shipped with napari) holding magicgui
+    widgets; click its title to open it. Returns (QCollapsible, the inner Container)."""
+    from superqt import QCollapsible
+
+    inner = Container(widgets=widgets, labels=labels)
+    inner.native.layout().setContentsMargins(0, 0, 0, 0)
+    section = QCollapsible(title)
+    section.setDuration(0)  # no animation: open at once
+    section.addWidget(inner.native)
+    section.layout().setContentsMargins(0, 0, 0, 0)
+    section.collapse(animate=False)
+    return section, inner
+
+
+def add_section(container: Container, section) -> None:
+    """Appends a Qt section (from collapsed_section) below a magicgui container's widgets."""
+    from qtpy.QtWidgets import QScrollArea
+
+    host = container.native
+    if isinstance(host, QScrollArea):  # a scrollable container lays out an inner widget
+        host = host.widget()
+    host.layout().addWidget(section)
+
+
+def row(*widgets, label: str = "") -> Container:
+    """Widgets side by side, e.g. Run and Cancel."""
+    box = Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
+def path_field(label: str, mode: str = "r", tooltip: str = "", filter: str | None = None):
+    """A path field with a file-dialog button (magicgui FileEdit); blank means None.
+    mode: "r" an existing file, "w" a file to write, "d" a folder."""
+    field = FileEdit(label=label, mode=mode, nullable=True, tooltip=tooltip, filter=filter)
+    field.line_edit.native.setPlaceholderText(
+        {"r": "a file…", "w": "a file to write…", "d": "a folder…"}[mode]
+    )
+    return field
+
+
+def path_text(field) -> str:
+    """A path field's value as text, "" when blank."""
+    value = field.value
+    return "" if value is None else str(value).strip()
+
+
+def narrow(native, width: int = DOCK_WIDTH) -> None:
+    """Caps a dock widget's width (its fields shrink; labels and buttons stay whole)."""
+    native.setMaximumWidth(width)

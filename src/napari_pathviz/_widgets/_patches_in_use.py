@@ -1,0 +1,153 @@
+"""The patches layer in use: one per viewer, shared by every pathviz dock widget.
+
+Every widget reads its patch table, its selection and its colour column from this one layer and
+shows its name in a "Patches" combo; picking another layer in any widget's combo changes it for
+all of them. A new patches layer (a second table, a tissue grid, a ``umap_coords.csv`` opened
+with File > Open) does not take over: it becomes the layer in use only when none is in use, so
+a selection made in the scatter is the one that Explain and Run act on.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+from magicgui.widgets import ComboBox
+from psygnal import Signal
+
+from .._layers import META_COLOR_BY
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def patches_in_use(viewer) -> PatchesInUse:
+    """The viewer's one PatchesInUse, made on first use."""
+    shared = _SHARED.get(viewer)
+    if shared is None:
+        shared = _SHARED[viewer] = PatchesInUse(viewer)
+    return shared
+
+
+def is_patches_layer(layer) -> bool:
+    return META_COLOR_BY in layer.metadata
+
+
+class PatchesInUse:
+    """Which patches layer the widgets act on. ``changed`` carries the new layer (or None);
+    ``choices_changed`` fires when patches layers come, go or are renamed; ``columns_changed``
+    when the columns (features) of the layer in use change, e.g. after a model run."""
+
+    changed = Signal(object)
+    choices_changed = Signal()
+    columns_changed = Signal()
+
+    def __init__(self, viewer):
+        self._viewer_ref = weakref.ref(viewer)
+        self._layer = None
+        # Widgets that hold a selection not yet on the layer (the scatter sets it lazily)
+        # register a function that puts it there; selected_rows() calls them first.
+        self._pending_selections: list[Callable[[], None]] = []
+        viewer.layers.events.inserted.connect(self._inserted)
+        viewer.layers.events.removed.connect(self._removed)
+        for layer in viewer.layers:
+            self._watch_name(layer)
+        found = self.layers()
+        if found:
+            self._layer = found[-1]
+            self._layer.events.features.connect(self._features_changed)
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def layer(self):
+        """The patches layer in use, or None when the viewer has none."""
+        return self._layer
+
+    @property
+    def name(self) -> str | None:
+        return None if self._layer is None else self._layer.name
+
+    def layers(self) -> list:
+        viewer = self._viewer_ref()
+        return [] if viewer is None else [ly for ly in viewer.layers if is_patches_layer(ly)]
+
+    def names(self) -> list[str]:
+        return [ly.name for ly in self.layers()]
+
+    def selected_rows(self) -> np.ndarray:
+        """Sorted rows of the layer in use that are selected, wherever they were selected."""
+        for flush in list(self._pending_selections):
+            flush()
+        if self._layer is None:
+            return np.zeros(0, np.int64)
+        return np.sort(np.fromiter(self._layer.selected_data, np.int64))
+
+    def add_pending_selection(self, flush: Callable[[], None]) -> None:
+        self._pending_selections.append(flush)
+
+    # -- changing ------------------------------------------------------------------------------
+    def set(self, layer_or_name) -> None:
+        """Makes a patches layer (or the one of that name) the layer in use, for every widget."""
+        layer = layer_or_name
+        if isinstance(layer_or_name, str):
+            layer = next((ly for ly in self.layers() if ly.name == layer_or_name), None)
+        if layer is not None and not is_patches_layer(layer):
+            layer = None
+        if layer is self._layer:
+            return
+        if self._layer is not None:
+            self._layer.events.features.disconnect(self._features_changed)
+        self._layer = layer
+        if layer is not None:
+            layer.events.features.connect(self._features_changed)
+        self.changed.emit(layer)
+
+    def _features_changed(self, _event=None) -> None:
+        self.columns_changed.emit()
+
+    def _inserted(self, event) -> None:
+        layer = event.value
+        self._watch_name(layer)
+        if is_patches_layer(layer):
+            self.choices_changed.emit()
+            if self._layer is None:
+                self.set(layer)
+
+    def _removed(self, event) -> None:
+        if is_patches_layer(event.value):
+            self.choices_changed.emit()
+        if event.value is self._layer:
+            found = self.layers()
+            self.set(found[-1] if found else None)
+
+    def _watch_name(self, layer) -> None:
+        layer.events.name.connect(lambda _e: self.choices_changed.emit())
+
+
+def patches_combo(in_use: PatchesInUse, on_change: Callable | None = None) -> ComboBox:
+    """The "Patches" combo every widget shows: the layer in use, changed for all widgets here.
+    ``on_change(layer)`` runs when the layer in use changes, from any widget."""
+    combo = ComboBox(
+        label="Patches",
+        choices=lambda _w=None: in_use.names(),
+        nullable=True,
+        tooltip="the patches layer every PathViz widget acts on (its selection, its columns); "
+        "changing it here changes it in every widget",
+    )
+
+    def show_in_use(_layer=None) -> None:
+        with combo.changed.blocked():
+            combo.reset_choices()
+            combo.value = in_use.name if in_use.name in combo.choices else None
+
+    def picked(name) -> None:
+        if name and name != in_use.name:
+            in_use.set(name)
+
+    show_in_use()
+    combo.changed.connect(picked)
+    in_use.changed.connect(show_in_use)
+    in_use.choices_changed.connect(show_in_use)
+    if on_change is not None:
+        in_use.changed.connect(on_change)
+    return combo

@@ -1,0 +1,138 @@
+"""The embedding explorer's UMAP run form: the embeddings file first, the UMAP parameters in a
+collapsed "Advanced" section, and the job that runs in a worker thread."""
+
+from __future__ import annotations
+
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+
+from ._compact import collapsed_section, path_field, path_text
+
+
+class UmapForm:
+    """Embeddings file and UMAP parameters; ``params()`` feeds umap_embed."""
+
+    # Exposed on the widget under the same names (the demo and the tests reach them there).
+    FIELDS = (
+        "embeddings_path",
+        "keys_path",
+        "trust_pickle",
+        "components",
+        "n_neighbors",
+        "min_dist",
+        "metric",
+        "pca",
+        "seed",
+        "background_column",
+        "max_background",
+        "knn",
+    )
+
+    def __init__(self, numeric_columns):
+        self.embeddings_path = path_field(
+            "Embeddings", tooltip=".parquet/.csv, .npy/.npz (+ keys), PathFlowAI .pkl"
+        )
+        self.keys_path = path_field("Keys (.npy)", tooltip="key table for a bare array")
+        self.trust_pickle = CheckBox(
+            text="Trust this pickle (it can run code)",
+            value=False,
+            tooltip="PathFlowAI's embeddings.pkl is a pickle: load it only if you trust it",
+        )
+        self.components = ComboBox(label="Components", choices=[2, 3], value=2)
+        self.n_neighbors = SpinBox(label="n_neighbors", value=15, min=2, max=500)
+        self.min_dist = FloatSpinBox(label="min_dist", value=0.1, min=0.0, max=1.0, step=0.05)
+        self.metric = ComboBox(
+            label="Metric",
+            value="euclidean",
+            choices=["euclidean", "cosine", "manhattan", "correlation"],
+        )
+        self.pca = SpinBox(
+            label="PCA dims",
+            value=50,
+            min=0,
+            max=4096,
+            tooltip="reduce to this many dimensions first when there are more; 0 = off",
+        )
+        self.pca.native.setSpecialValueText("0 = off")
+        self.seed = SpinBox(
+            label="Seed",
+            value=-1,
+            min=-1,
+            max=2**31 - 1,
+            tooltip="-1 = none: not reproducible, umap-learn runs multi-threaded",
+        )
+        self.seed.native.setSpecialValueText("-1 = none")
+        self.background_column = ComboBox(
+            label="Background col",
+            choices=numeric_columns,
+            nullable=True,
+            tooltip="drop patches with more than Max bg area of this column (PathFlowAI's -rb)",
+        )
+        self.max_background = FloatSpinBox(
+            label="Max bg area", value=0.05, min=0, max=1, step=0.05, tooltip="PathFlowAI's -ma"
+        )
+        self.knn = ComboBox(label="k-NN", choices=["auto", "nndescent", "torch"], value="auto")
+        self.advanced, _ = collapsed_section(
+            "Advanced: UMAP parameters, keys, pickles",
+            [
+                self.keys_path,
+                self.trust_pickle,
+                self.components,
+                self.n_neighbors,
+                self.min_dist,
+                self.metric,
+                self.pca,
+                self.seed,
+                self.background_column,
+                self.max_background,
+                self.knn,
+            ],
+        )
+
+    def params(self):
+        from ..embedding import UMAPParams
+
+        return UMAPParams(
+            n_components=int(self.components.value),
+            n_neighbors=self.n_neighbors.value,
+            min_dist=self.min_dist.value,
+            metric=self.metric.value,
+            pca=self.pca.value or None,
+            random_state=None if self.seed.value < 0 else self.seed.value,
+        )
+
+    def job(self, path: str, patches) -> UmapJob:
+        return UmapJob(
+            path,
+            path_text(self.keys_path) or None,
+            self.trust_pickle.value,
+            patches,
+            self.background_column.value,
+            self.max_background.value,
+            self.params(),
+            self.knn.value,
+        )
+
+
+class UmapJob:
+    """The work of one Run, done in a worker thread: load, join, filter, UMAP."""
+
+    def __init__(self, path, keys, trust, patches, background, max_area, params, knn):
+        self.path, self.keys, self.trust, self.patches = path, keys, trust, patches
+        self.background, self.max_area, self.params, self.knn = background, max_area, params, knn
+
+    def run(self, progress, cancelled):
+        import warnings
+
+        from ..embedding import load_embeddings, remove_background, umap_embed
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the report carries them to the GUI
+            es = load_embeddings(
+                self.path, keys=self.keys, trust_pickle=self.trust, patches=self.patches
+            )
+        if self.background:
+            es = remove_background(es, self.background, self.max_area)
+        coords = umap_embed(
+            es.features, self.params, knn=self.knn, progress=progress, cancelled=cancelled
+        )
+        return es, coords
