@@ -9,6 +9,18 @@ DOCK_WIDGETS = ("Slide & patches", "Model inference", "Attributions", "Embedding
 TABBED = ("Model inference", "Attributions")  # share a tab group with the widget before them
 
 
+def dock_pathviz_widgets(viewer) -> dict:
+    """The plugin's dock widgets (by name), laid out for a 1440 x 900 screen: Slide & patches,
+    Model inference and Attributions share one tab group above the Embedding explorer, so the
+    scatter and the Explain button show together and the slide canvas keeps half the window."""
+    docks = {
+        name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)
+        for name in DOCK_WIDGETS
+    }
+    docks[DOCK_WIDGETS[0]][0].raise_()  # the tab to start from: open a slide
+    return {name: widget for name, (_dock, widget) in docks.items()}
+
+
 def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:
     """Slide and patches as layers, the plugin's dock widgets (returned by name), and, given
     ``embedding`` = (EmbeddingSet, coords), the embedding explorer filled with it."""
@@ -23,10 +35,7 @@ def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:
             patches_layer_data(table, color_by="annotation"),
         )
     ]
-    widgets = {
-        name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)[1]
-        for name in DOCK_WIDGETS
-    }
+    widgets = dock_pathviz_widgets(viewer)
     for name in ("Model inference", "Attributions"):
         widgets[name].form.prefill_demo()  # the demo model, ready to run
     explorer = widgets["Embedding explorer"]
