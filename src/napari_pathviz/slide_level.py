@@ -306,8 +306,12 @@ def extract_slide(
         cancelled=cancelled,
         **extract_options,
     )
-    # The encoder's outputs are every column but the keys and the argmax (features, not classes).
-    outputs = [c for c in encoded.columns if c not in KEY_COLUMNS and c != "y_pred"]
+    # The encoder's outputs come back as prob_<i> (it has no class names, activation "none"):
+    # features, in order; the argmax columns (y_pred*) mean nothing here.
+    outputs = [f"prob_{j}" for j in range(model.feature_dim)]
+    missing = [c for c in outputs if c not in encoded.columns]
+    if missing:
+        raise PathvizError(f"{model.source}: the encoder's outputs lack {missing[0]}")
     features = encoded[outputs].to_numpy(np.float32)
     prediction = slide_outputs(model, features)
     parts = [encoded[list(KEY_COLUMNS)], prediction.columns()]
@@ -332,3 +336,52 @@ def write_slide_prediction(path, prediction: SlidePrediction, slide_id: str, mod
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def explain_top_patches(
+    model: TwoStageModel,
+    patches: np.ndarray,
+    *,
+    k: int = 4,
+    target: int | str = "predicted",
+    n_samples: int = 400,
+    n_background: int = 16,
+    background: np.ndarray | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+):
+    """Pixels to slide for the ``k`` most attended of a slide's (n, H, W, 3) ``patches``:
+    (SlidePrediction, AttributionResult) (:func:`.attribution.slide_level.explain_slide_pixels`).
+    The baselines are ``background`` patches, else ``n_background`` of the slide's own patches
+    drawn at random (seeded)."""
+    import torch
+
+    from .attribution.slide_level import explain_slide_pixels, top_attended
+
+    encoder = model.encoder
+    encoder.model.to(device)
+    model.head.to(device)
+    x = encoder.preprocess(patches, device)
+    with torch.no_grad():
+        features = torch.cat([encoder.model(x[i : i + 256]) for i in range(0, len(x), 256)])
+    prediction = slide_outputs(model, features.cpu().numpy())
+    if prediction.attention is None:
+        raise PathvizError(f"{model.source}: the head has no attention to pick the top patches by")
+    rows = top_attended(prediction.attention, k)
+    if background is None:
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(patches), min(n_background, len(patches)), replace=False)
+        baseline = x[torch.as_tensor(pick, device=x.device)]
+    else:
+        baseline = encoder.preprocess(background, device)
+    result = explain_slide_pixels(
+        model,
+        x[torch.as_tensor(rows, device=x.device)],
+        features,
+        rows,
+        baseline,
+        target=target,
+        n_samples=n_samples,
+        seed=seed,
+    )
+    return prediction, result
