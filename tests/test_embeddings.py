@@ -442,8 +442,8 @@ def test_umap_separates_clusters(first_umap, clusters):
 def test_umap_reports_pca_and_progress(first_umap):
     _, stages, _ = first_umap
     names = [s for _, s in stages]
-    assert names[0] == "PCA to 50 dimensions"  # 60 features > 50: reduced first
-    assert any(n.startswith("layout epoch") for n in names)
+    assert names[0] == "PCA: 60 to 50 dimensions"  # 60 features > 50: reduced first
+    assert any(n.startswith("epochs: ") for n in names)
     assert names[-1] == "done" and stages[-1][0] == 1.0
     fractions = [f for f, _ in stages]
     assert fractions == sorted(fractions)
@@ -499,7 +499,7 @@ def test_torch_knn_path_separates_clusters(first_umap, clusters):
         store=store,
         progress=lambda fraction, stage: stages.append(stage),
     )
-    assert "exact k-NN (torch)" in stages
+    assert "nearest neighbours: exact, torch, 15 each" in stages
     # Same parameters, another k-NN backend: its own cache entry.
     assert len({p.name for p in (store.root / "umap").glob("*.npy")} - before) == 1
     assert knn_accuracy(coords, clusters[1]) >= 0.95
@@ -534,12 +534,11 @@ def test_umap_cancellation(cache_dir, clusters, tmp_path):
         umap_embed(
             clusters[0][:300], UMAPParams(n_neighbors=10), store=store, cancelled=lambda: True
         )
-    # Asked to stop only once the layout runs: the epoch loop stops too.
-    calls, stages = [], []
+    # Asked to stop only once the epochs run: the epoch loop stops too.
+    stages = []
 
     def cancelled() -> bool:
-        calls.append(1)
-        return len(calls) > 1
+        return any(stage.startswith("epochs") for stage in stages)
 
     with pytest.raises(Cancelled):
         umap_embed(
@@ -550,7 +549,8 @@ def test_umap_cancellation(cache_dir, clusters, tmp_path):
             cancelled=cancelled,
             progress=lambda fraction, stage: stages.append(stage),
         )
-    assert "UMAP graph" in stages and "done" not in stages
+    assert "spectral init" in stages and "done" not in stages
+    assert [s for s in stages if s.startswith("epochs")] == ["epochs: 0/500"]
     assert not (store.root / "umap").exists()  # nothing half-done is cached
 
 

@@ -10,7 +10,6 @@ and every parameter, so reopening is a file read.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import Cancelled, PathvizError, PathvizWarning
+from ._umap_stages import (
+    SMALL_DATA,
+    StageReporter,
+    nndescent_neighbours,
+    reporting_umap,
+    searches_alone,
+)
+from .errors import PathvizError, PathvizWarning
 from .io.embeddings import RawEmbeddings, read_embeddings
 from .patches import KEY_COLUMNS, PatchTable
 from .store import ResultsStore, array_key
@@ -290,35 +296,51 @@ def umap_embed(
     if use_cache:
         cached = store.get("umap", key)
         if cached is not None and cached.shape == (len(features), params.n_components):
-            _report(progress, 1.0, "loaded from cache")
+            StageReporter(progress, None).report(1.0, "loaded from cache")
             return cached
 
-    def check() -> None:
-        if cancelled is not None and cancelled():
-            raise Cancelled("UMAP cancelled")
-
+    stages = StageReporter(progress, cancelled)
     data = features
     dims = pca_dimensions(params, features.shape[1])
     if dims is not None and dims < features.shape[1]:
-        _report(progress, 0.02, f"PCA to {dims} dimensions")
+        stages.begin("PCA", f"{features.shape[1]} to {dims} dimensions")
         data = pca_reduce(features, dims, params.random_state)
-    check()
-    precomputed = None
+    coords = _fit_umap(data, params, knn, stages)
+    store.put("umap", key, coords)
+    stages.report(1.0, "done")
+    return coords
+
+
+def _fit_umap(data: np.ndarray, params: UMAPParams, knn: str, stages: StageReporter):
+    """umap-learn's fit, each sub-step reported (see :mod:`._umap_stages`)."""
+    precomputed, random_state = (None, None, None), params.random_state
+    # umap is imported inside the neighbours stage: its first import loads (or, on a first run,
+    # compiles) numba kernels, seconds to minutes.
     if knn == "torch":
-        _report(progress, 0.1, "exact k-NN (torch)")
+        stages.begin("nearest neighbours", f"exact, torch, {params.n_neighbors} each")
+        umap = _import_umap()
         precomputed = torch_knn(data, params.n_neighbors)
-        check()
-    _report(progress, 0.15, "UMAP graph")
-    umap = _import_umap()
-    reducer = umap.UMAP(
+        stages.begin("fuzzy simplicial set")
+    elif len(data) >= SMALL_DATA:
+        stages.begin("nearest neighbours", f"NN-descent, {params.n_neighbors} each")
+        umap = _import_umap()
+        if searches_alone(umap, params.metric):
+            precomputed, random_state = nndescent_neighbours(
+                data, params.n_neighbors, params.metric, params.random_state
+            )
+            stages.begin("fuzzy simplicial set")
+    else:
+        stages.begin("nearest neighbours", "exact (all pairs), with the fuzzy simplicial set")
+        umap = _import_umap()
+    reducer = reporting_umap(umap, lambda: stages.begin("spectral init"))(
         n_components=params.n_components,
         n_neighbors=params.n_neighbors,
         min_dist=params.min_dist,
         metric=params.metric,
-        random_state=params.random_state,
-        precomputed_knn=precomputed or (None, None, None),
+        random_state=random_state,
+        precomputed_knn=precomputed,
         tqdm_kwds={
-            "file": _EpochStream(progress, cancelled, 0.3, 1.0),
+            "file": stages.epochs_stream(),
             "disable": False,
             "mininterval": 0.1,
             "ascii": True,
@@ -329,10 +351,7 @@ def umap_embed(
         # without a search index (we never transform new points): both are expected here.
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        coords = reducer.fit_transform(data).astype(np.float32)
-    store.put("umap", key, coords)
-    _report(progress, 1.0, "done")
-    return coords
+        return reducer.fit_transform(data).astype(np.float32)
 
 
 def _umap_versions() -> dict[str, str | None]:
@@ -431,36 +450,6 @@ def _import_umap():
     finally:
         numba.njit, numba.jit = original
     return umap
-
-
-def _report(progress, fraction: float, stage: str) -> None:
-    if progress is not None:
-        progress(fraction, stage)
-
-
-class _EpochStream:
-    """A file for umap-learn's tqdm bar: turns "n/total" into progress, and raises Cancelled
-    when asked to stop (tqdm writes every ``mininterval``, inside umap's epoch loop)."""
-
-    _count = re.compile(r"(\d+)/(\d+)")
-
-    def __init__(self, progress, cancelled, start: float, end: float):
-        self.progress, self.cancelled, self.start, self.end = progress, cancelled, start, end
-
-    def write(self, text: str) -> None:
-        if self.cancelled is not None and self.cancelled():
-            raise Cancelled("UMAP cancelled")
-        match = self._count.findall(text)
-        if match and self.progress is not None:
-            done, total = (int(v) for v in match[-1])
-            if total:
-                self.progress(
-                    self.start + (self.end - self.start) * done / total,
-                    f"layout epoch {done}/{total}",
-                )
-
-    def flush(self) -> None:
-        pass
 
 
 def embedding_quality(

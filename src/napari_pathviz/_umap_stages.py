@@ -1,0 +1,133 @@
+"""UMAP's sub-steps, each reported as a named stage of ``progress(fraction, stage)``.
+
+umap-learn's ``UMAP.fit`` runs four long steps without a word: the nearest-neighbour search
+(NN-descent; with numba's compilation the bulk of a 100k-patch run), the fuzzy simplicial set, the
+spectral initialisation of the layout and the optimisation epochs (the only step with a tqdm bar).
+To name them without changing a single coordinate:
+
+- the neighbours are searched before ``fit`` with umap-learn's own ``nearest_neighbors``, called
+  with the arguments ``fit`` would use and the *same* random-state object, which ``fit`` then
+  receives already advanced (NN-descent draws from it, the layout draws next): the layout equals
+  ``UMAP(random_state=seed).fit_transform`` bit for bit (tests/test_progress.py checks it);
+- ``fit`` then starts with the fuzzy simplicial set, and calls ``_fit_embed_data`` (umap-learn's
+  hook for subclasses) for the layout: the subclass below reports the spectral initialisation
+  there, and the epoch bar, written to a file of ours, reports the epochs.
+
+Under 4,096 patches umap-learn computes all pairwise distances instead of NN-descent (exact, and
+fast): neighbours and fuzzy set are then one stage, and the layout is left to ``fit`` as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from .errors import Cancelled
+
+# The stages in order, and the share of the progress bar each ends at. Measured on 2 cores at
+# 20k-100k patches, the neighbour search (with its first-run compilation) and the epochs dominate.
+STAGES = ("PCA", "nearest neighbours", "fuzzy simplicial set", "spectral init", "epochs")
+STAGE_END = {
+    "PCA": 0.05,
+    "nearest neighbours": 0.40,
+    "fuzzy simplicial set": 0.50,
+    "spectral init": 0.55,
+    "epochs": 1.0,
+}
+SMALL_DATA = 4096  # umap-learn's threshold for exact, all-pairs neighbours
+# umap-learn searches with angular random-projection trees for these metrics (UMAP.fit does the same).
+_ANGULAR = ("cosine", "correlation", "dice", "jaccard", "ll_dirichlet", "hellinger")
+
+
+def stage_start(name: str) -> float:
+    index = STAGES.index(name)
+    return 0.0 if index == 0 else STAGE_END[STAGES[index - 1]]
+
+
+class StageReporter:
+    """Calls ``progress(fraction, "<stage>: <detail>")`` with fractions that never go back, and
+    raises :class:`Cancelled` when ``cancelled()`` says so (checked at every report)."""
+
+    def __init__(self, progress, cancelled):
+        self.progress, self.cancelled = progress, cancelled
+        self.fraction = 0.0
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("UMAP cancelled")
+
+    def report(self, fraction: float, stage: str) -> None:
+        self.check()
+        self.fraction = max(self.fraction, min(1.0, fraction))
+        if self.progress is not None:
+            self.progress(self.fraction, stage)
+
+    def begin(self, name: str, detail: str = "") -> None:
+        self.report(stage_start(name), f"{name}: {detail}" if detail else name)
+
+    def epochs_stream(self) -> EpochStream:
+        return EpochStream(self, stage_start("epochs"), STAGE_END["epochs"])
+
+
+class EpochStream:
+    """A file for umap-learn's tqdm epoch bar: turns "n/total" into progress (tqdm writes every
+    ``mininterval``, inside umap's epoch loop, so a cancel stops the loop there too)."""
+
+    _count = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, reporter: StageReporter, start: float, end: float):
+        self.reporter, self.start, self.end = reporter, start, end
+
+    def write(self, text: str) -> None:
+        self.reporter.check()
+        match = self._count.findall(text)
+        if match:
+            done, total = (int(v) for v in match[-1])
+            if total:
+                fraction = self.start + (self.end - self.start) * done / total
+                self.reporter.report(fraction, f"epochs: {done}/{total}")
+
+    def flush(self) -> None:
+        pass
+
+
+def reporting_umap(umap, on_layout: Callable[[], None]):
+    """``umap.UMAP`` that calls ``on_layout()`` when the fuzzy set is done and the layout (spectral
+    initialisation, then the epochs) begins."""
+
+    class ReportingUMAP(umap.UMAP):
+        def _fit_embed_data(self, X, n_epochs, init, random_state, **kwargs):
+            on_layout()
+            return super()._fit_embed_data(X, n_epochs, init, random_state, **kwargs)
+
+    return ReportingUMAP
+
+
+def searches_alone(umap, metric: str) -> bool:
+    """Whether the neighbour search can run before ``fit`` exactly as ``fit`` would run it: for
+    a metric pynndescent knows by name (else ``fit`` searches, inside its graph step)."""
+    return metric in umap.umap_.pynn_named_distances
+
+
+def nndescent_neighbours(data, n_neighbors: int, metric: str, random_state: int | None):
+    """umap-learn's neighbour search with the arguments ``UMAP.fit`` passes it: returns
+    ((indices, distances, index), random_state object) for ``UMAP(precomputed_knn=...,
+    random_state=...)``. With a seed umap-learn runs single-threaded (n_jobs 1), else n_jobs -1;
+    without one, both draw from numpy's global state, as ``fit`` alone would."""
+    from sklearn.utils import check_random_state
+    from umap.umap_ import nearest_neighbors
+
+    state = check_random_state(random_state)
+    found = nearest_neighbors(
+        data,
+        n_neighbors,
+        metric,
+        {},
+        metric in _ANGULAR,
+        state,
+        True,  # low_memory: UMAP's default
+        use_pynndescent=True,
+        n_jobs=1 if random_state is not None else -1,
+        verbose=False,
+    )
+    return found, (state if random_state is not None else None)
