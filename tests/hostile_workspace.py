@@ -25,6 +25,7 @@ def build_workspace(root: Path) -> dict[str, str]:
     paths.update(_embeddings(root, table))
     paths.update(_models(root))
     paths.update(_misc(root))
+    paths.update(_field_files(root))
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -178,6 +179,33 @@ def _misc(root: Path) -> dict[str, Path]:
     shutil.copyfile(out["png"], out["existing_png"])
     out["not_json"] = x / "kwargs.txt"
     out["not_json"].write_text("{n_classes: 3")
+    return out
+
+
+def _field_files(root: Path) -> dict[str, Path]:
+    """Other tools' files gone wrong: CLAM/TRIDENT HDF5, WSInfer CSV, GeoJSON."""
+    import json
+
+    import h5py
+
+    d = root / "field"
+    d.mkdir()
+    out = {name: d / f"{name}.h5" for name in ("h5_nocoords", "h5_mismatch", "h5_outside")}
+    coords = np.array([[0, 0], [64, 0], [0, 64]], dtype=np.int32)
+    with h5py.File(out["h5_nocoords"], "w") as f:
+        f.create_dataset("features", data=np.zeros((3, 4), dtype=np.float32))
+    with h5py.File(out["h5_mismatch"], "w") as f:
+        f.create_dataset("features", data=np.zeros((2, 4), dtype=np.float32))
+        f.create_dataset("coords", data=coords)
+    with h5py.File(out["h5_outside"], "w") as f:  # the demo slide's patches, one far outside
+        dset = f.create_dataset("coords", data=coords + np.array([[0, 0], [0, 0], [10**6, 0]]))
+        dset.attrs.update({"patch_size": 64, "patch_level": 0, "name": "demo_ihc"})
+    out["oblong"] = d / "oblong.csv"
+    out["oblong"].write_text("minx,miny,width,height,prob_Tumor\n0,0,64,64,0.5\n64,0,64,32,0.5\n")
+    out["geo_feature"] = d / "geo_feature.geojson"
+    square = [[[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}}
+    out["geo_feature"].write_text(json.dumps(feature))
     return out
 
 

@@ -30,6 +30,8 @@ RENDER = "render {slide} -o {tmp}/fig.png"
 PREDICTIONS = "plot-predictions --slide {slide} -p {predictions} -o {tmp}/pred.png"
 SHAP = "shapley-plot " + EXPLAIN + " -o {tmp}/maps.png --ids 0 1 -bs 2 -ns 4"
 CAM = "gradcam " + EXPLAIN + " -o {tmp}/cam.png --ids 0 1"
+ANNOTATE = "annotate {patches} --geojson {geo_feature} -o {tmp}/labelled.csv"
+GEOJSON = "export-geojson {patches} -o {tmp}/out.geojson"
 SANITY = "sanity-check " + EXPLAIN + " -o {tmp}/sanity.csv --ids 0 -bs 2 -ns 4"
 
 # (case, command line, a fragment the one error line must contain)
@@ -327,6 +329,21 @@ CASES = [
     ("sanity-target-each", SANITY + " --target each", "each"),
     ("sanity-png-output", SANITY.replace("sanity.csv", "sanity.png"), "sanity.png"),
     ("sanity-method-bogus", SANITY + " -mth lime", "--method"),
+    # --- other tools' files: CLAM/TRIDENT HDF5, WSInfer, QuPath GeoJSON ---
+    ("h5-without-coords", "plot-embeddings -i {h5_nocoords} -o {tmp}/u.html", "h5_nocoords.h5"),
+    ("h5-rows-differ", "plot-embeddings -i {h5_mismatch} -o {tmp}/u.html", "h5_mismatch.h5"),
+    ("h5-patch-outside", RENDER + " --patches {h5_outside}", "h5_outside.h5"),
+    ("wsinfer-oblong-patch", RENDER + " --patches {oblong}", "oblong.csv"),
+    ("annotate-not-collection", ANNOTATE, "geo_feature.geojson"),
+    ("annotate-coverage-zero", ANNOTATE + " --min-coverage 0", "--min-coverage"),
+    (
+        "annotate-h5-outside-slide",
+        "annotate {h5_outside} --slide {slide} --geojson {geo_feature} -o {tmp}/l.csv",
+        "h5_outside.h5",
+    ),
+    ("export-geojson-bad-where", GEOJSON + " --where nope>1", "nope"),
+    ("export-geojson-bad-suffix", "export-geojson {patches} -o {tmp}/x.json", "x.json"),
+    ("export-geojson-empty", GEOJSON + " --where dab_positive>2", "empty"),
     # --- the whole command line ---
     ("unknown-command", "explain-everything {slide}", "explain-everything"),
     ("missing-required", "shapley-plot --slide {slide}", "required"),
