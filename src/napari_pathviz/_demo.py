@@ -66,8 +66,14 @@ def demo_patch_table(classes: np.ndarray, patch_size: int = DEMO_PATCH_SIZE) -> 
     return rows
 
 
-def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Builds the demo slide and patch table once (a few seconds) and returns their paths."""
+def _say(step, text: str) -> None:
+    if step is not None:
+        step(text)
+
+
+def ensure_demo_data(directory: str | os.PathLike | None = None, step=None) -> dict[str, Path]:
+    """Builds the demo slide and patch table once (a few seconds) and returns their paths;
+    ``step(text)`` hears each step of a build."""
     from .io.pyramid import lazy_levels
     from .io.tables import write_table
     from .io.zarr_io import write_ome_zarr
@@ -82,6 +88,7 @@ def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Pa
     import dask.array as da
 
     directory.mkdir(parents=True, exist_ok=True)
+    _say(step, "building the demo image and its labels (first run only)")
     slide, classes = demo_image()
     # Write to a temporary name first: an interrupted build must not look complete.
     tmp_slide = directory / f".{DEMO_SLIDE_ID}.tmp.zarr"
@@ -89,6 +96,7 @@ def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Pa
         import shutil
 
         shutil.rmtree(tmp_slide)
+    _say(step, "writing the demo slide (OME-Zarr pyramid) and patch table")
     levels = lazy_levels(da.from_array(slide, chunks=(512, 512, 3)), min_size=600)
     write_ome_zarr(levels, tmp_slide, n_native=1, mpp=0.5, chunk=512, name=DEMO_SLIDE_ID)
     if paths["slide"].exists():
@@ -103,13 +111,13 @@ def ensure_demo_data(directory: str | os.PathLike | None = None) -> dict[str, Pa
     return paths
 
 
-def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool = True):
+def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool = True, step=None):
     """The demo Slide and PatchTable; with torch installed, the table also carries the demo
     model's predictions: ``prob_{class}`` per class and ``y_pred`` (the predicted class)."""
     from .patches import load_patches
     from .slide import open_slide
 
-    paths = ensure_demo_data(directory)
+    paths = ensure_demo_data(directory, step)
     slide = open_slide(paths["slide"])
     table = load_patches(
         paths["patches"], slide_id=DEMO_SLIDE_ID, slide_shape=(slide.height, slide.width)
@@ -117,6 +125,7 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
     if with_predictions:
         from ._demo_model import predict_demo
 
+        _say(step, f"the demo model's predictions for {len(table)} patches")
         try:
             probs = predict_demo(slide, table)
         except ImportError:  # torch is optional; the demo still shows slide and patches
@@ -127,7 +136,7 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
     return slide, table
 
 
-def demo_embeddings_path(directory: str | os.PathLike | None = None) -> Path:
+def demo_embeddings_path(directory: str | os.PathLike | None = None, step=None) -> Path:
     """The demo's embeddings as a Parquet table (key columns + feat_0..feat_63), written once
     from the demo model's penultimate layer: the format ``pathviz extract`` writes."""
     directory = Path(directory) if directory else demo_dir()
@@ -138,7 +147,8 @@ def demo_embeddings_path(directory: str | os.PathLike | None = None) -> Path:
     from .io.tables import write_table
     from .patches import KEY_COLUMNS
 
-    slide, table = load_demo(directory, with_predictions=False)
+    slide, table = load_demo(directory, with_predictions=False, step=step)
+    _say(step, f"the demo model's embeddings of {len(table)} patches (first run only)")
     _, features = run_demo_model(slide, table)
     keys = table.df[list(KEY_COLUMNS)].reset_index(drop=True)
     feats = pd.DataFrame(features, columns=[f"feat_{j}" for j in range(features.shape[1])])
@@ -148,11 +158,23 @@ def demo_embeddings_path(directory: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def demo_umap(table, n_components: int = 2, directory: str | os.PathLike | None = None):
+def demo_umap(
+    table,
+    n_components: int = 2,
+    directory: str | os.PathLike | None = None,
+    progress=None,
+    step=None,
+    cancelled=None,
+):
     """The demo embeddings joined to ``table`` and their UMAP (seeded; cached after the first
-    run): (EmbeddingSet, coordinates)."""
+    run): (EmbeddingSet, coordinates). ``progress(fraction, stage)`` hears the UMAP's stages."""
     from .embedding import UMAPParams, load_embeddings, umap_embed
 
-    es = load_embeddings(demo_embeddings_path(directory), patches=table)
-    coords = umap_embed(es.features, UMAPParams(n_components=n_components, random_state=0))
+    es = load_embeddings(demo_embeddings_path(directory, step), patches=table)
+    coords = umap_embed(
+        es.features,
+        UMAPParams(n_components=n_components, random_state=0),
+        progress=progress,
+        cancelled=cancelled,
+    )
     return es, coords
