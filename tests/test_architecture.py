@@ -39,6 +39,11 @@ CORE = [
     "napari_pathviz.attribution.gradients",
     "napari_pathviz.attribution.gradcam",
     "napari_pathviz.attribution.stored",
+    "napari_pathviz.annotations",
+    "napari_pathviz.io.clam_h5",
+    "napari_pathviz.io.geojson",
+    "napari_pathviz.io.wsinfer",
+    "napari_pathviz._qupath_layers",
 ]
 HEAVY = [
     "napari",
@@ -53,6 +58,8 @@ HEAVY = [
     "numba",
     "plotly",
     "sklearn",
+    "h5py",
+    "shapely",
 ]
 
 
