@@ -252,3 +252,37 @@ def test_pixels_to_slide_is_complete_for_the_trained_model(demo_patches, trained
     assert result.metadata["class_name"] == "dab_positive"
     assert result.metadata["slide_logit"] == pytest.approx(prediction.logits[1], abs=1e-4)
     assert np.all(np.abs(result.output_delta) > 1e-3)  # a patch that matters, not 0 / 0
+
+
+def test_inference_widget_shows_attention_and_contribution_heatmaps(
+    make_napari_viewer, qtbot, trained
+):
+    from napari_pathviz._widgets.inference import InferenceWidget
+
+    card, _ = trained
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    widget = InferenceWidget(viewer)
+    widget.model_path.value = str(card)  # the two-stage card names both stages' weights
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert "slide: dab_positive (p = " in widget.status.value, widget.status.value
+    assert viewer.status.startswith("slide: dab_positive")
+    features = patches.features
+    assert features["attention"].sum() == pytest.approx(1.0, abs=1e-5)
+    names = [layer.name for layer in viewer.layers]
+    attention = viewer.layers[next(n for n in names if n.startswith("attention — slide: "))]
+    contribution = next(n for n in names if n.startswith("contribution_dab_positive — slide: "))
+    assert viewer.layers[contribution].contrast_limits[0] < 0  # signed, symmetric about 0
+    # Each patch's attention sits in the heatmap pixel over the patch's centre.
+    centres = patches.data
+    pixel = np.round((centres - np.asarray(attention.translate)) / np.asarray(attention.scale))
+    pixel = pixel.astype(int)
+    np.testing.assert_allclose(
+        attention.data[pixel[:, 0], pixel[:, 1]], features["attention"], atol=1e-6
+    )
+    # A rerun replaces the slide-level layers instead of adding more.
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert sum(layer.name.startswith("attention — ") for layer in viewer.layers) == 1

@@ -145,6 +145,12 @@ class InferenceWidget(Container):
         replaced, of other classes refused), then the heatmap of the explained class."""
         from ..classes import default_heatmap_column, merge_predictions
 
+        if result.attrs.get("slide_prediction"):  # a two-stage model: _slide_level.py
+            from ._slide_level import show_two_stage_result
+
+            self.status.value = show_two_stage_result(self._viewer, layer, result)
+            self.progress.value = 100
+            return
         try:
             features, found = merge_predictions(layer.features, result, layer.name)
         except PathvizError as err:
@@ -223,7 +229,15 @@ class _InferenceJob:
     def run(self, progress, cancelled):
         from ..inference import extract
         from ..models import load_model
+        from ._slide_level import run_two_stage
 
+        options = {"batch_size": self.batch_size, "device": self.device, "level": self.level}
+        options["embeddings"] = self.embeddings
+        two_stage = run_two_stage(
+            self.model_args, self.slide, self.table, progress, cancelled, **options
+        )
+        if two_stage is not None:  # encoder + slide-level head (a two-stage model card)
+            return two_stage
         spec = load_model(**self.model_args)
         result = extract(
             self.slide,
