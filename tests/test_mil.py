@@ -115,7 +115,8 @@ def test_extract_writes_the_heads_columns_and_the_slide_prediction(demo_patches,
     paths = ensure_demo_data()
     out = tmp_path / "mil.csv"
     argv = ["extract", "--slide", str(paths["slide"]), "--patches", str(paths["patches"])]
-    assert main([*argv, "-m", str(card), "-o", str(out), "--batch-size", "64"]) == 0
+    explain = ["--explain-top", "2", "--explain-samples", "200", "--explain-background", "8"]
+    assert main([*argv, "-m", str(card), "-o", str(out), "--batch-size", "64", *explain]) == 0
     df = pd.read_csv(out)
     classes = DEMO_MIL_CLASSES
     for column in ["attention"] + [
@@ -130,6 +131,15 @@ def test_extract_writes_the_heads_columns_and_the_slide_prediction(demo_patches,
     assert sum(slide["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     for c in classes:  # attention x patch logit adds up to the slide logit
         assert df[f"contribution_{c}"].sum() == pytest.approx(slide["logits"][c], abs=1e-3)
+    # Pixels to slide for the two most attended patches, beside the table.
+    pixels = np.load(tmp_path / "mil.pixels.npz")
+    assert pixels["maps"].shape == (2, 32, 32)
+    top = df["attention"].nlargest(2)
+    np.testing.assert_array_equal(pixels["x"], df["x"].to_numpy()[top.index])
+    np.testing.assert_allclose(pixels["attention"], top.to_numpy(), rtol=1e-5)
+    assert str(pixels["class_name"]) == "dab_positive"
+    sums = pixels["maps"].reshape(2, -1).sum(axis=1)
+    np.testing.assert_allclose(sums, pixels["output_delta"], rtol=0.05)
     # Rerunning without --overwrite is refused in one line, nothing replaced.
     assert main([*argv, "-m", str(card), "-o", str(out)]) == 2
 

@@ -210,6 +210,7 @@ class SlidePrediction:
     patch_logits: np.ndarray | None  # (n, classes)
     contributions: np.ndarray | None  # (n, classes): attention x patch logit
     grad_x_feature: np.ndarray  # (n, classes): d logit_c / d h_i . h_i
+    features: np.ndarray | None = None  # (n, D): the bag, as the head saw it
 
     @property
     def predicted(self) -> str:
@@ -272,6 +273,7 @@ def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
         numpy(patch_logits),
         numpy(contributions),
         numpy(grad_x_feature),
+        np.asarray(features, np.float32),
     )
 
 
@@ -346,42 +348,68 @@ def explain_top_patches(
     target: int | str = "predicted",
     n_samples: int = 400,
     n_background: int = 16,
-    background: np.ndarray | None = None,
     seed: int = 0,
     device: str = "cpu",
 ):
     """Pixels to slide for the ``k`` most attended of a slide's (n, H, W, 3) ``patches``:
-    (SlidePrediction, AttributionResult) (:func:`.attribution.slide_level.explain_slide_pixels`).
-    The baselines are ``background`` patches, else ``n_background`` of the slide's own patches
-    drawn at random (seeded)."""
+    (SlidePrediction, AttributionResult); see :func:`explain_bag`."""
     import torch
-
-    from .attribution.slide_level import explain_slide_pixels, top_attended
 
     encoder = model.encoder
     encoder.model.to(device)
     model.head.to(device)
-    x = encoder.preprocess(patches, device)
     with torch.no_grad():
-        features = torch.cat([encoder.model(x[i : i + 256]) for i in range(0, len(x), 256)])
+        features = torch.cat(
+            [encoder.model(encoder.preprocess(patches[i : i + 256], device))
+             for i in range(0, len(patches), 256)]
+        )  # fmt: skip
     prediction = slide_outputs(model, features.cpu().numpy())
+    result = explain_bag(
+        model, features, prediction, lambda rows: patches[rows], k=k, target=target,
+        n_samples=n_samples, n_background=n_background, seed=seed, device=device,
+    )  # fmt: skip
+    return prediction, result
+
+
+def explain_bag(
+    model: TwoStageModel,
+    features,
+    prediction: SlidePrediction,
+    read: Callable[[np.ndarray], np.ndarray],
+    *,
+    k: int = 4,
+    target: int | str = "predicted",
+    n_samples: int = 400,
+    n_background: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Expected gradients of the slide logit down to the pixels of the ``k`` most attended
+    patches of the bag (:func:`.attribution.slide_level.explain_slide_pixels`).
+    ``read(rows)`` gives the (m, H, W, 3) patches of those bag rows; the baselines are
+    ``n_background`` other patches of the slide, drawn at random (seeded)."""
+    from .attribution.slide_level import explain_slide_pixels, top_attended
+
     if prediction.attention is None:
         raise PathvizError(f"{model.source}: the head has no attention to pick the top patches by")
     rows = top_attended(prediction.attention, k)
-    if background is None:
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(patches), min(n_background, len(patches)), replace=False)
-        baseline = x[torch.as_tensor(pick, device=x.device)]
-    else:
-        baseline = encoder.preprocess(background, device)
-    result = explain_slide_pixels(
+    others = np.setdiff1d(np.arange(len(prediction.attention)), rows)
+    if not len(others):
+        others = np.arange(len(prediction.attention))
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(others, min(n_background, len(others)), replace=False))
+    encoder = model.encoder
+    encoder.model.to(device)
+    model.head.to(device)
+    return explain_slide_pixels(
         model,
-        x[torch.as_tensor(rows, device=x.device)],
+        encoder.preprocess(read(rows), device),
         features,
         rows,
-        baseline,
+        encoder.preprocess(read(pick), device),
         target=target,
         n_samples=n_samples,
         seed=seed,
+        progress=progress,
     )
-    return prediction, result

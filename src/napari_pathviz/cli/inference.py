@@ -17,6 +17,7 @@ from ._common import (
     recipe_from_args,
 )
 from ._guards import refuse_existing_db_tables
+from .slide_level import add_two_stage_options
 
 
 def add_parsers(sub) -> None:
@@ -76,6 +77,7 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="cohort: keep each slide's results store after its table is written",
     )
+    add_two_stage_options(p)  # --explain-top etc.: cli/slide_level.py
     p.set_defaults(func=cmd_extract)
 
 

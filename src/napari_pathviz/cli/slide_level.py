@@ -12,6 +12,27 @@ from ..errors import PathvizError
 from ._common import load_table_for, progress_bar
 
 
+def add_two_stage_options(p: argparse.ArgumentParser) -> None:
+    """extract's options for two-stage models (pixels to slide)."""
+    p.add_argument(
+        "--explain-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="two-stage models: expected gradients of the slide prediction down to the pixels "
+        "of the K most attended patches, written to OUT's name + .pixels.npz (default 0: none)",
+    )
+    p.add_argument(
+        "--explain-samples", type=int, default=400, help="expected-gradient samples per patch"
+    )
+    p.add_argument(
+        "--explain-background",
+        type=int,
+        default=16,
+        help="baseline patches (other patches of the slide, drawn at random)",
+    )
+
+
 def two_stage_card_of(args: argparse.Namespace):
     """The two-stage model card named by -m / --model-card, else None (a patch classifier)."""
     from ..slide_level import two_stage_card
@@ -42,8 +63,14 @@ def extract_two_stage(args: argparse.Namespace, card) -> int:
             "factories"
         )
     json_path = slide_prediction_path(args.out)
-    if json_path.exists() and not args.overwrite:
-        raise PathvizError(f"{json_path}: exists (the slide prediction); pass --overwrite")
+    pixels_path = json_path.with_name(json_path.name.replace(".slide.json", ".pixels.npz"))
+    for path in [json_path] + ([pixels_path] if args.explain_top else []):
+        if path.exists() and not args.overwrite:
+            raise PathvizError(f"{path}: exists; pass --overwrite")
+    if args.explain_top < 0 or args.explain_samples < 1 or args.explain_background < 1:
+        raise PathvizError(
+            "--explain-top must be >= 0, --explain-samples and --explain-background positive"
+        )
     model = load_two_stage(card, weights=args.model, trust_model=args.trust_model)
     slide = open_slide(args.slide[0], args.layout)
     if args.target_mpp is not None:
@@ -73,4 +100,50 @@ def extract_two_stage(args: argparse.Namespace, card) -> int:
     probability = prediction.summary()["probabilities"]
     shown = ", ".join(f"{name} {p:.3f}" for name, p in probability.items())
     print(f"slide {slide_id}: {prediction.predicted} ({shown})", file=sys.stderr)
+    if args.explain_top:
+        _explain(args, model, slide, table, prediction, pixels_path)
     return 0
+
+
+def _explain(args, model, slide, table, prediction, path: Path) -> None:
+    """Pixels to slide for the top-attended patches, into an .npz beside the table."""
+    import numpy as np
+
+    from ..inference import read_patch_batch, resolve_device
+    from ..slide_level import explain_bag
+
+    df = table.df.reset_index(drop=True)
+    with progress_bar("patches explained") as progress:
+        result = explain_bag(
+            model,
+            prediction.features,
+            prediction,
+            lambda rows: read_patch_batch(slide, df.iloc[rows], args.level),
+            k=args.explain_top,
+            n_samples=args.explain_samples,
+            n_background=args.explain_background,
+            device=resolve_device(args.device),
+            progress=progress,
+        )
+    rows = result.patch_index
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        maps=result.maps.astype(np.float32),
+        x=df["x"].to_numpy()[rows],
+        y=df["y"].to_numpy()[rows],
+        patch_size=df["patch_size"].to_numpy()[rows],
+        attention=prediction.attention[rows],
+        completeness_error=result.completeness_error,
+        output_delta=result.output_delta,
+        class_name=np.array(result.metadata["class_name"]),
+        slide_logit=np.array(result.metadata["slide_logit"]),
+    )
+    tmp.replace(path)
+    print(path)
+    worst = float(np.max(result.completeness_error))
+    print(
+        f"pixels to slide: {len(rows)} patches, logit of {result.metadata['class_name']}, "
+        f"{args.explain_samples} samples; completeness error at most {worst:.2%}",
+        file=sys.stderr,
+    )
