@@ -112,13 +112,13 @@ def process_events(seconds: float = 0.0) -> None:
 
 
 def settle_selection(widget: EmbeddingWidget) -> None:
-    """Runs the event loop until the widget has put the scatter selection on the layer
-    (the widget defers napari's slow selection setter by one event-loop turn)."""
+    """Puts the scatter selection on the layer now, as a widget asking for it does (the
+    explorer sets napari's slow selection setter lazily)."""
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance()
-    while widget._pending_rows is not None:
-        app.processEvents()
+    app.processEvents()
+    widget.flush_selection()
 
 
 class DrawCounter:
@@ -127,10 +127,12 @@ class DrawCounter:
     def __init__(self, scene_canvas: Any):
         self.canvas = scene_canvas
         self.draws = 0
+        self.last = 0.0  # perf_counter() at the end of the latest draw
         scene_canvas.events.draw.connect(self._on_draw, position="last")
 
     def _on_draw(self, _event: Any) -> None:
         self.draws += 1
+        self.last = time.perf_counter()
 
     def disconnect(self) -> None:
         self.canvas.events.draw.disconnect(self._on_draw)
@@ -279,17 +281,17 @@ def print_scatter(r: dict[str, Any], size: tuple[int, int]) -> None:
 
 
 # -- (b) lasso -> slide ----------------------------------------------------------------------
-def patch_frame() -> pd.DataFrame:
-    i = np.arange(N_PATCHES)
+def patch_frame(n: int = N_PATCHES, grid: int = GRID) -> pd.DataFrame:
+    i = np.arange(n)
     rng = np.random.default_rng(1)
     return pd.DataFrame(
         {
             "ID": "bench-slide",
-            "x": (i % GRID) * PATCH,
-            "y": (i // GRID) * PATCH,
+            "x": (i % grid) * PATCH,
+            "y": (i // grid) * PATCH,
             "patch_size": PATCH,
-            "annotation": rng.choice(["tumour", "stroma", "immune", "necrosis", "fat"], N_PATCHES),
-            "tumour_prob": rng.random(N_PATCHES).astype(np.float32),
+            "annotation": rng.choice(["tumour", "stroma", "immune", "necrosis", "fat"], n),
+            "tumour_prob": rng.random(n).astype(np.float32),
         }
     )
 
@@ -367,13 +369,9 @@ def check_selection(viewer: Any, widget: EmbeddingWidget, layer: Any, rows: np.n
     selected = np.sort(np.fromiter(layer.selected_data, np.int64))
     assert np.array_equal(selected, rows), f"layer selection: {len(selected)} rows, wrong set"
     assert np.array_equal(np.sort(widget.selected_rows()), rows), "scatter selection differs"
+    check_highlight(viewer, layer, rows)
     highlight = viewer.layers[HIGHLIGHT_LAYER]
-    order = np.lexsort(highlight.data.T[::-1])
-    expected = layer.data[rows]
-    assert np.array_equal(highlight.data[order], expected[np.lexsort(expected.T[::-1])]), (
-        "highlight layer squares differ from the selected patches"
-    )
-    assert np.allclose(highlight.size, PATCH), "highlight squares are not patch-sized"
+    assert np.allclose(highlight.size[highlight.shown], PATCH), "highlight squares: wrong size"
     assert np.allclose(highlight.border_color, (1, 1, 0, 1)), "highlight outline is not yellow"
     assert np.allclose(highlight.face_color[:, 3], 0), "highlight face is not transparent"
 
@@ -452,7 +450,7 @@ def bench_lasso(viewer: Any, widget: EmbeddingWidget, profile: bool) -> dict[str
                 for key, value in split.items():
                     breakdown.setdefault(key, []).append(value)
             else:
-                assert not len(layer.selected_data) and not len(viewer.layers[HIGHLIGHT_LAYER].data)
+                assert not len(layer.selected_data) and not widget.highlighted_rows().size
 
     # Information: one offscreen frame of the napari canvas with the selection shown.
     scatter.select_polygon(lasso)
@@ -493,8 +491,163 @@ def profile_lasso(scatter: Any, lasso: np.ndarray, clear: np.ndarray) -> str:
     return out.getvalue()
 
 
+# -- (c) mouse release -> selection visible on the slide -------------------------------------
+RELEASE_SIZES = (100_000, 1_000_000)
+RELEASE_REPEATS = {100_000: 7, 1_000_000: 3}
+RELEASE_TARGET_MS = {100_000: 150.0, 1_000_000: 400.0}
+
+
+def press_and_move(canvas: Any, path: np.ndarray) -> Any:
+    """A left-button press and drag along ``path`` through vispy's events; the release is
+    left to the caller, to time it."""
+    press = canvas.events.mouse_press(pos=tuple(path[0]), button=1, modifiers=())
+    for pos in path[1:]:
+        canvas.events.mouse_move(
+            pos=tuple(pos), button=1, buttons=[1], press_event=press, modifiers=()
+        )
+    return press
+
+
+def quiet(*canvases: Any) -> None:
+    """Lets earlier frames finish, so llvmpipe's threads do not compete with the timed step."""
+    process_events(0.3)
+    for canvas in canvases:
+        gl_finish(canvas)
+
+
+def empty_redraws(counter: DrawCounter, repeats: int) -> list[float]:
+    """napari canvas frames with nothing changed: ``update()``, Qt events, draw, glFinish."""
+    times = []
+    for _ in range(repeats):
+        quiet(counter.canvas)
+        draws = counter.draws
+        t0 = time.perf_counter()
+        counter.canvas.update()
+        counter.wait(draws)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed_release(canvas: Any, press: Any, pos: np.ndarray, slide: DrawCounter) -> float:
+    """From the mouse release until the napari canvas has drawn the result (and glFinish)."""
+    draws = slide.draws
+    t0 = time.perf_counter()
+    canvas.events.mouse_release(pos=tuple(pos), button=1, press_event=press, modifiers=())
+    slide.wait(draws)
+    return time.perf_counter() - t0
+
+
+def add_patches(viewer: Any, widget: EmbeddingWidget, n: int, n_lasso: int) -> tuple:
+    """A fresh patches layer of n rows (replacing earlier ones) with UMAP-like coordinates;
+    returns the layer, the rows of the lasso cluster and the setup times."""
+    from napari.layers import Layer
+
+    for layer in [ly for ly in viewer.layers if ly.name != "slide (stand-in)"]:
+        viewer.layers.remove(layer)
+    grid = int(np.ceil(np.sqrt(n)))
+    df = patch_frame(n, grid)
+    t_layer, layer = timed(
+        lambda: viewer.add_layer(Layer.create(*patches_layer_data(PatchTable.from_frame(df))))
+    )
+    coords, lasso_rows = lasso_coords(n, n_lasso)
+    t_coords, _ = timed(lambda: widget.write_coords_to_layer(layer, layer.features, coords))
+    return layer, lasso_rows, t_layer, t_coords
+
+
+def bench_release(viewer: Any, widget: EmbeddingWidget, n: int) -> dict[str, Any]:
+    """Lasso (10 % of the points) and clear, each timed from the mouse release until the napari
+    canvas has drawn it; and an empty redraw of the same canvas, for the ratio."""
+    napari_canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    slide = DrawCounter(napari_canvas)
+    scatter = widget.scatter
+    scatter_draws = DrawCounter(scatter.canvas)
+    n_lasso = n // 10
+    layer, lasso_rows, t_layer, t_coords = add_patches(viewer, widget, n, n_lasso)
+    viewer.layers.selection.active = layer  # where a user works, and the harder case
+    draws = slide.draws
+    viewer.reset_view()
+    slide.wait(draws)
+    screen = scatter.screen_positions()
+    in_cluster = np.isin(widget.rows, lasso_rows)
+    centre = screen[in_cluster].mean(axis=0)
+    radius = np.linalg.norm(screen[in_cluster] - centre, axis=1).max() + 3.0
+    lasso = circle(centre, radius)
+    clear = np.array([(2.0, 2.0), (12.0, 2.0), (12.0, 12.0), (2.0, 12.0)])
+    assert not ((screen >= 2) & (screen <= 12)).all(axis=1).any(), "clear corner is not empty"
+    empty = empty_redraws(slide, 5)
+    selects, clears, scatter_after = [], [], []
+    for _ in range(RELEASE_REPEATS[n]):
+        for poly, times in ((lasso, selects), (clear, clears)):
+            press = press_and_move(scatter.canvas, poly)
+            quiet(scatter.canvas, napari_canvas)
+            t0 = time.perf_counter()
+            since = scatter_draws.draws
+            times.append(timed_release(scatter.canvas, press, poly[-1], slide))
+            if poly is lasso:
+                check_highlight(viewer, layer, lasso_rows)
+                scatter_draws.wait(since)
+                scatter_after.append(scatter_draws.last - t0)
+            else:
+                highlight = viewer.layers[HIGHLIGHT_LAYER]
+                assert not highlight.visible or not highlight.shown.any(), "clear left outlines"
+    # The selection reaches layer.selected_data when something needs it (here: asked for).
+    press = press_and_move(scatter.canvas, lasso)
+    scatter.canvas.events.mouse_release(pos=tuple(lasso[-1]), button=1, press_event=press)
+    quiet(scatter.canvas, napari_canvas)
+    t_flush, _ = timed(widget.flush_selection)
+    selected = np.sort(np.fromiter(layer.selected_data, np.int64))
+    assert np.array_equal(selected, lasso_rows), "layer.selected_data is not the lasso's rows"
+    slide.disconnect()
+    scatter_draws.disconnect()
+    return {
+        "n": n,
+        "n_lasso": n_lasso,
+        "add_layer": t_layer,
+        "write_coords": t_coords,
+        "empty": ms_stats(empty),
+        "select": ms_stats(selects),
+        "clear": ms_stats(clears),
+        "scatter_drawn": ms_stats(scatter_after),
+        "flush": t_flush * 1e3,
+    }
+
+
+def check_highlight(viewer: Any, layer: Any, rows: np.ndarray) -> None:
+    """The highlight layer outlines exactly the patches of ``rows``."""
+    highlight = viewer.layers[HIGHLIGHT_LAYER]
+    shown = np.flatnonzero(highlight.shown) if len(highlight.data) == len(layer.data) else None
+    if shown is not None:
+        assert np.array_equal(shown, rows), "highlight shows other patches than the lasso's"
+        assert np.array_equal(highlight.data, layer.data), "highlight squares are misplaced"
+    else:
+        got, want = highlight.data, layer.data[rows]
+        assert np.array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
+
+
+def print_release(r: dict[str, Any]) -> None:
+    e, s, c = r["empty"]["median"], r["select"]["median"], r["clear"]["median"]
+    target = RELEASE_TARGET_MS[r["n"]]
+    print(
+        f"  {r['n']:>9,} patches, lasso of {r['n_lasso']:,}: add layer {r['add_layer']:.1f} s, "
+        f"write_coords_to_layer {r['write_coords']:.1f} s"
+    )
+    print(f"    empty redraw of the napari canvas: median {e:.0f} ms (min {r['empty']['min']:.0f})")
+    for name, v in (("lasso", r["select"]), ("clear", r["clear"])):
+        print(
+            f"    release -> {name} drawn on the slide: median {v['median']:.0f} ms, min "
+            f"{v['min']:.0f}, max {v['max']:.0f}; ratio to the empty redraw "
+            f"{v['median'] / e:.2f}"
+        )
+    print(
+        f"    scatter canvas redrawn {r['scatter_drawn']['median']:.0f} ms after the release; "
+        f"layer.selected_data set on demand in {r['flush']:.0f} ms"
+    )
+    verdict = "PASS" if max(s, c) < target else "FAIL"
+    print(f"    target < {target:g} ms (absolute, llvmpipe): {verdict}")
+
+
 # -- main ------------------------------------------------------------------------------------
-def run(profile: bool) -> None:
+def run(profile: bool, release_only: bool, sizes: tuple[int, ...]) -> None:
     import napari
     import PyQt6.QtCore
     import vispy
@@ -521,6 +674,10 @@ def run(profile: bool) -> None:
     size = tuple(scatter.canvas.size)
 
     print(f"load average at start: {load()}")
+    if release_only:
+        run_release(viewer, widget, sizes)
+        viewer.close()
+        return
     print("\n(a) scatter draw and pan (EmbeddingWidget's ScatterCanvas, docked)")
     coords, labels = clustered_points(N_BIG)
     big = bench_scatter(scatter, coords, labels)
@@ -593,17 +750,36 @@ def run(profile: bool) -> None:
         f"lasso -> slide layer drawn (napari canvas): {drawn:.1f} ms "
         f"({'under' if drawn < TARGET_MS else 'over'} {TARGET_MS:g} ms)"
     )
+    run_release(viewer, widget, sizes)
     viewer.close()
+
+
+def run_release(viewer: Any, widget: EmbeddingWidget, sizes: tuple[int, ...]) -> None:
+    print("\n(c) mouse release -> selection drawn on the slide (napari canvas, glFinish)")
+    if "slide (stand-in)" not in viewer.layers:
+        thumb = np.random.default_rng(3).integers(180, 240, (512, 512, 3), dtype=np.uint8)
+        viewer.add_image(thumb, name="slide (stand-in)", rgb=True, scale=(GRID * PATCH / 512,) * 2)
+    for n in sizes:
+        print_release(bench_release(viewer, widget, n))
+        print(f"    load average: {load()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the lasso -> layer call")
+    parser.add_argument(
+        "--release-only", action="store_true", help="only (c): release -> drawn on the slide"
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, RELEASE_SIZES)),
+        help="patch counts for (c), comma-separated",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pathviz-bench-napari-") as cfg:
         # Fresh napari settings: no saved geometry changes the canvas sizes; nothing saved to ~.
         os.environ["NAPARI_CONFIG"] = os.path.join(cfg, "settings.yaml")
-        run(args.profile)
+        run(args.profile, args.release_only, tuple(int(v) for v in args.sizes.split(",")))
 
 
 if __name__ == "__main__":

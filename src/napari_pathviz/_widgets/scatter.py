@@ -13,6 +13,27 @@ import numpy as np
 
 HIGHLIGHT_COLOR = (1.0, 0.9, 0.0, 1.0)
 MODES = ("pan", "lasso", "rectangle")
+# After a lasso the scatter redraws this much later, so the slide's frame (requested in the
+# same handler) is painted first: with software OpenGL one scatter frame of 1M points takes
+# about half a second, and Qt paints both canvases of a window in one pass.
+REDRAW_DELAY_MS = 40
+
+
+def _held_canvas_class():
+    """A vispy SceneCanvas whose redraw requests can be held back and replayed as one."""
+    from vispy import scene
+
+    class HeldCanvas(scene.SceneCanvas):
+        held = False
+        missed = False
+
+        def update(self, node=None):
+            if self.held:
+                self.missed = True
+                return
+            super().update(node)
+
+    return HeldCanvas
 
 
 class ScatterCanvas:
@@ -25,7 +46,7 @@ class ScatterCanvas:
     def __init__(self, size: tuple[int, int] = (420, 380)):
         from vispy import scene
 
-        self.canvas = scene.SceneCanvas(keys=None, show=False, size=size, bgcolor="#262930")
+        self.canvas = _held_canvas_class()(keys=None, show=False, size=size, bgcolor="#262930")
         self.view = self.canvas.central_widget.add_view()
         self.markers = scene.visuals.Markers(parent=self.view.scene)
         self.highlight = scene.visuals.Markers(parent=self.view.scene)
@@ -75,7 +96,7 @@ class ScatterCanvas:
 
     def set_highlight(self, indices) -> None:
         """Marks points as selected (drawn larger, in yellow, on top); no callback fires."""
-        self.selected = np.unique(np.asarray(list(indices), np.int64))
+        self.selected = np.unique(np.asarray(indices, np.int64).ravel())
         self._draw_highlight()
 
     def reset_view(self) -> None:
@@ -208,6 +229,24 @@ class ScatterCanvas:
             self._show_tooltip(None if index is None else self.on_hover(index))
 
     def _mouse_release(self, event) -> None:
+        self.canvas.held = True
+        try:
+            self._release(event)
+        finally:
+            self._redraw_later()
+
+    def _redraw_later(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(REDRAW_DELAY_MS, self._redraw_now)
+
+    def _redraw_now(self) -> None:
+        self.canvas.held = False
+        if self.canvas.missed:
+            self.canvas.missed = False
+            self.canvas.update()
+
+    def _release(self, event) -> None:
         additive = "Shift" in [str(getattr(m, "name", m)) for m in (event.modifiers or ())]
         if self._path:
             path, self._path = self._path, []
