@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import PathvizError, PathvizWarning
 from . import attributions, demo, embeddings, inference, qupath, slides
-from ._common import EXIT_BAD_INPUT
+from ._common import EXIT_BAD_INPUT, add_progress_option, configure_progress
 from ._guards import check_numbers, check_paths, install
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
@@ -29,9 +29,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every option's default, as ``(default: X)``; left out where there is
+    nothing to say (no default, a flag that is off) or the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="pathviz",
+        formatter_class=DefaultsHelpFormatter,
         description="See what a patch classifier sees on a whole-slide image (headless tools of "
         "the napari-pathviz plugin).",
     )
@@ -40,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (demo, slides, embeddings, inference, attributions, qupath):
         family.add_parsers(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
+        add_progress_option(command)
     install(sub)  # --overwrite, --verbose and the output guard's option names
     return parser
 
@@ -48,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
+    configure_progress(args.command, getattr(args, "progress", "auto"))
     try:
         with warnings.catch_warnings(), _quiet_library_logs(verbose):
             warnings.showwarning = _one_line_warnings(args.command, verbose)

@@ -147,18 +147,74 @@ def load_table_for(slide, path: str, patch_size: int | None, slide_id: str | Non
     )
 
 
+# How progress shows on stderr (--progress, or $PATHVIZ_PROGRESS): "auto" = step lines and tqdm
+# bars on a terminal, nothing when stderr is a file or a pipe (logs and scripts keep the one-line
+# errors and warnings); "lines" = one line per step, also into a file; "bar" = lines and bars
+# always; "off" = nothing.
+PROGRESS_MODES = ("auto", "lines", "bar", "off")
+_progress = {"command": "pathviz", "mode": "auto"}
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=os.environ.get("PATHVIZ_PROGRESS", "auto"),
+        help="progress on stderr: step lines and bars on a terminal (auto), step lines also "
+        "into a file or pipe (lines), lines and bars always (bar), or none (off); "
+        "also $PATHVIZ_PROGRESS",
+    )
+
+
+def configure_progress(command: str, mode: str) -> None:
+    _progress.update(command=command, mode=mode if mode in PROGRESS_MODES else "auto")
+
+
+def _shows(what: str) -> bool:
+    mode = _progress["mode"]
+    if mode == "auto":
+        return sys.stderr.isatty()
+    return mode == "bar" if what == "bar" else mode in ("lines", "bar")
+
+
+def step(text: str) -> None:
+    """Announces a step on stderr: ``pathviz <command>: <text>``."""
+    if _shows("line"):
+        from tqdm import tqdm
+
+        # tqdm.write: a bar being drawn is cleared for the line and redrawn below it.
+        tqdm.write(f"pathviz {_progress['command']}: {text}", file=sys.stderr)
+
+
 @contextmanager
-def progress_bar(unit: str):
-    """Yields a progress(done, total) callback drawing a tqdm bar on stderr; the bar is cleared
-    on exit, also on error, so an error stays the one line on stderr."""
+def progress_bar(unit: str, desc: str | None = None):
+    """Yields a progress(done, total) callback drawing a tqdm bar on stderr; ``desc`` is
+    announced as a step. The bar is cleared on exit, also on error, so an error stays the one
+    line after the steps."""
     from tqdm import tqdm
 
+    if desc:
+        step(desc)
     bars: list = []
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, stage: str | None = None) -> None:
         if not bars:
-            # disable=None: a bar on a terminal only; piped or logged stderr keeps clean lines
-            bars.append(tqdm(total=total, unit=unit, file=sys.stderr, leave=False, disable=None))
+            bars.append(
+                tqdm(
+                    total=total,
+                    unit=unit,
+                    desc=desc,
+                    file=sys.stderr,
+                    leave=False,
+                    disable=not _shows("bar"),
+                    # a percentage has no rate worth showing
+                    bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]" if unit == "%" else None,
+                )
+            )
+        if stage is not None:
+            bars[0].set_description(f"{desc}: {stage}" if desc else stage, refresh=False)
         bars[0].update(done - bars[0].n)
 
     try:
@@ -166,3 +222,20 @@ def progress_bar(unit: str):
     finally:
         for bar in bars:
             bar.close()
+
+
+@contextmanager
+def stage_progress(desc: str):
+    """Yields a progress(fraction, stage) callback (the core's UMAP signature): a step line per
+    new stage ("epochs: 12/500" is stage "epochs") and a percent bar showing the stage."""
+    with progress_bar("%", desc) as bar:
+        seen: list[str] = []
+
+        def progress(fraction: float, stage: str) -> None:
+            name = stage.split(":")[0]
+            if name not in seen:
+                seen.append(name)
+                step(f"{desc}: {stage}")
+            bar(round(100 * fraction), 100, name)
+
+        yield progress

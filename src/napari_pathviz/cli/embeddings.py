@@ -8,7 +8,7 @@ import warnings
 
 from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
-from ._common import progress_bar
+from ._common import stage_progress, step
 
 
 def add_parsers(sub) -> None:
@@ -92,7 +92,7 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
         help="keep a patch when its -rb coverage is <= 1 - this",
     )
     p.add_argument(
-        "-nn", "--n_neighbors", type=int, default=8, help="UMAP neighbours (PathFlowAI's default)"
+        "-nn", "--n_neighbors", type=int, default=8, help="UMAP neighbours (PathFlowAI's number)"
     )
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     p.add_argument("--metric", default="euclidean", help="UMAP metric")
@@ -117,7 +117,9 @@ def embeddings_from_args(args: argparse.Namespace, path: str):
 
     patches = None
     if args.patches:
+        step(f"reading the patch table {args.patches}")
         patches = load_patches(args.patches, patch_size=args.patch_size)
+    step(f"reading the embeddings {path}")
     with warnings.catch_warnings():
         warnings.simplefilter("always", PathvizWarning)  # every dropped-row report, not once
         es = load_embeddings(
@@ -128,9 +130,36 @@ def embeddings_from_args(args: argparse.Namespace, path: str):
             slide_id=args.basename,
             patch_size=args.patch_size,
         )
+    check_columns(args, es, path)
     if args.remove_background_annotation:
         es = remove_background(es, args.remove_background_annotation, args.max_background_area)
     return es
+
+
+def check_columns(args: argparse.Namespace, es, path: str) -> None:
+    """Every column the options name is there before the UMAP runs (minutes, at 100k patches);
+    without --patches, the embeddings' own columns are all there is: say so."""
+    groups = getattr(args, "annotations", None) or []
+    named = [("-a/--annotations", column) for group in groups for column in group]
+    for option, attribute in (
+        ("--remove_background_annotation", "remove_background_annotation"),
+        ("--sort_col", "sort_col"),
+    ):
+        if getattr(args, attribute, None):
+            named.append((option, getattr(args, attribute)))
+    columns = es.table.df.columns
+    for option, column in named:
+        if column in columns:
+            continue
+        if not args.patches:
+            raise PathvizError(
+                f"{option}: no column {column!r} in {path}; to use a column of the patch "
+                "table, add --patches TABLE"
+            )
+        raise PathvizError(
+            f"{option}: no column {column!r} in {path} or {args.patches} "
+            f"(columns: {', '.join(map(str, columns))})"
+        )
 
 
 def umap_from_args(args: argparse.Namespace, es, components: int):
@@ -152,13 +181,9 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
         pca=None if pca == "off" else pca,
         random_state=args.random_state,
     )
-    with progress_bar("%") as progress:
+    with stage_progress(f"UMAP of {len(es)} patches") as progress:
         return umap_embed(
-            es.features,
-            params,
-            knn=args.knn,
-            use_cache=not args.no_cache,
-            progress=lambda f, _stage: progress(round(100 * f), 100),
+            es.features, params, knn=args.knn, use_cache=not args.no_cache, progress=progress
         )
 
 
@@ -173,6 +198,7 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     if args.coords_out:
         print(write_coords(es.table.df, coords, args.coords_out, overwrite=args.overwrite))
     if args.quality:
+        step("trustworthiness and k-NN preservation")
         q = embedding_quality(es.features, coords)
         print(
             f"trustworthiness (k={q['k']}, {q['sample']} patches): {q['trustworthiness']:.4f}; "
@@ -192,6 +218,7 @@ def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
         rows = es.table.df[es.table.df["ID"] == slide_id]
         PatchTable(rows, es.table.source).check_inside(slide.height, slide.width)
     coords = umap_from_args(args, es, 2)
+    step(f"drawing {len(es)} patches into the mosaic")
     mosaic = umap_mosaic(
         slides,
         es.table,
