@@ -66,8 +66,12 @@ def test_extract_and_plot_predictions_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     df = pd.read_parquet(out)
     _, table = load_demo()
-    assert len(df) == len(table) and {"prob_0", "prob_2", "y_pred", "feat_63"} <= set(df.columns)
-    np.testing.assert_allclose(df["prob_2"], table.df["prob_dab_positive"], atol=1e-3)
+    # The card beside the weights names the classes: prob_<class>, y_pred the class name.
+    named = {"prob_background", "prob_dab_positive", "y_pred", "y_pred_index", "feat_63"}
+    assert len(df) == len(table) and named <= set(df.columns)
+    assert not {"prob_0", "prob_2"} & set(df.columns)
+    np.testing.assert_allclose(df["prob_dab_positive"], table.df["prob_dab_positive"], atol=1e-3)
+    assert (df["y_pred"].to_numpy() == table.df["y_pred"].to_numpy()).mean() > 0.99
     assert (tmp_path / "pred.parquet.store.zarr").exists()  # the resumable store
 
     png = tmp_path / "pred.png"
@@ -155,6 +159,9 @@ def test_widget_runs_the_model_and_shows_a_heatmap(make_napari_viewer, qtbot):
     viewer.open_sample("napari-pathviz", "demo")
     patches = viewer.layers[-1]
     widget = InferenceWidget(viewer)
+    # The demo's predictions are there already: the heatmap offers the explained class first.
+    assert widget.heatmap_column.value == "prob_dab_positive"
+    before = patches.features.copy()
     widget.model_path.value = DEMO_WEIGHTS
     widget.factory.value = DEMO_FACTORY
     widget.mean.value, widget.std.value = "0.8 0.72 0.7", "0.15 0.18 0.18"
@@ -162,17 +169,25 @@ def test_widget_runs_the_model_and_shows_a_heatmap(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     assert widget.status.value == f"predictions for {len(patches.data)} patches"
     features = patches.features
-    np.testing.assert_allclose(features["prob_2"], features["prob_dab_positive"], atol=1e-3)
-    assert "prob_dab_positive" in features.columns  # earlier columns are kept
+    # The card's class names: the same columns replaced, no prob_0..2 beside them, and
+    # y_pred still the class names (not floats).
+    probs = [c for c in features.columns if c.startswith("prob_")]
+    assert probs == ["prob_background", "prob_dab_negative", "prob_dab_positive"]
+    assert list(features.columns).count("y_pred") == 1
+    assert set(features["y_pred"]) <= {"background", "dab_negative", "dab_positive"}
+    np.testing.assert_allclose(features[probs], before[probs], atol=1e-3)
+    assert "annotation" in features.columns  # other columns are kept
     heat = viewer.layers[f"{patches.name}{HEATMAP_SUFFIX}"]
-    assert heat.metadata["pathviz_heatmap_of"] == "prob_2"
+    assert heat.metadata["pathviz_heatmap_of"] == "prob_dab_positive"
     # Every patch's value sits in the heatmap pixel over the patch's centre.
     centres = patches.data
     pixel = np.round((centres - np.asarray(heat.translate)) / np.asarray(heat.scale)).astype(int)
-    np.testing.assert_allclose(heat.data[pixel[:, 0], pixel[:, 1]], features["prob_2"], atol=1e-6)
+    shown = heat.data[pixel[:, 0], pixel[:, 1]]
+    np.testing.assert_allclose(shown, features["prob_dab_positive"], atol=1e-6)
 
-    widget.heatmap_column.value = "prob_0"
-    np.testing.assert_allclose(heat.data[pixel[:, 0], pixel[:, 1]], features["prob_0"], atol=1e-6)
+    widget.heatmap_column.value = "prob_background"
+    shown = heat.data[pixel[:, 0], pixel[:, 1]]
+    np.testing.assert_allclose(shown, features["prob_background"], atol=1e-6)
 
 
 def test_widget_bad_input(make_napari_viewer, qtbot, notifications, tmp_path):

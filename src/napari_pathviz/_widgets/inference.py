@@ -55,7 +55,7 @@ class InferenceWidget(Container):
             self.run_button, self.cancel_button, self._show_progress, self._report
         )
         self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
-        self._refresh_heatmap_choices()
+        self._refresh_heatmap_choices(choose_default=True)
         self.extend(
             [
                 self.patches_layer_choice,
@@ -86,14 +86,14 @@ class InferenceWidget(Container):
         """The patches layer in use (shared by every PathViz widget of this viewer)."""
         return self.in_use.layer
 
-    def _refresh_heatmap_choices(self, _event=None) -> None:
+    def _refresh_heatmap_choices(self, _event=None, choose_default: bool = False) -> None:
         from ..classes import default_heatmap_column
 
         with self.heatmap_column.changed.blocked():
             previous = self.heatmap_column.value
             self.heatmap_column.reset_choices()
             choices = self.heatmap_column.choices
-            if choices and previous not in choices:  # the explained class, not the first
+            if choices and (choose_default or previous not in choices):  # not the first
                 self.heatmap_column.value = default_heatmap_column(choices)
 
     def _prob_columns(self, _widget=None) -> list[str]:
