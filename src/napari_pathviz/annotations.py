@@ -53,10 +53,15 @@ def label_patches(
     coverage = np.zeros((len(df), len(classes)))
     for j, name in enumerate(classes):
         region = shapely.union_all([a.geometry for a in polygons if a.class_name == name])
-        near = tree.query(region, predicate="intersects")
-        if near.size:
-            inside = shapely.area(shapely.intersection(boxes[near], region))
-            coverage[near, j] = np.clip(inside / areas[near], 0.0, 1.0)
+        shapely.prepare(region)
+        # Patches wholly inside are covered fully; only those on the outline are intersected,
+        # the costly part with an outline of thousands of vertices.
+        inside = tree.query(region, predicate="contains")
+        coverage[inside, j] = 1.0
+        edge = np.setdiff1d(tree.query(region, predicate="intersects"), inside)
+        if edge.size:
+            shared = shapely.area(shapely.intersection(boxes[edge], region))
+            coverage[edge, j] = np.clip(shared / areas[edge], 0.0, 1.0)
     for j, name in enumerate(classes):
         df[COLUMN_PREFIX + name] = coverage[:, j]
     best = coverage.argmax(axis=1)
@@ -191,9 +196,20 @@ def _tiles(kept: pd.DataFrame, labels, colors) -> list[GeoFeature]:
 def _annotation(rows: pd.DataFrame, name: str, color) -> GeoFeature:
     import shapely
 
-    # simplify(0) drops the vertices the union leaves along straight edges, nothing else.
-    region = shapely.simplify(shapely.union_all(patch_boxes(rows)), 0.0)
+    boxes = patch_boxes(rows.drop_duplicates(subset=["x", "y", "patch_size"]))
+    # Patches of one grid only share edges: GEOS's coverage union is then exact and ~20x faster.
+    union = shapely.coverage_union_all if _one_grid(rows) else shapely.union_all
+    region = union(boxes)
     numeric = _numeric_columns(rows)
     measurements = {"Num patches": float(len(rows))}
     measurements.update({f"Mean {c}": float(rows[c].mean()) for c in numeric})
     return GeoFeature(geometry=region, class_name=name, color=color, measurements=measurements)
+
+
+def _one_grid(rows: pd.DataFrame) -> bool:
+    """Whether the patches are squares of one size on one grid of that pitch: no two overlap."""
+    sizes = rows["patch_size"].unique()
+    if len(sizes) != 1:
+        return False
+    size = int(sizes[0])
+    return all(rows[c].mod(size).nunique() == 1 for c in ("x", "y"))
