@@ -250,7 +250,7 @@ def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
     import torch
 
     head = model.head
-    h = torch.as_tensor(np.asarray(features), dtype=torch.float32).requires_grad_(True)
+    h = torch.tensor(np.asarray(features, np.float32)).requires_grad_(True)  # a copy
     logits = head(h)
     grads = [torch.autograd.grad(logits[k], h, retain_graph=True)[0] for k in range(len(logits))]
     grad_x_feature = torch.stack([(g * h).sum(dim=1) for g in grads], dim=1)

@@ -71,7 +71,9 @@ def explain_slide_pixels(
 
     from .gradients import expected_gradients
 
-    features = torch.as_tensor(features, dtype=inputs.dtype, device=inputs.device)
+    if not isinstance(features, torch.Tensor):
+        features = torch.from_numpy(np.array(features))  # a writable copy
+    features = features.to(device=inputs.device, dtype=inputs.dtype)
     indices = np.asarray(indices, np.int64)
     if len(indices) != len(inputs):
         raise PathvizError(f"{len(indices)} patch indices for {len(inputs)} explained patches")
