@@ -286,3 +286,60 @@ def test_gallery_titles_name_the_classes():
     result.metadata["class_names"] = None
     titles = [ax.get_title() for ax in gallery_figure(images, result).axes]
     assert sum(t.startswith("class 2: p=") for t in titles) == 2
+
+
+# --- napari: the widget's warning and the attribution labels ---------------------------------
+
+
+def test_widget_says_when_no_normalisation_is_known(
+    make_napari_viewer, qtbot, notifications, bare_weights
+):
+    pytest.importorskip("napari")
+    from napari_pathviz._widgets.inference import InferenceWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    patches.features = patches.features.drop(
+        columns=[c for c in patches.features.columns if c.startswith("prob_") or c == "y_pred"]
+    )
+    widget = InferenceWidget(viewer)
+    widget.model_path.value = bare_weights
+    widget.factory.value = FACTORY
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert "WARNING" in widget.status.value and "no normalisation known" in widget.status.value
+    assert any("no normalisation known" in m and bare_weights in m for m in notifications)
+    # Nameless: prob_<i>, and the heatmap shows the last class.
+    assert [c for c in patches.features.columns if c.startswith("prob_")] == [
+        "prob_0",
+        "prob_1",
+        "prob_2",
+    ]
+    assert widget.heatmap_column.value == "prob_2"
+
+
+def test_attribution_labels_and_layers_name_the_classes(make_napari_viewer):
+    pytest.importorskip("napari")
+    from types import SimpleNamespace
+
+    from napari_pathviz._widgets._attribution_layers import _show_labels
+    from napari_pathviz.attribution.result import AttributionResult
+
+    viewer = make_napari_viewer()
+    probabilities = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    result = AttributionResult(
+        method="gradcam",
+        maps=np.zeros((2, 8, 8)),
+        targets=np.array([2, 0]),
+        logits=np.log(probabilities),
+        probabilities=probabilities,
+        metadata={"class_names": NAMES},
+    )
+    keys = pd.DataFrame({"x": [0, 64], "y": [0, 0], "patch_size": [64, 64]})
+    _show_labels(viewer, result, keys, SimpleNamespace(scale=(1.0, 1.0)))
+    labels = viewer.layers[-1]
+    assert list(labels.text.values) == ["dab_positive: p=0.70", "background: p=0.60"]
+    result.metadata["class_names"] = None
+    _show_labels(viewer, result, keys, SimpleNamespace(scale=(1.0, 1.0)))
+    assert list(viewer.layers[-1].text.values) == ["class 2: p=0.70", "class 0: p=0.60"]
