@@ -110,9 +110,9 @@ class PatchViT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token.expand(len(x), -1, -1)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # traceable by torch.fx
         x = torch.cat([cls, patches], dim=1) + self.pos_embed
-        registers = self.registers.expand(len(x), -1, -1)  # after the class token, no position
+        registers = self.registers.expand(x.shape[0], -1, -1)  # after the class token, no position
         x = torch.cat([x[:, :1], registers, x[:, 1:]], dim=1)
         return self.norm(self.blocks(x))
 

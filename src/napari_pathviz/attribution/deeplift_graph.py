@@ -23,6 +23,16 @@ ADVICE = "use -mth gradient"
 _TENSOR_FACTS = ("shape", "dtype", "device", "ndim")  # attributes that carry no values
 
 
+def _transformer_layer(model) -> str | None:
+    """The first transformer layer of ``model`` that DeepLIFT has no rule for, described."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.LayerNorm, nn.MultiheadAttention)):
+            return f"layer {name!r} ({type(module).__name__})"
+    return None
+
+
 def functional_copy(model):
     """A torch.fx copy of ``model`` in eval mode, with one out-of-place module per call site of
     every module that has an ``inplace`` switch (ReLU and the other activations, Dropout) and no
@@ -33,6 +43,12 @@ def functional_copy(model):
     try:
         graph_module = fx.symbolic_trace(copy.deepcopy(model).eval())
     except Exception as exc:
+        traced = f"the model cannot be traced by torch.fx ({type(exc).__name__}: {exc})"
+        layer = _transformer_layer(model)
+        if layer is not None:  # the reason that matters to the user, named first
+            raise PathvizError(
+                f"DeepLIFT: {layer} has no DeepLIFT rule, and {traced}; {ADVICE}"
+            ) from exc
         raise PathvizError(
             f"DeepLIFT: the model cannot be traced by torch.fx to rewrite its "
             f"in-place operations ({type(exc).__name__}: {exc})"
