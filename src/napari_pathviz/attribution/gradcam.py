@@ -117,6 +117,11 @@ def grad_cam(
             f"--layer {layer!r} is not a module of the model "
             f"(the last ones are: {', '.join(names)})"
         )
+    if isinstance(modules[layer], torch.nn.Softmax):  # (B, heads, N, N) would pass as a map
+        raise PathvizError(
+            f"--layer {layer!r} is a softmax (attention weights or probabilities), not a "
+            "feature map; name a convolutional block or a transformer block's norm1"
+        )
     saved: dict = {}
     handle = modules[layer].register_forward_hook(_keeper(saved))
     maps, all_logits, all_targets = [], [], []
