@@ -55,6 +55,11 @@ def test_attention_sums_to_one_and_contributions_add_up_to_the_slide_logit(head)
     assert torch.allclose(contributions.sum(-2), head(bags), atol=1e-5)
     # One bag (n, D) gives one slide's logits, equal to the batched ones.
     assert torch.allclose(head(bags[1]), head(bags)[1], atol=1e-6)
+    # The one-row replacement pixels-to-slide uses equals the head on the edited bag.
+    replaced = torch.randn(5, 12)
+    edited = bags[0].expand(5, 9, 12).clone()
+    edited[:, 4] = replaced
+    assert torch.allclose(head.replacing_one(bags[0], 4)(replaced), head(edited), atol=1e-5)
 
 
 def test_clam_sb_takes_clams_parameter_names():

@@ -73,6 +73,28 @@ class _AttentionHead(nn.Module):
     def patch_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self._classify(self._embed(h))
 
+    def replacing_one(self, bag: torch.Tensor, index: int):
+        """A function ``f (B, D) -> logits (B, n_classes)``: the slide logits of ``bag`` (n, D)
+        with row ``index`` replaced by each of the B features ``f``, equal to
+        ``self(bag with row index = f)`` but in O(B (n + hidden)) memory instead of
+        O(B n D): the other rows' transformed features and scores are computed once. This is
+        what explaining one patch against a whole slide's bag needs (pixels to slide)."""
+        with torch.no_grad():
+            t_fixed = self._embed(bag)  # (n, hidden)
+            s_fixed = self._scores(t_fixed)  # (n,)
+        keep = torch.ones_like(s_fixed, dtype=torch.bool)
+        keep[index] = False
+
+        def logits(f: torch.Tensor) -> torch.Tensor:
+            t = self._embed(f)  # (B, hidden)
+            s = self._scores(t)  # (B,)
+            scores = torch.where(keep, s_fixed, s[:, None])  # (B, n): row index is the sample's
+            a = torch.softmax(scores, dim=-1)
+            pooled = (a * keep) @ t_fixed + a[:, index, None] * t
+            return self._classify(pooled)
+
+        return logits
+
 
 class GatedAttentionMIL(_AttentionHead):
     """Gated attention MIL (Ilse et al. 2018): patch features -> Linear + ReLU (``hidden``) ->

@@ -38,10 +38,13 @@ def _patch_in_bag(encoder, head, features, index: int):
 
         def forward(self, x):
             patch = self.encoder(x).to(self.bag.dtype)  # (B, D)
+            if replacing is not None:  # an attention head of ours: O(B n) memory, not O(B n D)
+                return replacing(patch)
             # Row ``index`` of each sample's bag is the sample's features; the others are fixed.
             bags = self.bag * (1 - self.mask) + patch[:, None, :] * self.mask
             return self.head(bags)
 
+    replacing = head.replacing_one(features, index) if hasattr(head, "replacing_one") else None
     return PatchInBag().eval()
 
 
@@ -86,7 +89,8 @@ def explain_slide_pixels(
     if not 0 <= target_class < len(slide_logits):
         raise PathvizError(f"target class {target} is out of range (0-{len(slide_logits) - 1})")
     if batch_size is None:
-        batch_size = int(np.clip(BAG_ELEMENTS_PER_BATCH // max(features.numel(), 1), 1, 64))
+        per_sample = len(features) if hasattr(head, "replacing_one") else features.numel()
+        batch_size = int(np.clip(BAG_ELEMENTS_PER_BATCH // max(per_sample, 1), 1, 64))
     results = []
     for j, index in enumerate(indices):
         wrapped = _patch_in_bag(encoder, head, features, int(index))
