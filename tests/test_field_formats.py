@@ -121,6 +121,21 @@ def test_pt_tensor_takes_its_coordinates_from_the_h5(tmp_path, features):
         read_embeddings(tmp_path / "slideA.pt", keys=short)
 
 
+def test_trident_pt_holds_a_numpy_array(tmp_path, features):
+    """TRIDENT's ``.pt`` is ``torch.save`` of a numpy array: read as data, not as code."""
+    import torch
+
+    coords = write_trident_coords(tmp_path / "slideA_patches.h5", GRID)
+    torch.save(features.astype(np.float32), tmp_path / "slideA.pt")
+    raw = read_embeddings(tmp_path / "slideA.pt", keys=coords)
+    np.testing.assert_array_equal(raw.features, features)
+    assert set(raw.rows["ID"]) == {"slideA"} and set(raw.rows["patch_size"]) == {512}
+    # An object the pickle names is not data: left to the trusted-pickle path, refused there.
+    torch.save({"features": features, "note": object()}, tmp_path / "objects.pt")
+    with pytest.raises(PathvizError, match=r"objects\.pt: is a pickle"):
+        read_embeddings(tmp_path / "objects.pt", keys=coords)
+
+
 def test_trident_feature_file_carries_its_own_patch_size(tmp_path, features):
     path = write_trident_coords(tmp_path / "slideA.h5", GRID, features=features)
     es = load_embeddings(path)

@@ -76,14 +76,28 @@ def read_feature_tensor(path: str | os.PathLike) -> np.ndarray | None:
     import torch
 
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        # TRIDENT saves a numpy array (torch.save(features)): numpy's array constructors are
+        # allowed as data; anything else a pickle names is still refused by weights_only.
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
         return None  # not a plain tensor file (a pickle with objects, or no torch file at all)
     if isinstance(data, dict) and len(data) == 1:
         data = next(iter(data.values()))  # {"features": tensor} is a common variant
-    if not isinstance(data, torch.Tensor):
+    if isinstance(data, torch.Tensor):
+        data = data.detach().float().numpy()
+    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.number):
         return None
-    return _feature_matrix(data.detach().float().numpy(), str(path))
+    return _feature_matrix(data, str(path))
+
+
+def _numpy_array_globals() -> list:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64)]
+    return [_reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
 def check_against_level0(frame: pd.DataFrame, attrs: dict, path: str) -> None:
