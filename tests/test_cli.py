@@ -26,6 +26,8 @@ COMMANDS = {
     "shapley-plot",
     "gradcam",
     "sanity-check",
+    "export-geojson",
+    "annotate",
 }
 
 
