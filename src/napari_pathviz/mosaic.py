@@ -27,6 +27,8 @@ class Mosaic:
     origins: np.ndarray  # (N, 2) row, col of each thumbnail's top-left
     thumb: int
     order: np.ndarray  # drawing order (last on top)
+    extent: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # UMAP x0, x1, y0, y1
+    colours: object = None  # render.ColorMapping of the thumbnail borders, when coloured
 
 
 def find_slides(source: str | os.PathLike, ids, layout: str = "auto") -> dict[str, Slide]:
@@ -73,11 +75,15 @@ def umap_mosaic(
     sort_col: str | None = None,
     sort_mode: str = "asc",
     background: int = 255,
+    border: int = 0,
+    color_by: str | None = None,
 ) -> Mosaic:
     """Draws each patch, shrunk by ``zoom``, centred at its 2-D UMAP position on a square canvas.
 
     ``sort_col``/``sort_mode`` set the drawing order (the last drawn is on top), as PathFlowAI's
-    ``-sc``/``-sm`` do.
+    ``-sc``/``-sm`` do. ``border`` px frame each thumbnail (inside its square), in the colour of
+    its ``color_by`` value (see render.column_colors), or dark grey: glass patches then stand
+    out from the white canvas.
     """
     if coords.ndim != 2 or coords.shape[1] < 2 or len(coords) != len(table):
         raise PathvizError(
@@ -110,6 +116,7 @@ def umap_mosaic(
         if sort_mode == "desc":
             order = order[::-1]
     image = np.full((canvas, canvas, 3), background, np.uint8)
+    frames, colours = _frame_colours(df, color_by, border)
     for i in order:
         slide_id = str(df["ID"].iat[i])
         if slide_id not in slides:
@@ -121,7 +128,68 @@ def umap_mosaic(
             int(df["patch_size"].iat[i]),
             thumb,
         )
-    return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order)
+        if frames is not None:
+            _draw_frame(image, rows[i], cols[i], thumb, border, frames[i])
+    # Canvas edges in UMAP units (thumbnail centres span the usable part).
+    half = thumb / 2 / usable * span
+    extent = (lo[0] - half[0], hi[0] + half[0], lo[1] - half[1], hi[1] + half[1])
+    return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order, extent, colours)
+
+
+def _frame_colours(df, color_by: str | None, border: int):
+    """(N, 3) uint8 frame colour per patch (None without a border) and the colour mapping."""
+    if border <= 0:
+        return None, None
+    if color_by is None:
+        return np.full((len(df), 3), 90, np.uint8), None
+    from .render import column_colors
+
+    mapping = column_colors(df, color_by)
+    return (mapping.rgba[:, :3] * 255).round().astype(np.uint8), mapping
+
+
+def _draw_frame(image: np.ndarray, row: int, col: int, thumb: int, width: int, colour) -> None:
+    width = min(width, thumb // 4)
+    square = image[row : row + thumb, col : col + thumb]
+    square[:width] = colour
+    square[-width:] = colour
+    square[:, :width] = colour
+    square[:, -width:] = colour
+
+
+def mosaic_figure(mosaic: Mosaic, title: str | None = None, n_patches: int | None = None):
+    """The mosaic as a matplotlib Figure: UMAP axes, a title, and a key (legend or colorbar)
+    for the thumbnail frames' colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .render import add_key, column_title, fit_to_content
+
+    side = mosaic.image.shape[0]
+    key = 1.6 if mosaic.colours is not None else 0.0
+    inches = max(4.0, side / 150)
+    fig = Figure(figsize=(inches + 0.8 + key, inches + 0.9), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x0, x1, y0, y1 = mosaic.extent
+    ax.imshow(mosaic.image, extent=(x0, x1, y0, y1), interpolation="antialiased")
+    ax.set_xlabel("UMAP 1", fontsize=7)
+    ax.set_ylabel("UMAP 2", fontsize=7)
+    ax.tick_params(labelsize=6)
+    n = len(mosaic.order) if n_patches is None else n_patches
+    default = f"Patches at their UMAP positions ({n} patches)"
+    if mosaic.colours is not None:
+        default += f", framed by {column_title(mosaic.colours.column)}"
+    ax.set_title(title or default, fontsize=8)
+    add_key(fig, ax, mosaic.colours)
+    return fit_to_content(fig)
+
+
+def render_mosaic(mosaic: Mosaic, out: str | os.PathLike, title: str | None = None) -> Path:
+    """Writes :func:`mosaic_figure` (title, axes, key) as a PNG."""
+    from .io.atomic import save_figure
+
+    return save_figure(mosaic_figure(mosaic, title), out)
 
 
 def read_thumbnail(slide: Slide, y: int, x: int, size: int, thumb: int) -> np.ndarray:

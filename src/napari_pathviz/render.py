@@ -133,25 +133,19 @@ def patch_overlay(
     return overlay
 
 
-def render_slide_with_patches(
+def slide_patches_figure(
     slide,
     table: PatchTable | None,
-    out: str | os.PathLike,
     *,
     color_by: str | None = None,
     max_size: int = 1600,
     alpha: float = 0.45,
     title: str | None = None,
-) -> Path:
-    """Writes a PNG of the slide thumbnail with its patches coloured by a column, with a legend
-    or colorbar: the headless twin of the napari view."""
+):
+    """A matplotlib Figure of the slide thumbnail with its patches coloured by a column, with a
+    title, axes in µm (px where the pixel size is unknown) and a legend or colorbar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    from .io.atomic import save_figure
 
     thumb, downsample = slide.thumbnail(max_size)
     image = (
@@ -169,41 +163,105 @@ def render_slide_with_patches(
         a = overlay[..., 3:4]
         image = image * (1 - a) + overlay[..., :3] * a
 
-    h, w = image.shape[:2]
-    fig = Figure(figsize=(max(4.0, w / 150 + 2.5), max(3.0, h / 150 + 0.8)), dpi=150)
+    fig = Figure(figsize=_figure_size(image.shape[:2], mapping), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.04, 0.75, 0.88))
-    # Axis ticks in level-0 pixels, so a reader can find a patch by its table coordinates.
+    ax = fig.add_subplot()
+    # Axes in µm where the slide's pixel size is known, else in level-0 pixels (the table's
+    # x and y): either way a reader can measure on the figure.
+    scale, unit = (slide.mpp, "µm") if slide.mpp else (1.0, "px")
     ax.imshow(
         np.clip(image, 0, 1),
-        extent=(-0.5, slide.width - 0.5, slide.height - 0.5, -0.5),
+        extent=(
+            -0.5 * scale,
+            (slide.width - 0.5) * scale,
+            (slide.height - 0.5) * scale,
+            -0.5 * scale,
+        ),
         interpolation="antialiased",
     )
+    ax.set_xlabel(f"x ({unit})", fontsize=7)
+    ax.set_ylabel(f"y ({unit})", fontsize=7)
     ax.tick_params(labelsize=6)
     n = 0 if table is None else len(table)
-    ax.set_title(
-        title
-        or f"{slide.slide_id}: {n} patches"
-        + (f", coloured by {mapping.column}" if mapping else ""),
-        fontsize=8,
-    )
-    if mapping is not None and mapping.kind == "categorical":
+    ax.set_title(title or _slide_title(slide, n, mapping), fontsize=8)
+    add_key(fig, ax, mapping)
+    return fit_to_content(fig)
+
+
+def render_slide_with_patches(
+    slide,
+    table: PatchTable | None,
+    out: str | os.PathLike,
+    **options,
+) -> Path:
+    """Writes :func:`slide_patches_figure` as a PNG: the headless twin of the napari view."""
+    from .io.atomic import save_figure
+
+    return save_figure(slide_patches_figure(slide, table, **options), out)
+
+
+def column_title(column: str) -> str:
+    """How a colour column reads in a title or key: ``prob_<class>`` as the class's probability."""
+    if column.startswith("prob_") and len(column) > 5:
+        return f"probability of {column[5:]}"
+    if column == "y_pred":
+        return "predicted class"
+    return column
+
+
+def _slide_title(slide, n: int, mapping: ColorMapping | None) -> str:
+    title = f"{slide.slide_id}: {n} patches"
+    if mapping is not None:
+        title += f", coloured by {column_title(mapping.column)}"
+    return title
+
+
+def _figure_size(shape: tuple[int, int], mapping: ColorMapping | None) -> tuple[float, float]:
+    """Inches for the thumbnail at about 150 dpi, plus room for the axis labels and the key."""
+    h, w = shape
+    key = 1.4 if mapping is not None else 0.0
+    return max(3.0, w / 150 + 0.8 + key), max(2.5, h / 150 + 0.9)
+
+
+def add_key(fig, ax, mapping: ColorMapping | None) -> None:
+    """A legend (labels) or a titled colorbar (numbers) beside the axes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    if mapping is None:
+        return
+    if mapping.kind == "categorical":
         handles = [
-            Patch(facecolor=c, edgecolor=c, label=name) for name, c in mapping.categories.items()
+            Patch(facecolor=c, edgecolor="0.2", label=name)
+            for name, c in mapping.categories.items()
         ]
         ax.legend(
             handles=handles,
             loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
+            bbox_to_anchor=(1.02, 1.0),
             fontsize=6,
-            title=mapping.column,
+            title=column_title(mapping.column),
             title_fontsize=7,
             frameon=False,
         )
-    elif mapping is not None:
-        cax = fig.add_axes((0.80, 0.15, 0.025, 0.7))
-        sm = ScalarMappable(Normalize(*mapping.limits), mapping.colormap)
-        bar = fig.colorbar(sm, cax=cax)
-        bar.set_label(mapping.column, fontsize=7)
-        bar.ax.tick_params(labelsize=6)
-    return save_figure(fig, out)
+        return
+    sm = ScalarMappable(Normalize(*mapping.limits), mapping.colormap)
+    bar = fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label(column_title(mapping.column), fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def fit_to_content(fig, pad: float = 0.06, rounds: int = 3):
+    """Shrinks a constrained-layout figure to what it draws (an image of fixed aspect leaves
+    empty bands otherwise), so every margin is about ``pad`` inches."""
+    for _ in range(rounds):
+        fig.canvas.draw()
+        used = fig.get_tightbbox(fig.canvas.get_renderer())
+        width, height = fig.get_size_inches()
+        spare_w = width - used.width - 2 * pad
+        spare_h = height - used.height - 2 * pad
+        if spare_w < 0.02 and spare_h < 0.02:
+            break
+        fig.set_size_inches(width - max(spare_w, 0.0), height - max(spare_h, 0.0))
+    return fig

@@ -80,14 +80,13 @@ def gallery_figure(
         pairs = max(1, min(columns, len(explained)))
         lines, slots = -(-len(explained) // pairs), 2 * pairs
         places = [(i // pairs, 2 * (i % pairs)) for i in range(len(explained))]
-    fig = Figure(figsize=(1.3 * slots + 1.2, 2.4 * lines), dpi=120)
+    # Constrained layout keeps every title, label and the colorbar inside the figure.
+    fig = Figure(figsize=(1.3 * slots + 1.2, 1.6 * lines + 0.5), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     cmap = red_blue_colormap()
     limit = shared_limit(maps)
     probabilities = label_probabilities(result, label_output)
-    grid = fig.add_gridspec(
-        lines, slots, left=0.02, right=0.88, top=0.9, bottom=0.03, wspace=0.05, hspace=0.35
-    )
+    grid = fig.add_gridspec(lines, slots)
     for p, (line, slot) in zip(explained, places, strict=True):
         image = patches[p][..., :3]
         ax_img = fig.add_subplot(grid[line, slot])
@@ -111,8 +110,9 @@ def gallery_figure(
                 f"{name}: p={_probability(probabilities, row, target):.2f}", fontsize=6
             )
             _no_ticks(ax_map)
-    cax = fig.add_axes((0.9, 0.15, 0.02, 0.7))
-    bar = fig.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=cax)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(-limit, limit), cmap), ax=fig.axes, fraction=0.03, pad=0.01
+    )
     bar.set_label(
         f"{result.method} attribution" + (" (per-patch scale)" if per_patch_scale else ""),
         fontsize=7,
@@ -144,5 +144,59 @@ def _probability(probabilities: np.ndarray, row: int, target: int) -> float:
 
 
 def _no_ticks(ax) -> None:
+    """No ticks, and a thin grey frame, so a patch of pale glass still shows on white."""
     ax.set_xticks([])
     ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor("0.45")
+        spine.set_linewidth(0.8)
+
+
+def distinct_rows(df, ranked, count: int, image_of=None, min_difference: float = 3.0):
+    """The first ``count`` rows of ``ranked`` (row positions, best first) that show different
+    tissue: a row is skipped when its patch overlaps an earlier pick of the same slide, or,
+    given ``image_of`` (row -> (H, W, 3) image), when its image equals an earlier pick's
+    flipped or turned (mean |difference| of 4x4-pixel block means below ``min_difference``
+    grey levels). A gallery of mirror images or overlapping tiles explains one thing twice."""
+    ids = df["ID"].astype(str).to_numpy() if "ID" in df.columns else np.zeros(len(df), str)
+    x, y = df["x"].to_numpy(), df["y"].to_numpy()
+    size = df["patch_size"].to_numpy()
+    picked: list[int] = []
+    looks: list[np.ndarray] = []
+    for row in ranked:
+        if len(picked) == count:
+            break
+        others = np.asarray(picked, dtype=int)
+        reach = np.maximum(size[others], size[row])
+        overlaps = (
+            (ids[others] == ids[row])
+            & (np.abs(x[others] - x[row]) < reach)
+            & (np.abs(y[others] - y[row]) < reach)
+        )
+        if overlaps.any():
+            continue
+        if image_of is not None:
+            look = _blocks(image_of(row))
+            if any(_closest_view(look, seen) < min_difference for seen in looks):
+                continue
+            looks.append(look)
+        picked.append(int(row))
+    return np.asarray(picked, dtype=int)
+
+
+def _blocks(image: np.ndarray, block: int = 4) -> np.ndarray:
+    h, w = (s - s % block for s in image.shape[:2])
+    rgb = np.asarray(image[:h, :w, :3], np.float32)
+    return rgb.reshape(h // block, block, w // block, block, 3).mean(axis=(1, 3))
+
+
+def _closest_view(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest mean |a - view of b| over the 8 flips/rotations of b (same shape only)."""
+    best = np.inf
+    for turns in range(4):
+        turned = np.rot90(b, turns)
+        for view in (turned, turned[:, ::-1]):
+            if view.shape == a.shape:
+                best = min(best, float(np.abs(a - view).mean()))
+    return best
