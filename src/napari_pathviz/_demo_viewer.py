@@ -18,7 +18,37 @@ def dock_pathviz_widgets(viewer) -> dict:
         for name in DOCK_WIDGETS
     }
     docks[DOCK_WIDGETS[0]][0].raise_()  # the tab to start from: open a slide
-    return {name: widget for name, (_dock, widget) in docks.items()}
+    widgets = {name: widget for name, (_dock, widget) in docks.items()}
+    widgets["Slide & patches"].show_ampersand_in_tab()
+    _keep_sharing_height(viewer, [docks[name][0] for name in DOCK_WIDGETS])
+    return widgets
+
+
+def _keep_sharing_height(viewer, docks) -> None:
+    """Shares the height now and once Qt has laid the docks out (it may undo the first)."""
+    from qtpy.QtCore import QTimer
+
+    _share_height(viewer, docks)
+    QTimer.singleShot(0, lambda: _share_height(viewer, docks))
+
+
+def _share_height(viewer, docks) -> None:
+    """The tab group as tall as its tallest widget's content with closed sections, the
+    explorer (the last dock) the rest, for its scatter."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
+
+    def content_height(dock) -> int:
+        inner = dock.widget()
+        inner = inner.widget() if isinstance(inner, QScrollArea) else inner
+        return inner.sizeHint().height()
+
+    try:
+        window = viewer.window._qt_window
+        tabs = max(content_height(dock) for dock in docks[:-1]) + 30  # + the title bar
+        window.resizeDocks([docks[0], docks[-1]], [tabs, window.height()], Qt.Orientation.Vertical)
+    except (RuntimeError, AttributeError):
+        pass  # the viewer was closed first
 
 
 def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:

@@ -10,16 +10,34 @@ from magicgui.widgets import Container, FileEdit
 DOCK_WIDTH = 340
 
 
-def collapsed_section(title: str, widgets: list, labels: bool = True):
+# An opened section scrolls past this height, so opening one never makes the docks taller
+# than the screen (napari docks a magicgui container's inner widget: no scroll area of its own).
+SECTION_HEIGHT = 210
+
+
+def collapsed_section(
+    title: str, widgets: list, labels: bool = True, max_height: int | None = SECTION_HEIGHT
+):
     """A collapsed section (superqt's QCollapsible, shipped with napari) holding magicgui
-    widgets; click its title to open it. Returns (QCollapsible, the inner Container)."""
+    widgets; click its title to open it. Its content scrolls beyond ``max_height`` (None: the
+    caller scrolls). Returns (QCollapsible, the inner Container)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
     from superqt import QCollapsible
 
     inner = Container(widgets=widgets, labels=labels)
     inner.native.layout().setContentsMargins(0, 0, 0, 0)
+    content = inner.native
+    if max_height is not None:
+        content = QScrollArea()
+        content.setWidgetResizable(True)
+        content.setFrameShape(QFrame.Shape.NoFrame)
+        content.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content.setWidget(inner.native)
+        content.setMaximumHeight(max_height)
     section = QCollapsible(title)
     section.setDuration(0)  # no animation: open at once
-    section.addWidget(inner.native)
+    section.addWidget(content)
     section.layout().setContentsMargins(0, 0, 0, 0)
     section.collapse(animate=False)
     return section, inner
@@ -27,12 +45,7 @@ def collapsed_section(title: str, widgets: list, labels: bool = True):
 
 def add_section(container: Container, section) -> None:
     """Appends a Qt section (from collapsed_section) below a magicgui container's widgets."""
-    from qtpy.QtWidgets import QScrollArea
-
-    host = container.native
-    if isinstance(host, QScrollArea):  # a scrollable container lays out an inner widget
-        host = host.widget()
-    host.layout().addWidget(section)
+    container.native.layout().addWidget(section)
 
 
 def row(*widgets, label: str = "") -> Container:

@@ -29,7 +29,10 @@ class ModelForm:
         # Pickles and TorchScript archives are programs: loading or running them can write any
         # file. Weights (safetensors, state dicts) with a factory need no trust.
         self.trust_model = CheckBox(
-            text="Trust this model (pickle or TorchScript: it can run code)", value=False
+            text="Trust this model (it can run code)",
+            value=False,
+            tooltip="pickles and TorchScript archives are programs: tick only if you trust "
+            "their origin; weights with a model card need no trust",
         )
         self.mean = LineEdit(
             label="Mean",
@@ -51,13 +54,20 @@ class ModelForm:
 
     @property
     def essential(self) -> list:
-        """What a model with a card needs: the file (and trust, for programs)."""
-        return [self.model_path, self.trust_model]
+        """What a model with a card needs: the file."""
+        return [self.model_path]
 
     @property
     def advanced(self) -> list:
-        """Overrides of the model card."""
-        return [self.factory, self.factory_kwargs, self.mean, self.std, self.input_size]
+        """Trust (for programs: pickles, TorchScript) and overrides of the model card."""
+        return [
+            self.trust_model,
+            self.factory,
+            self.factory_kwargs,
+            self.mean,
+            self.std,
+            self.input_size,
+        ]
 
     def arguments(self) -> dict:
         """load_model's arguments; raises PathvizError naming the field at fault."""

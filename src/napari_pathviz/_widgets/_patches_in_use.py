@@ -1,4 +1,4 @@
-"""The patches layer in use: one per viewer, shared by every pathviz dock widget.
+"""The patches layer in use: one per viewer, shared by every PathViz dock widget.
 
 Every widget reads its patch table, its selection and its colour column from this one layer and
 shows its name in a "Patches" combo; picking another layer in any widget's combo changes it for
@@ -18,14 +18,17 @@ from psygnal import Signal
 
 from .._layers import META_COLOR_BY
 
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# By id(viewer), held weakly: the widgets keep their viewer's PatchesInUse alive, and it keeps
+# its viewer only weakly, so closing a viewer frees both (a WeakKeyDictionary would not: its
+# values reach the viewer through the widgets).
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def patches_in_use(viewer) -> PatchesInUse:
     """The viewer's one PatchesInUse, made on first use."""
-    shared = _SHARED.get(viewer)
-    if shared is None:
-        shared = _SHARED[viewer] = PatchesInUse(viewer)
+    shared = _SHARED.get(id(viewer))
+    if shared is None or shared.viewer is not viewer:  # an id may be reused by a new viewer
+        shared = _SHARED[id(viewer)] = PatchesInUse(viewer)
     return shared
 
 
@@ -58,6 +61,10 @@ class PatchesInUse:
             self._layer.events.features.connect(self._features_changed)
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def viewer(self):
+        return self._viewer_ref()
+
     @property
     def layer(self):
         """The patches layer in use, or None when the viewer has none."""

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 class AttributionWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True, scrollable=True)  # opened sections scroll
+        super().__init__(labels=True)
         self._viewer = viewer
         self.form = ModelForm()
         self.method = ComboBox(label="Method", choices=list(METHODS), value="gradient")
@@ -148,7 +148,7 @@ class AttributionWidget(Container):
             ]
         )
         self.advanced, _ = collapsed_section(
-            "Advanced: target, samples, background, model",
+            "Advanced: target, samples, background, trust",
             [
                 self.target,
                 self.output,
@@ -212,7 +212,7 @@ class AttributionWidget(Container):
             rows = self.in_use.selected_rows()
             if not len(rows):
                 raise PathvizError(
-                    f"Attributions: select patches of {layer.name!r} first (on the slide or "
+                    f"Attributions: select patches first (of {layer.name!r}, on the slide or "
                     "in the embedding scatter), or choose 'top N'"
                 )
             return rows

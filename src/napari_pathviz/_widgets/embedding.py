@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
+from .._sample_data import META_EMBEDDINGS  # the embeddings file of a layer's patches
 from ..errors import Cancelled, PathvizError
 from ..render import column_colors
 from ._compact import DOCK_WIDTH, path_text, row
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingWidget", "HIGHLIGHT_LAYER", "MOSAIC_LAYER", "META_EMBEDDINGS"]
 
 META_UMAP = "pathviz_umap"  # points-layer metadata: the UMAP parameters of its umap_* columns
-# Points-layer metadata: the embeddings file of these patches (the demo sample sets it); the
-# explorer fills its Embeddings field from it and runs UMAP when the layer has no coordinates.
-META_EMBEDDINGS = "pathviz_embeddings"
 EMPTY_HINT = "Run UMAP or load coordinates\n(Coordinates, mosaic, export below)"
 
 
@@ -74,7 +72,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.centre_button = PushButton(text="Centre slide on selection")
         self.legend = Label(value="")
         self.scatter = ScatterCanvas()
-        self.scatter.native.setMinimumHeight(200)
+        self.scatter.native.setMinimumHeight(150)
         self.scatter.set_mode("lasso")
         self.scatter.on_select = self._scatter_selected
         self.scatter.on_click = self.jump_to
@@ -104,15 +102,25 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             ]
         )
         self.controls.native.layout().addWidget(self.umap_form.advanced)
-        view = Container(widgets=[row(self.color_by, self.mode)], labels=False)
+        view = Container(widgets=[self.color_by, self.mode], layout="horizontal")
+        view.margins = (4, 0, 4, 0)
         self.actions = Container(widgets=[self.legend, self.centre_button], labels=False)
         self.actions.native.layout().addWidget(files_section)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(_scrolled(self.controls.native))
+        layout.setSpacing(2)
+        # The least room each part takes when the docks are short: the Run row, the scatter,
+        # the Centre button; more when there is room (the explorer takes what the docks above
+        # leave), scrolling when a section is opened.
+        run_rows = self.controls.native.sizeHint().height() - sum(
+            w.sizeHint().height() for w in (self.umap_form.advanced, self.status.native)
+        )
+        layout.addWidget(_scrolled(self.controls.native, run_rows))
         layout.addWidget(view.native)
         layout.addWidget(self.scatter.native, stretch=1)
-        layout.addWidget(_scrolled(self.actions.native))
+        layout.addWidget(
+            _scrolled(self.actions.native, self.centre_button.native.sizeHint().height() + 8)
+        )
         self.setMaximumWidth(DOCK_WIDTH)
 
     def _add_hint(self):
@@ -152,7 +160,18 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         embeddings = layer.metadata.get(META_EMBEDDINGS)
         if embeddings and not path_text(self.embeddings_path):
             self.embeddings_path.value = str(embeddings)
-            self.run()  # e.g. the demo sample: its embeddings, in the scatter without a click
+            # e.g. the demo sample: its embeddings in the scatter without a click, once the
+            # explorer is on screen (a hidden one computes nothing).
+            self._run_when_shown = True
+            if self.isVisible():
+                self.showEvent(None)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if event is not None:
+            super().showEvent(event)
+        if getattr(self, "_run_when_shown", False):
+            self._run_when_shown = False
+            self.run()
 
     def _flush_scatter_selection(self) -> None:
         # A lasso's selection reaches the layer on the next event-loop turn; a widget reading
@@ -191,6 +210,8 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         thread; the result lands in the layer's features and in the scatter."""
         from ..patches import PatchTable
 
+        if not self.run_button.enabled:
+            return  # a run is under way: Cancel it first
         path = path_text(self.embeddings_path)
         if not path:
             self._report(PathvizError("Embeddings: give an embeddings file first"))
@@ -318,8 +339,9 @@ def _umap_columns(layer) -> list:
     )
 
 
-def _scrolled(widget) -> QScrollArea:
-    """``widget`` in a frameless vertical scroll area (for when its sections are opened)."""
+def _scrolled(widget, min_height: int) -> QScrollArea:
+    """``widget`` in a frameless vertical scroll area, at least ``min_height`` tall and as tall
+    as ``widget`` with its sections closed when there is room."""
     from qtpy.QtCore import Qt
 
     scroll = QScrollArea()
@@ -327,6 +349,8 @@ def _scrolled(widget) -> QScrollArea:
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(widget)
+    scroll.setMinimumHeight(min_height)
+    scroll.sizeHint = lambda: widget.sizeHint()  # noqa: B023 (ask for all of it when there is room)
     return scroll
 
 

@@ -35,7 +35,7 @@ HEATMAP_SUFFIX = " heatmap"
 
 class InferenceWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True, scrollable=True)  # opened sections scroll
+        super().__init__(labels=True)
         self._viewer = viewer
         self.form = ModelForm()
         # The fields by name, as the demo and the tests reach them.
@@ -67,7 +67,7 @@ class InferenceWidget(Container):
             ]
         )
         self.advanced, _ = collapsed_section(
-            "Advanced: model card overrides, batch, device",
+            "Advanced: trust, model card overrides, batch, device",
             [*self.form.advanced, self.batch_size, self.device, self.level, self.embeddings],
         )
         add_section(self, self.advanced)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 class SlideLoaderWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True, scrollable=True)  # opened sections scroll
+        super().__init__(labels=True)
         self._viewer = viewer
         self._worker: Any = None
         self.in_use = patches_in_use(viewer)
@@ -116,6 +116,20 @@ class SlideLoaderWidget(Container):
         self.in_use.choices_changed.connect(self._refresh_colors)
         self.in_use.columns_changed.connect(self._refresh_colors)
         self._refresh_colors()
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self.show_ampersand_in_tab)  # once napari has docked it
+
+    def show_ampersand_in_tab(self) -> None:
+        """Qt's tab bar reads a single & as a shortcut marker and hides it, so the dock's tab
+        would read "Slide patches": its title gets && (the title bar itself is napari's)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        dock = self.native.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is not None and "&&" not in dock.windowTitle():
+            dock.setWindowTitle(dock.windowTitle().replace("&", "&&"))
 
     # -- layers this widget works on ---------------------------------------------------------
     def slide_layer(self):

@@ -1,0 +1,112 @@
+"""The workbench fits a 1440 x 900 laptop screen with all four dock widgets open, docked as the
+demo docks them: the window stays within the screen, the slide canvas keeps half of it, and every
+action button can be seen and clicked without scrolling the main window."""
+
+from __future__ import annotations
+
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_pathviz._demo_viewer import DOCK_WIDGETS, dock_pathviz_widgets  # noqa: E402
+
+SCREEN = (1440, 900)
+
+
+def _settle(qtbot, ms: int = 200) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    qtbot.wait(ms)
+    QApplication.processEvents()
+
+
+def _action_buttons(widget) -> dict:
+    """The buttons a user can act with now, by text: all but those inside a closed section
+    (whose title button, there to open it, is itself one of them)."""
+    from qtpy.QtWidgets import QPushButton
+    from superqt import QCollapsible
+
+    def in_closed_section(button) -> bool:
+        parent = button.parent()
+        while parent is not None and parent is not widget:
+            if isinstance(parent, QCollapsible) and not parent.isExpanded():
+                return button is not parent.toggleButton()
+            parent = parent.parent()
+        return False
+
+    return {
+        button.text(): button
+        for button in widget.findChildren(QPushButton)
+        if button.isVisibleTo(widget) and not in_closed_section(button)
+    }
+
+
+def _fully_shown(button, window) -> bool:
+    """On screen, not clipped by a scroll area or the window: the whole button is visible."""
+    from qtpy.QtCore import QPoint, QRect
+
+    if not button.isVisible():
+        return False
+    region = button.visibleRegion()
+    inside = QRect(button.mapTo(window, QPoint(0, 0)), button.size())
+    return (
+        region.boundingRect().size() == button.size()
+        and window.rect().contains(inside)
+        and inside.bottom() < window.height()
+    )
+
+
+def _docked(make_napari_viewer, qtbot):
+    """A viewer at laptop size with the four widgets docked as the demo docks them (a helper,
+    not a fixture: a fixture's value outlives the viewer napari checks for leaks)."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*SCREEN)
+    widgets = dock_pathviz_widgets(viewer)
+    _settle(qtbot)
+    window.resize(*SCREEN)  # what a laptop's window manager would allow
+    _settle(qtbot)
+    return viewer, window, widgets
+
+
+def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
+    viewer, window, widgets = _docked(make_napari_viewer, qtbot)
+    assert set(widgets) == set(DOCK_WIDGETS)
+    assert window.width() <= SCREEN[0] and window.height() <= SCREEN[1], window.size()
+    # Nothing in the docks forces the window to grow past the screen.
+    minimum = window.minimumSizeHint()
+    assert minimum.width() <= SCREEN[0] and minimum.height() <= SCREEN[1], minimum
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
+    assert canvas.height() >= window.height() * 0.8, (canvas.height(), window.height())
+
+
+EXPECTED_BUTTONS = {
+    "Slide & patches": {"Open slide", "Load patches", "Generate tissue grid", "Cancel"},
+    "Model inference": {"Run model", "Cancel"},
+    "Attributions": {"Explain", "Cancel", "Show gallery", "Export gallery"},
+    "Embedding explorer": {"Run UMAP", "Cancel", "Centre slide on selection"},
+}
+
+
+def test_every_action_button_is_visible_without_scrolling(make_napari_viewer, qtbot):
+    viewer, window, widgets = _docked(make_napari_viewer, qtbot)
+    for name in DOCK_WIDGETS:
+        widget = widgets[name]
+        native = widget.native if hasattr(widget, "native") else widget
+        native.parent().raise_()  # its dock's tab in front, as a click on the tab does
+        _settle(qtbot, 50)
+        buttons = _action_buttons(native)
+        assert len(buttons) >= len(EXPECTED_BUTTONS[name]) + 2  # + file pickers, sections
+        assert EXPECTED_BUTTONS[name] <= set(buttons), (name, sorted(buttons))
+        for text, button in buttons.items():
+            assert _fully_shown(button, window), (name, text, button.visibleRegion().boundingRect())
+
+
+def test_the_slide_and_patches_tab_shows_its_ampersand(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QTabBar
+
+    _viewer, window, _widgets = _docked(make_napari_viewer, qtbot)
+    tabs = [bar.tabText(i) for bar in window.findChildren(QTabBar) for i in range(bar.count())]
+    # Qt shows "&&" as "&"; a single "&" would be eaten as a shortcut marker.
+    assert any(text.startswith("Slide && patches") for text in tabs), tabs
