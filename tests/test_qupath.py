@@ -209,3 +209,31 @@ def test_napari_reports_a_bad_geojson_in_one_line(make_napari_viewer, tmp_path, 
     viewer.open(tmp_path / "bad.geojson", plugin=PLUGIN)
     assert len(viewer.layers) == 0
     assert any("bad.geojson: not a GeoJSON FeatureCollection" in m for m in notifications)
+
+
+def test_widget_exports_the_selection_and_labels_the_patches(
+    make_napari_viewer, tmp_path, grid, notifications
+):
+    from napari_pathviz._layers import patches_layer_data
+    from napari_pathviz._widgets._qupath import QuPathWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = patches_layer_data(PatchTable(grid))
+    points = viewer.add_points(data, **kwargs)
+    widget = QuPathWidget(viewer)
+    widget.out.value = tmp_path / "none.geojson"
+    widget.label_button.clicked.emit()  # no annotations layer yet: one line, no traceback
+    assert widget.status.value == "open a QuPath annotations layer first"
+    assert "open a QuPath annotations layer first" in notifications
+
+    points.selected_data = set(np.flatnonzero(grid["prob_tumor"] > 0.5).tolist())
+    widget.class_name.value = "tumor"
+    widget.out.value = tmp_path / "tumor.geojson"
+    widget.export_button.clicked.emit()
+    assert widget.status.value.startswith("wrote 24 patches")
+    viewer.open(tmp_path / "tumor.geojson", plugin=PLUGIN)
+    assert widget.annotations.value is viewer.layers[-1]
+    widget.label_button.clicked.emit()
+    expected = np.where(grid["prob_tumor"] > 0.5, "tumor", "NA")
+    assert (points.features["qupath_class"] == expected).all()
+    assert points.metadata["pathviz_color_by"] == "qupath_class"
