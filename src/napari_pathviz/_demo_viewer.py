@@ -51,9 +51,12 @@ def _share_height(viewer, docks) -> None:
         pass  # the viewer was closed first
 
 
-def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:
-    """Slide and patches as layers, the plugin's dock widgets (returned by name), and, given
-    ``embedding`` = (EmbeddingSet, coords), the embedding explorer filled with it."""
+def populate_demo_viewer(
+    viewer, slide, table, embedding=None, widgets=None, directory=None
+) -> dict:
+    """Slide and patches as layers, the plugin's dock widgets (returned by name; docked unless
+    ``widgets`` are given), and, given ``embedding`` = (EmbeddingSet, coords), the embedding
+    explorer filled with it."""
     from napari.layers import Layer
 
     from ._demo import demo_embeddings_path
@@ -65,11 +68,11 @@ def populate_demo_viewer(viewer, slide, table, embedding=None) -> dict:
             patches_layer_data(table, color_by="annotation"),
         )
     ]
-    widgets = dock_pathviz_widgets(viewer)
+    widgets = widgets or dock_pathviz_widgets(viewer)
     for name in ("Model inference", "Attributions"):
         widgets[name].form.prefill_demo()  # the demo model, ready to run
     explorer = widgets["Embedding explorer"]
-    explorer.embeddings_path.value = str(demo_embeddings_path())
+    explorer.embeddings_path.value = str(demo_embeddings_path(directory))
     if embedding is not None:
         es, coords = embedding
         explorer.write_coords_to_layer(layers[1], es.table.df, coords)
@@ -91,37 +94,147 @@ def explain_top_patches(widget, n: int = 8):
     return widget
 
 
-def open_demo_viewer(slide, table, screenshot: str | None = None) -> int:
-    import sys
+def load_demo_data(directory=None, progress=None, cancelled=None):
+    """The demo's slide, patch table and UMAP of its embeddings: (slide, table, (es, coords)).
+    ``progress(fraction, message)`` hears every step (from the calling thread); ``cancelled()``
+    stops the work between steps and inside the UMAP with :class:`Cancelled`."""
+    from ._demo import demo_umap, load_demo
+    from .errors import Cancelled
 
+    done = [0.0]
+
+    def say(fraction: float, message: str) -> None:
+        if cancelled is not None and cancelled():
+            raise Cancelled("demo loading cancelled")
+        done[0] = max(done[0], fraction)
+        if progress is not None:
+            progress(done[0], message)
+
+    # Building the data, the model's predictions and embeddings: steps of unknown length, each
+    # moves the bar a little; the UMAP, whose stages are known, fills the rest.
+    def step(message: str) -> None:
+        say(min(done[0] + 0.08, UMAP_START), message)
+
+    say(0.0, "opening the demo slide and patches")
+    slide, table = load_demo(directory, step=step)
+    embedding = demo_umap(
+        table,
+        directory=directory,
+        step=step,
+        progress=lambda f, stage: say(UMAP_START + (1 - UMAP_START) * f, f"UMAP: {stage}"),
+        cancelled=cancelled,
+    )
+    say(1.0, "showing the slide, its patches and the UMAP")
+    return slide, table, embedding
+
+
+UMAP_START = 0.4  # the share of the loading bar before the UMAP begins
+
+
+def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_loaded=None):
+    """Loads the demo data off the GUI thread into an open viewer whose docks are ``widgets``:
+    a napari progress bar (the activity dock) and a line on the canvas say each step; when done,
+    the layers are added and ``on_loaded(widgets)`` runs. ``on_progress(fraction, message)``
+    also hears the steps, on the GUI thread. Returns the worker (quit() cancels it)."""
+    from napari.qt.threading import create_worker
+    from napari.utils import progress as napari_progress
+    from napari.utils.notifications import show_error
+    from qtpy.QtWidgets import QApplication
+
+    from ._widgets._jobs import _ProgressSignal
+    from .errors import Cancelled
+
+    bar = napari_progress(total=100, desc="Loading the demo")
+    overlay = text_overlay(viewer)
+    overlay.visible = True
+    overlay.text = "Loading the demo…"
+    signal = _ProgressSignal()
+    cancel = []
+
+    def show(values) -> None:
+        fraction, message = values
+        # on_progress first: napari's bar processes Qt events while it redraws, so the next
+        # step may be shown from inside this call.
+        if on_progress is not None:
+            on_progress(fraction, message)
+        overlay.text = f"Loading the demo: {message}"
+        bar.n = round(100 * fraction)
+        bar.set_description(f"Demo: {message}")
+
+    def finish() -> None:
+        bar.close()
+        overlay.visible = False
+
+    def loaded(result) -> None:
+        finish()
+        slide, table, embedding = result
+        populate_demo_viewer(viewer, slide, table, embedding, widgets, directory)
+        if on_loaded is not None:
+            on_loaded(widgets)
+
+    def failed(error: Exception) -> None:
+        finish()
+        if not isinstance(error, Cancelled):
+            show_error(f"The demo could not load: {error}")
+
+    signal.changed.connect(show)
+    worker = create_worker(
+        load_demo_data,
+        directory,
+        lambda fraction, message: signal.changed.emit((fraction, message)),
+        lambda: bool(cancel) or worker.abort_requested,
+        _connect={"returned": loaded, "errored": failed},
+        _start_thread=False,
+    )
+    worker._demo_signal = signal  # kept alive while the worker runs
+    # Quitting the application while loading stops the work at its next step.
+    QApplication.instance().aboutToQuit.connect(lambda: cancel.append(True))
+    worker.start()
+    return worker
+
+
+def text_overlay(viewer):
+    """The canvas's text overlay (napari >= 0.9 keeps it under ``viewer.canvas.overlays``)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.text if overlays is not None else viewer.text_overlay
+
+
+def open_demo_viewer(directory=None, screenshot: str | None = None, on_progress=None) -> int:
+    """The demo window at once, the data loading into it with progress (``on_progress(fraction,
+    message)`` hears it too), then SHAP maps on the most DAB-positive patches."""
     import napari
 
-    from ._demo import demo_umap
-
-    print(
-        "pathviz demo: UMAP of the demo embeddings (the first run compiles numba kernels, "
-        "~20 s; later runs read the cache)",
-        file=sys.stderr,
-    )
-    embedding = demo_umap(table)
     viewer = napari.Viewer(title="napari-pathviz demo")
-    widgets = populate_demo_viewer(viewer, slide, table, embedding)
-    attributions = explain_top_patches(widgets["Attributions"])
+    widgets = dock_pathviz_widgets(viewer)
+    started: list = []
+    load_demo_into(
+        viewer,
+        widgets,
+        directory,
+        on_progress=on_progress,
+        on_loaded=lambda w: started.append(explain_top_patches(w["Attributions"])),
+    )
     if screenshot:
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        viewer.window._qt_window.resize(1500, 950)
-        deadline = time.monotonic() + 120
-        while not attributions.run_button.enabled and time.monotonic() < deadline:
-            QApplication.processEvents()  # the attributions are computed in a thread
-            time.sleep(0.05)
-        for _ in range(5):  # let Qt lay out the dock widgets before grabbing the window
-            QApplication.processEvents()
-        viewer.screenshot(screenshot, canvas_only=False, flash=False)
-        print(screenshot)
-        viewer.close()
-        return 0
+        return _save_screenshot(viewer, started, screenshot)
     napari.run()
+    return 0
+
+
+def _save_screenshot(viewer, started: list, path: str) -> int:
+    """Waits for the loading and the first attributions, then grabs the whole window."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    viewer.window._qt_window.resize(1500, 950)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (started and started[0].run_button.enabled):
+        QApplication.processEvents()  # the loading and the attributions run in threads
+        time.sleep(0.05)
+    for _ in range(5):  # let Qt lay out the dock widgets before grabbing the window
+        QApplication.processEvents()
+    viewer.screenshot(path, canvas_only=False, flash=False)
+    print(path)
+    viewer.close()
     return 0

@@ -14,6 +14,7 @@ from ._common import (
     load_table_for,
     progress_bar,
     recipe_from_args,
+    step,
 )
 
 # --explain-output's names -> the engine's output names
@@ -256,10 +257,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..attribution.gallery import render_gallery
     from ..attribution.stored import explain
 
+    step(f"loading the model {args.model} and reading the patches")
     model, inputs, background, target, images, rows = explanation_inputs(args)
     options = method_options(args)
     seed = options.pop("seed", 0)
-    with progress_bar("patches") as progress:
+    with progress_bar("patches", f"{args.method} attributions of {len(rows)} patches") as progress:
         result = explain(
             model,
             inputs,
@@ -275,6 +277,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             **options,
         )
     titles = [f"x={x} y={y}" for x, y in zip(rows["x"], rows["y"], strict=True)]
+    step(f"drawing the gallery {args.out}")
     print(
         render_gallery(
             images,

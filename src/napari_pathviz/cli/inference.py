@@ -15,6 +15,7 @@ from ._common import (
     load_table_for,
     progress_bar,
     recipe_from_args,
+    step,
 )
 from ._guards import refuse_existing_db_tables
 from .slide_level import add_two_stage_options
@@ -93,6 +94,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return extract_two_stage(args, card)
     if is_cohort(args.slide):
         return extract_cohort(args)
+    step(f"loading the model {args.model}")
     spec = recipe_from_args(args).load()
     slide = open_slide(args.slide[0], args.layout)
     if args.target_mpp is not None:
@@ -104,7 +106,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     # A .db output's tables are named by patch size, known only now: checked before the model runs.
     refuse_existing_db_tables(args.out, table.df["patch_size"].unique(), args.overwrite)
     store = args.store or f"{args.out}.store.zarr"
-    with progress_bar("patches") as progress:
+    with progress_bar("patches", f"the model on {len(table)} patches of {slide.slide_id}") as bar:
         result = extract(
             slide,
             table,
@@ -116,7 +118,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             level=args.level,
             bf16=args.bf16,
             embeddings=not args.no_embeddings,
-            progress=lambda done, total, _rate: progress(done, total),
+            progress=lambda done, total, _rate: bar(done, total),
         )
     print(write_table(result, args.out, overwrite=args.overwrite))
     return 0
@@ -152,7 +154,7 @@ def extract_cohort(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         embeddings=not args.no_embeddings,
     )
-    with progress_bar("slides") as progress:
+    with progress_bar("slides", f"the model on {len(slides)} slides") as progress:
         summary = run_cohort(
             slides,
             recipe,

@@ -12,6 +12,7 @@ from ._common import (
     load_table_for,
     open_slide_from_args,
     progress_bar,
+    step,
 )
 
 
@@ -99,7 +100,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ..slide_check import check_slide
 
     slide = open_slide_from_args(args)
-    with progress_bar("chunks") as progress:
+    with progress_bar("chunks", f"reading every chunk of {args.slide}") as progress:
         n = check_slide(slide, progress=progress, decode_all=args.decode_all)
     decoded = args.decode_all and slide.source.format.startswith("tiff")
     what = "tiles decoded" if decoded else "chunks read"
@@ -112,6 +113,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
     from ..tissue import tissue_grid
 
     slide = open_slide_from_args(args)
+    step(f"tissue grid of {args.patch_size} px patches on {slide.slide_id}")
     table = tissue_grid(slide, args.patch_size, args.stride, args.min_tissue)
     write_table(table.df, args.out, overwrite=args.overwrite)
     print(f"{args.out}: {len(table)} patches of {args.patch_size} px on {slide.slide_id}")
@@ -127,7 +129,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise PathvizError(f"--chunk must be at least 16, got {args.chunk}")
     # Built aside and swapped in at the end: --overwrite keeps the old pyramid until then.
     with (
-        progress_bar("chunks") as progress,
+        progress_bar("chunks", f"writing the OME-Zarr pyramid {args.out}") as progress,
         atomic_folder(args.out, overwrite=args.overwrite) as tmp,
     ):
         write_ome_zarr(
@@ -150,6 +152,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     table = None
     if args.patches:
         table = load_table_for(slide, args.patches, args.patch_size, args.slide_id)
+    step(f"drawing {slide.slide_id}" + (f" and {len(table)} patches" if table is not None else ""))
     out = render_slide_with_patches(
         slide, table, args.out, color_by=args.color_by, max_size=args.max_size
     )
