@@ -302,3 +302,19 @@ def test_inference_widget_shows_attention_and_contribution_heatmaps(
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     assert sum(layer.name.startswith("attention — ") for layer in viewer.layers) == 1
+
+
+def test_patch_level_commands_refuse_a_two_stage_model_in_one_line(trained, tmp_path, capsys):
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.models import load_model
+
+    card, _ = trained
+    with pytest.raises(PathvizError, match="a two-stage model .* runs with pathviz extract"):
+        load_model(card)
+    paths = ensure_demo_data()
+    png = tmp_path / "maps.png"
+    argv = ["shapley-plot", "--slide", str(paths["slide"]), "--patches", str(paths["patches"])]
+    assert main([*argv, "-m", str(card), "-o", str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two-stage model" in err[0], err
+    assert not png.exists()

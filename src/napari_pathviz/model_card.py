@@ -111,6 +111,23 @@ def find_card(weights: str | os.PathLike, card: str | os.PathLike | None = None)
     return embedded_card(weights)
 
 
+def refuse_two_stage(model: str | os.PathLike, card: ModelCard | None) -> None:
+    """Patch-level work (predictions of patches, attributions of a patch classifier) given a
+    two-stage model (``-m`` a two-stage card, or weights whose card is one): one line saying
+    where such a model runs, instead of "not a model file"."""
+    if card is None and str(model).lower().endswith(".json") and os.path.isfile(model):
+        try:
+            card = read_card(model)
+        except PathvizError:
+            return  # not a card: the model loader says what the file is
+    if card is not None and card.two_stage:
+        raise PathvizError(
+            f"{card.source}: a two-stage model (patch encoder + slide-level head) runs with "
+            "pathviz extract (or the Model inference widget), and its slide prediction is "
+            "explained with extract --explain-top; this command takes a patch classifier"
+        )
+
+
 def read_card(path: str | os.PathLike) -> ModelCard:
     """Reads and validates a card file; a bad one raises naming the file and the field."""
     path = str(path)

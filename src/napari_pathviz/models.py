@@ -19,7 +19,7 @@ import numpy as np
 
 from ._model_files import import_factory as import_factory  # re-exported
 from .errors import PathvizError, PathvizWarning
-from .model_card import ACTIVATIONS, EXPLAINED_OUTPUTS, RESIZE_MODES, find_card
+from .model_card import ACTIVATIONS, EXPLAINED_OUTPUTS, RESIZE_MODES, find_card, refuse_two_stage
 
 
 def pixels_to_unit(patches: np.ndarray, device: str = "cpu"):
@@ -215,6 +215,7 @@ def load_model(
     path = str(path)
     _check_file(path)
     model_card = find_card(path, card)
+    refuse_two_stage(path, model_card)  # they run through slide_level, not as one module
     given = {
         "input_size": input_size,
         "resize_mode": resize_mode,
