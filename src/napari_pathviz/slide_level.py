@@ -150,9 +150,10 @@ def check_feature_sizes(card: ModelCard, encoder: ModelSpec, head, patch_size: i
     from .mil import head_input_dim
 
     side = encoder.input_size or patch_size or 224
+    device = next((p.device for p in encoder.model.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
-            out = encoder.model(torch.zeros(1, 3, side, side))
+            out = encoder.model(torch.zeros(1, 3, side, side, device=device))
     except Exception as exc:
         raise PathvizError(
             f"{card.source}: the encoder rejects {side} x {side} patches "
