@@ -1,9 +1,8 @@
 """Selection linking between the embedding scatter and the patches layer on the slide.
 
-Scatter -> slide: a lasso shows its patches at once in a highlight layer, "scatter selection":
-a copy of the patches layer's squares (yellow outline, no fill) of which only the selected ones
-are shown, so a lasso sets one boolean mask, whatever its size. napari's own points selection
-(``layer.selected_data``) is set lazily: psygnal adds its items one by one (about 70 ms per
+Scatter -> slide: a lasso shows its patches at once in a highlight layer, "scatter selection"
+(their squares, yellow outline, no fill), drawn on the slide whichever layer is active.
+napari's own points selection (``layer.selected_data``) is set lazily: psygnal adds its items one by one (about 70 ms per
 10,000 rows) and napari redraws its own highlight of them, so it waits until it is needed --
 the patches layer becomes active, or a widget asks for the selection (``PatchesInUse``
 flushes pending selections first) -- and, when the layer is already active, until the slide
@@ -24,9 +23,9 @@ import numpy as np
 from ..errors import PathvizError
 
 HIGHLIGHT_LAYER = "scatter selection"
-# When the patches layer is active, its selection is set this long after a lasso: the slide's
-# frame with the highlight (requested at once, painted within a few ms) goes first.
-AFTER_DRAW_MS = 40
+# Where the viewer's canvas cannot be reached, an active layer's selection is set this long
+# after a lasso instead of after the slide's next frame.
+AFTER_DRAW_MS = 200
 
 
 class SelectionLink:
@@ -35,7 +34,8 @@ class SelectionLink:
     _syncing = False  # re-entrancy guard between scatter and layer selections
     _linked_layer = None
     _pending_rows: np.ndarray | None = None  # a scatter selection not yet on the layer
-    _highlight_source: np.ndarray | None = None  # the layer data the highlight layer copies
+    _highlighted = np.zeros(0, np.int64)  # patches-layer rows the highlight layer outlines
+    _uniform_size = True  # every patch of the linked layer has the same size
     _watching_active = False
 
     def _link(self, layer) -> None:
@@ -62,9 +62,7 @@ class SelectionLink:
         self._draw_highlight_layer(layer, layer_rows)
         self._pending_rows = layer_rows
         if self._viewer.layers.selection.active is layer:
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(AFTER_DRAW_MS, self._apply_pending_selection)
+            _after_next_frame(self._viewer, self.flush_selection)
 
     def flush_selection(self) -> None:
         """Puts a pending scatter selection on the patches layer now."""
@@ -103,48 +101,68 @@ class SelectionLink:
             self._syncing = False
 
     def _draw_highlight_layer(self, layer, layer_rows: np.ndarray) -> None:
-        """Bright outlines over the selected patches, visible whichever layer is active."""
-        if HIGHLIGHT_LAYER not in self._viewer.layers and not len(layer_rows):
+        """Bright outlines over the selected patches, visible whichever layer is active.
+
+        napari re-checks every point's symbol when a points layer grows (about 6 us a point),
+        so the layer never shrinks: a smaller selection repeats its first square to the
+        layer's length (drawn over itself, unseen), and an empty one hides the layer."""
+        viewer = self._viewer
+        layer_rows = np.asarray(layer_rows, np.int64)
+        self._highlighted = layer_rows
+        if HIGHLIGHT_LAYER not in viewer.layers and not len(layer_rows):
             return  # nothing selected yet: no empty layer in the list
         highlight = self._highlight_layer(layer)
-        shown = np.zeros(len(layer.data), bool)
-        shown[np.asarray(layer_rows, np.int64)] = True
-        highlight.shown = shown
+        if not len(layer_rows):
+            highlight.visible = False
+            return
+        rows = layer_rows
+        if len(rows) < len(highlight.data):
+            rows = np.concatenate([rows, np.full(len(highlight.data) - len(rows), rows[0])])
+        if not self._uniform_size:
+            highlight.current_size = float(layer.size[rows[0]])
+        highlight.data = layer.data[rows]
+        if not self._uniform_size:
+            highlight.size = layer.size[rows]
+        if not highlight.visible:
+            highlight.visible = True
 
     def _highlight_layer(self, layer):
-        """The highlight layer for ``layer``: made (or remade, when the patches changed) as a
-        hidden copy of its squares."""
+        """The highlight layer, made on first use with the look of ``layer``'s squares."""
         viewer = self._viewer
         if HIGHLIGHT_LAYER in viewer.layers:
             highlight = viewer.layers[HIGHLIGHT_LAYER]
-            if self._highlight_source is layer.data and len(highlight.data) == len(layer.data):
-                return highlight
-            viewer.layers.remove(highlight)
-        active = viewer.layers.selection.active
-        highlight = viewer.add_points(
-            layer.data,
-            name=HIGHLIGHT_LAYER,
-            symbol="square",
-            size=layer.size,
-            shown=np.zeros(len(layer.data), bool),
-            face_color="transparent",
-            border_color="yellow",
-            border_width=0.12,
-            border_width_is_relative=True,
-            scale=layer.scale,
-            blending="translucent_no_depth",
-        )
-        self._highlight_source = layer.data
-        # Keep the user's active layer: napari makes a new layer active.
-        if active is not None:
-            viewer.layers.selection.active = active
+        else:
+            active = viewer.layers.selection.active
+            highlight = viewer.add_points(
+                np.zeros((0, layer.data.shape[1])),
+                name=HIGHLIGHT_LAYER,
+                symbol="square",
+                face_color="transparent",
+                border_color="yellow",
+                border_width=0.12,
+                border_width_is_relative=True,
+                blending="translucent_no_depth",
+            )
+            # Keep the user's active layer: napari makes a new layer active.
+            if active is not None:
+                viewer.layers.selection.active = active
+        sizes = np.asarray(layer.size, float)
+        self._uniform_size = bool(len(sizes)) and bool(np.all(sizes == sizes[0]))
+        if self._uniform_size:
+            highlight.current_size = float(sizes[0])
+            if len(highlight.size) and highlight.size[0] != sizes[0]:
+                highlight.size = float(sizes[0])
+        if tuple(highlight.scale) != tuple(layer.scale):
+            highlight.scale = layer.scale
         return highlight
 
     def highlighted_rows(self) -> np.ndarray:
         """Patches-layer rows outlined in the highlight layer (what the slide shows)."""
         if HIGHLIGHT_LAYER not in self._viewer.layers:
             return np.zeros(0, np.int64)
-        return np.flatnonzero(self._viewer.layers[HIGHLIGHT_LAYER].shown)
+        if not self._viewer.layers[HIGHLIGHT_LAYER].visible:
+            return np.zeros(0, np.int64)
+        return np.unique(self._highlighted)
 
     def selected_rows(self) -> np.ndarray:
         """Patches-layer rows of the current scatter selection."""
@@ -172,3 +190,27 @@ class SelectionLink:
     def _camera(self):
         viewer = self._viewer
         return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def _after_next_frame(viewer, callback) -> None:
+    """Runs ``callback`` once the viewer's canvas has drawn its next frame (a timer where the
+    canvas cannot be reached): the slide shows the highlight before napari's selection work."""
+    from qtpy.QtCore import QTimer
+
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    scene = getattr(getattr(qt_viewer, "canvas", None), "_scene_canvas", None)
+    if scene is None:
+        QTimer.singleShot(AFTER_DRAW_MS, callback)
+        return
+    fired = []
+
+    def drawn(_event=None) -> None:
+        if not fired:  # disconnected on the next turn, not while vispy iterates its callbacks
+            fired.append(True)
+            QTimer.singleShot(0, finish)
+
+    def finish() -> None:
+        scene.events.draw.disconnect(drawn)
+        callback()
+
+    scene.events.draw.connect(drawn, position="last")
