@@ -22,7 +22,7 @@ from napari_pathviz.patches import load_patches
 GRID = np.array([(x, y) for y in (0, 512, 1024) for x in (0, 512, 1024, 1536)], dtype=np.int32)
 
 
-def write_clam_patches(path, coords=GRID, name="slideA"):
+def write_clam_patches(path, coords=GRID, name=None):
     """As CLAM's WholeSlideImage.process_contour + save_hdf5 write patches/{slide}.h5."""
     with h5py.File(path, "w") as f:
         dset = f.create_dataset("coords", data=coords, maxshape=(None, 2), chunks=(4, 2))
@@ -33,7 +33,7 @@ def write_clam_patches(path, coords=GRID, name="slideA"):
                 "downsample": np.array([2.0, 2.0]),
                 "downsampled_level_dim": np.array([1000, 800]),
                 "level_dim": np.array([1000, 800]),
-                "name": name,
+                "name": name or path.stem,
                 "save_path": str(path.parent),
             }
         )
@@ -285,3 +285,18 @@ def test_cli_plots_clam_features(tmp_path, features):
     assert code == 0
     coords = pd.read_csv(out)
     assert len(coords) == len(GRID) and set(coords["patch_size"]) == {512}
+
+
+def test_wsinfer_csv_and_clam_h5_draw_on_the_slide(tmp_path, pyramidal_tiff):
+    """WSInfer's {slide}.csv is a predictions table and CLAM's {slide}.h5 a patch table for the
+    commands that draw on the slide, unchanged (the test slide is "slide", 1400 x 1000)."""
+    (tmp_path / "slide.csv").write_text(WSINFER_CSV)
+    png = tmp_path / "pred.png"
+    argv = ["plot-predictions", "--slide", str(pyramidal_tiff), "-p", str(tmp_path / "slide.csv")]
+    assert main([*argv, "-o", str(png)]) == 0 and png.stat().st_size > 0
+    patches = write_clam_patches(
+        tmp_path / "slide.h5", coords=GRID[(GRID[:, 0] < 800) & (GRID[:, 1] == 0)]
+    )
+    out = tmp_path / "render.png"
+    assert main(["render", str(pyramidal_tiff), "--patches", str(patches), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
