@@ -126,6 +126,10 @@ CASES = [
     ("embed-components-four", EMBED + " --components 4", "--components"),
     ("embed-unknown-annotation", EMBED + " --patches {patches} -a nope", "nope"),
     ("embed-unknown-background", EMBED + " --patches {patches} -rb nope", "nope"),
+    # a patch table's column, named without --patches: asked for, before the UMAP runs
+    ("embed-table-column-without-patches", EMBED + " -a dab_positive", "add --patches"),
+    ("embed-table-background-without-patches", EMBED + " -rb background", "add --patches"),
+    ("mosaic-table-sort-without-patches", MOSAIC + " -sc prob_dab_positive", "add --patches"),
     ("embed-background-area-above-one", EMBED + " --patches {patches} -rb background -ma 2", "-ma"),
     ("embed-unknown-basename", EMBED + " -b nope", "nope"),
     ("embed-missing-patches", EMBED + " --patches {tmp}/none.csv", "none.csv"),
