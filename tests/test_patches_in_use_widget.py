@@ -1,0 +1,109 @@
+"""One patches layer in use, shared by the four dock widgets of a viewer: a selection made in the
+embedding scatter is what Explain acts on, whatever layers were added since (a tissue grid, a
+umap_coords.csv opened with File > Open), and picking a layer in one widget picks it for all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
+    LAYER_PREFIX,
+    META_ATTRIBUTION,
+)
+from napari_pathviz._widgets.attribution import AttributionWidget  # noqa: E402
+from napari_pathviz._widgets.embedding import EMPTY_HINT, EmbeddingWidget  # noqa: E402
+from napari_pathviz._widgets.inference import InferenceWidget  # noqa: E402
+from napari_pathviz._widgets.loader import SlideLoaderWidget  # noqa: E402
+
+
+def _widgets(viewer) -> dict:
+    return {
+        "loader": SlideLoaderWidget(viewer),
+        "explorer": EmbeddingWidget(viewer),
+        "inference": InferenceWidget(viewer),
+        "attributions": AttributionWidget(viewer),
+    }
+
+
+def _shown(widgets) -> set:
+    return {w.patches_layer_choice.value for w in widgets.values()}
+
+
+def test_a_scatter_selection_is_what_explain_acts_on(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    slide, patches = viewer.layers
+    widgets = _widgets(viewer)
+    explorer, attributions = widgets["explorer"], widgets["attributions"]
+    assert _shown(widgets) == {patches.name}
+    assert explorer.hint.visible and explorer.hint.text == EMPTY_HINT  # no coordinates yet
+
+    # Coordinates in the scatter: the patches' own positions, a layout with known geometry.
+    xy = patches.features[["x", "y"]].to_numpy(np.float32)
+    explorer.write_coords_to_layer(patches, patches.features, xy)
+    assert not explorer.hint.visible and len(explorer.scatter.coords) == len(patches.data)
+    # The scatter takes the layer's own colour column.
+    assert explorer.color_by.value == patches.metadata["pathviz_color_by"] == "annotation"
+
+    # New patches layers do not take over: a tissue grid, and umap_coords.csv opened as a file.
+    loader = widgets["loader"]
+    loader.grid_size.value = 256
+    loader.grid_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=60_000)
+    grid = viewer.layers[-1]
+    assert grid.name.endswith("tissue grid") and "Patches in use: " in loader.status.value
+    explorer.export_coords(str(tmp_path / "umap_coords.csv"))
+    viewer.open(tmp_path / "umap_coords.csv", plugin="napari-pathviz")
+    assert len(viewer.layers) == 4
+    opened = viewer.layers[-1]
+    assert explorer.in_use.layer is patches and _shown(widgets) == {patches.name}
+    viewer.layers.selection.active = grid  # the active layer does not decide either
+
+    # A lasso (the scatter's selection API): the left third of the slide.
+    screen = explorer.scatter.screen_positions()
+    cut = np.quantile(screen[:, 0], 1 / 3)
+    chosen = explorer.scatter.select_rectangle((-10, -10), (cut, 10_000))
+    wanted = np.sort(explorer.rows[chosen])
+    assert 20 <= len(wanted) < len(patches.data)
+    attributions.form.prefill_demo()
+    attributions.method.value = "gradcam"
+    attributions.run_button.clicked.emit()  # at once: the lasso's selection is not yet applied
+    qtbot.waitUntil(lambda: attributions.run_button.enabled, timeout=120_000)
+    assert attributions.status.value.startswith(f"gradcam: {len(wanted)} patches")
+    maps = viewer.layers[f"{LAYER_PREFIX}gradcam"]
+    np.testing.assert_array_equal(maps.metadata[META_ATTRIBUTION]["rows"], wanted)
+    np.testing.assert_array_equal(np.sort(list(patches.selected_data)), wanted)
+    assert np.isfinite(patches.features["gradcam_probability"].to_numpy()[wanted]).all()
+
+    # One pick changes the layer for every widget; the explorer shows the hint for a layer
+    # without coordinates, and the loader offers that layer's columns.
+    widgets["inference"].patches_layer_choice.value = grid.name
+    assert _shown(widgets) == {grid.name} and explorer.in_use.layer is grid
+    assert explorer.hint.visible and len(explorer.scatter.coords) == 0
+    assert "tissue" in loader.color_by.choices
+    attributions.patches_layer_choice.value = patches.name
+    assert _shown(widgets) == {patches.name}
+    assert len(explorer.scatter.coords) == len(patches.data)
+    # Removing the layer in use falls back to the latest patches layer left.
+    viewer.layers.remove(patches)
+    assert explorer.in_use.layer is opened and _shown(widgets) == {opened.name}
+
+
+def test_open_sample_fills_the_explorer(make_napari_viewer, qtbot):
+    """File > Open Sample: a shown explorer runs UMAP of the demo embeddings by itself and
+    colours the scatter by the patches' colour column."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    explorer = EmbeddingWidget(viewer)
+    viewer.window.add_dock_widget(explorer)
+    assert explorer.embeddings_path.value.name == "embeddings.parquet"
+    done = f"UMAP of {len(patches.data)} patches"
+    qtbot.waitUntil(lambda: explorer.status.value == done, timeout=300_000)
+    assert explorer.run_button.enabled
+    assert len(explorer.scatter.coords) == len(patches.data) and not explorer.hint.visible
+    assert explorer.color_by.value == "annotation"
+    assert "annotation" in explorer.legend.value
