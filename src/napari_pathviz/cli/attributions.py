@@ -322,9 +322,11 @@ def cmd_sanity_check(args: argparse.Namespace) -> int:
     from ..attribution.sanity import model_randomisation
     from ..io.tables import write_table
 
+    step(f"loading the model {args.model} and reading the patches")
     model, inputs, background, target, _images, rows = explanation_inputs(args)
     if target == "each":
         raise PathvizError("sanity-check: --target each is not supported; give a class index")
+    step(f"{args.method} attributions of {len(rows)} patches, layer by layer randomised")
     table = model_randomisation(
         model,
         inputs,
