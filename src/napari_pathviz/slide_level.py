@@ -85,7 +85,7 @@ def _build_stage(card: ModelCard, stage: dict, path: str, name: str, trust: bool
     if kind in ("torchscript", "unknown"):
         raise PathvizError(
             f"{path}: the {name} of a two-stage model must be weights (safetensors or a state "
-            f"dict), found {'a TorchScript archive' if kind == 'torchscript' else 'no such file'}"
+            f"dict), found {'a TorchScript archive' if kind == 'torchscript' else 'neither'}"
         )
     factory = stage["factory"]
     if not trust:
