@@ -263,6 +263,19 @@ class _AttentionFirst(nn.Module):
         return self.fc(self.attn(t, t, t)[0].mean(1))
 
 
+class _SoftmaxOverFeatures(nn.Module):
+    """An nn.Softmax over token features inside the network (not an attention, no matmul)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, 8)
+        self.gate = nn.Sequential(nn.Linear(8, 8), nn.Softmax(dim=-1))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.gate(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
 class _GeluMlp(nn.Module):
     """Tokens through a GELU MLP: no transformer layer, and DeepLIFT has a GELU rule."""
 
@@ -285,6 +298,7 @@ class _GeluMlp(nn.Module):
             r"'matmul'.*multiplies or divides two activations",
         ),
         (lambda: _AttentionFirst().eval(), r"'attn' \(MultiheadAttention\) has no DeepLIFT rule"),
+        (lambda: _SoftmaxOverFeatures().eval(), r"'gate.1' \(Softmax\) has no DeepLIFT rule"),
         # untraceable by torch.fx (len(x) in forward): the LayerNorm is still named first
         (zoo.hand_attention_vit, r"layer 'blocks.0.norm1' \(LayerNorm\) has no DeepLIFT rule, and"),
         (zoo.token_encoder_vit, r"layer '0.blocks.0.norm1' \(LayerNorm\) has no DeepLIFT rule"),
@@ -309,7 +323,7 @@ def test_deeplift_refuses_the_trained_vit_and_explains_a_gelu_mlp(trained_vit):
 # --- the CLI on the trained ViT: model card + safetensors ----------------------------------------
 
 
-@pytest.mark.parametrize("method", ["rollout", "chefer", "gradcam"])
+@pytest.mark.parametrize("method", ["rollout", "chefer", "gradcam", "gradcampp"])
 def test_cli_explains_the_trained_vit(method, trained_vit, tmp_path, capsys):
     """``pathviz gradcam --method ...`` loads the ViT through its card (napari_pathviz.vit:
     PatchViT), explains the 4 most DAB-positive demo patches, and stores what the engine
@@ -341,3 +355,32 @@ def test_cli_explains_the_trained_vit(method, trained_vit, tmp_path, capsys):
     assert (expected.targets == 2).mean() >= 0.75  # the top DAB-positive patches, predicted so
     with pytest.raises(SystemExit):
         main([*args[:-2], "--method", "rollout-typo", "-o", str(tmp_path / "x.png")])
+
+
+def test_cli_shapley_plot_on_the_trained_vit(trained_vit, tmp_path, capsys):
+    """Expected gradients through ``pathviz shapley-plot`` on real demo patches: the trained
+    ViT needs more samples than the zoo's (at 400, up to ~20% measured on some patches; at 1000
+    all within 5%), and the CLI says so exactly when a map misses 5%. DeepLIFT is refused with
+    one line naming the LayerNorm (exit status 2)."""
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.cli import main
+
+    paths = ensure_demo_data()
+    args = ["shapley-plot", "-m", str(trained_vit["weights"]), "--model-card"]
+    args += [str(trained_vit["card"]), "--slide", str(paths["slide"]), "--patches"]
+    args += [str(paths["patches"]), "--ids", "0", "5", "100", "-bs", "8", "--device", "cpu"]
+    for samples in (400, 1000):
+        out = tmp_path / f"eg{samples}.png"
+        assert main([*args, "-mth", "gradient", "-ns", str(samples), "-o", str(out)]) == 0
+        printed = capsys.readouterr()
+        worst = float(
+            printed.out.split("completeness error: median ")[1].split("max ")[1].split()[0]
+        )
+        warned = "pathviz shapley-plot: warning:" in printed.err and "incomplete" in printed.err
+        assert warned == (worst > 0.05) and out.stat().st_size > 10_000
+        if samples == 1000:
+            assert worst <= 0.05
+    assert main([*args, "-mth", "deep", "-o", str(tmp_path / "deep.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "layer 'blocks.0.norm1' (LayerNorm) has no DeepLIFT rule" in error
+    assert "\n" not in error
