@@ -92,8 +92,7 @@ def umap_mosaic(
     if not 0 < zoom <= 4:
         raise PathvizError(f"--zoom must be in (0, 4], got {zoom}")
     df = table.df
-    size = int(np.median(df["patch_size"]))
-    thumb = max(4, round(size * zoom))
+    thumb = mosaic_thumb(table, zoom)
     if thumb * 2 > canvas:
         raise PathvizError(
             f"--zoom {zoom}: thumbnails of {thumb} px do not fit a {canvas} px canvas"
@@ -134,6 +133,20 @@ def umap_mosaic(
     half = thumb / 2 / usable * span
     extent = (lo[0] - half[0], hi[0] + half[0], lo[1] - half[1], hi[1] + half[1])
     return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order, extent, colours)
+
+
+def mosaic_thumb(table: PatchTable, zoom: float) -> int:
+    """The thumbnail side umap_mosaic draws for ``table`` at ``zoom``."""
+    return max(4, round(int(np.median(table.df["patch_size"])) * zoom))
+
+
+def mosaic_colour_column(df, requested: str | None) -> str:
+    """The column framing the thumbnails: the one asked for, else annotation, else ID."""
+    if requested:
+        if requested not in df.columns:
+            raise PathvizError(f"--color-by: no column {requested!r}")
+        return requested
+    return "annotation" if "annotation" in df.columns else "ID"
 
 
 def _frame_colours(df, color_by: str | None, border: int):

@@ -40,8 +40,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser(
         "plot-image-umap-embeddings",
-        help="the patches drawn at their 2-D UMAP positions, as a PNG "
-        "(PathFlowAI's plot_image_umap_embeddings)",
+        help="the patches drawn at their 2-D UMAP positions, as a PNG figure with a title "
+        "and a key (PathFlowAI's plot_image_umap_embeddings)",
     )
     p.add_argument("-e", "--embeddings", required=True, help="embeddings file")
     p.add_argument(
@@ -61,6 +61,16 @@ def add_parsers(sub) -> None:
         help="ascending: the largest value is drawn last, on top",
     )
     p.add_argument("--canvas", type=int, default=2048, help="mosaic side in pixels")
+    p.add_argument(
+        "--color-by",
+        help="frame each thumbnail in the colour of this column, with a legend or colorbar "
+        "(default: annotation when the table has it, else ID)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the bare canvas (canvas x canvas px, no frames, axes, title or key)",
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     add_embedding_options(p)
     p.set_defaults(func=cmd_plot_image_umap_embeddings)
@@ -209,7 +219,13 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
 
 def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
     from ..io.atomic import save_image
-    from ..mosaic import find_slides, umap_mosaic
+    from ..mosaic import (
+        find_slides,
+        mosaic_colour_column,
+        mosaic_thumb,
+        render_mosaic,
+        umap_mosaic,
+    )
     from ..patches import PatchTable
 
     es = embeddings_from_args(args, args.embeddings)
@@ -227,6 +243,11 @@ def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
         canvas=args.canvas,
         sort_col=args.sort_col,
         sort_mode=args.sort_mode,
+        border=0 if args.raw else max(1, round(mosaic_thumb(es.table, args.zoom) / 24)),
+        color_by=None if args.raw else mosaic_colour_column(es.table.df, args.color_by),
     )
-    print(save_image(mosaic.image, args.output))
+    if args.raw:
+        print(save_image(mosaic.image, args.output))
+    else:
+        print(render_mosaic(mosaic, args.output))
     return 0
