@@ -142,8 +142,15 @@ def test_weights_without_card_or_mean_warn_in_one_line(demo, bare_weights, tmp_p
 
 
 def test_cohort_recipe_carries_class_names_and_the_warning(bare_weights):
+    from napari_pathviz.cli import build_parser
+    from napari_pathviz.cli._common import recipe_from_args
     from napari_pathviz.cohort import ModelRecipe
     from napari_pathviz.cohort_tasks import check_recipe
+
+    argv = ["extract", "-m", _weights(), "--slide", "a", "b", "-o", "out"]
+    args = build_parser().parse_args([*argv, "--class-names", "glass", "neg", "pos"])
+    assert recipe_from_args(args).class_names == ("glass", "neg", "pos")
+    assert recipe_from_args(build_parser().parse_args(argv)).class_names is None  # the card's
 
     named = ModelRecipe(path=_weights(), class_names=["glass", "neg", "pos"])
     assert named.load().class_names == ("glass", "neg", "pos")
