@@ -110,3 +110,50 @@ def test_the_slide_and_patches_tab_shows_its_ampersand(make_napari_viewer, qtbot
     tabs = [bar.tabText(i) for bar in window.findChildren(QTabBar) for i in range(bar.count())]
     # Qt shows "&&" as "&"; a single "&" would be eaten as a shortcut marker.
     assert any(text.startswith("Slide && patches") for text in tabs), tabs
+
+
+def test_fields_say_what_none_and_zero_mean_and_paths_have_pickers(make_napari_viewer):
+    from magicgui.widgets import FileEdit
+
+    from napari_pathviz._widgets.attribution import AttributionWidget
+    from napari_pathviz._widgets.embedding import EmbeddingWidget
+    from napari_pathviz._widgets.inference import InferenceWidget
+    from napari_pathviz._widgets.loader import SlideLoaderWidget
+
+    viewer = make_napari_viewer()
+    loader, explorer = SlideLoaderWidget(viewer), EmbeddingWidget(viewer)
+    inference, attributions = InferenceWidget(viewer), AttributionWidget(viewer)
+    # "none" and 0 say what they mean where they are shown, not only in a tooltip.
+    output = attributions.output
+    assert output.value == "none" and output.native.currentText() == "none: the logit"
+    assert "none = the raw model output" in output.tooltip
+    for spin, meaning in (
+        (attributions.batch_size, "0 = auto"),
+        (inference.form.input_size, "0 = auto"),
+        (loader.patch_size, "0 = auto"),
+        (explorer.pca, "0 = off"),
+        (explorer.seed, "-1 = none"),
+        (attributions.smoothing, "0 = none"),
+    ):
+        assert spin.label.endswith(f"({meaning})"), spin.label
+    smoothing = attributions.smoothing.native  # a QDoubleSpinBox shows it in the box too
+    assert smoothing.lineEdit().text() == "0 = none"
+    attributions.smoothing.value = 0.5
+    assert smoothing.lineEdit().text() == "0.50"
+    # Every path field has a file dialog button.
+    fields = {
+        "slide": loader.slide_path,
+        "table": loader.table_path,
+        "model": inference.form.model_path,
+        "attribution model": attributions.form.model_path,
+        "background": attributions.background_file,
+        "gallery": attributions.gallery_path,
+        "store": attributions.store_path,
+        "embeddings": explorer.embeddings_path,
+        "keys": explorer.keys_path,
+        "coordinates": explorer.coords_path,
+        "export": explorer.export_path,
+    }
+    for name, field in fields.items():
+        assert isinstance(field, FileEdit), name
+    assert attributions.store_path.mode.value == "d" and explorer.export_path.mode.value == "w"

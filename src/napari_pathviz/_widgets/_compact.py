@@ -74,3 +74,18 @@ def path_text(field) -> str:
 def narrow(native, width: int = DOCK_WIDTH) -> None:
     """Caps a dock widget's width (its fields shrink; labels and buttons stay whole)."""
     native.setMaximumWidth(width)
+
+
+def special_value_text(spin, text: str) -> None:
+    """Says what the spin box's lowest value means, e.g. "0 = auto": in its label, and in the
+    box itself where Qt can (superqt's large-integer spin box cannot)."""
+    spin.label = f"{spin.label} ({text})"
+    native = spin.native
+    if not hasattr(native, "setSpecialValueText") or type(native).__module__.startswith("superqt"):
+        return
+    native.setSpecialValueText(text)
+    value = native.value()
+    native.blockSignals(True)  # redraw the shown text: Qt only does so when the value changes
+    native.setValue(value + 1 if value < native.maximum() else value - 1)
+    native.setValue(value)
+    native.blockSignals(False)

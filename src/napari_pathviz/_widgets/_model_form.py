@@ -5,7 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import CheckBox, LineEdit, SpinBox
 
 from ..errors import PathvizError
-from ._compact import path_field, path_text
+from ._compact import path_field, path_text, special_value_text
 
 
 class ModelForm:
@@ -46,7 +46,7 @@ class ModelForm:
             max=4096,
             tooltip="0 = auto: the model card's input size, else patches as read",
         )
-        self.input_size.native.setSpecialValueText("0 = auto")
+        special_value_text(self.input_size, "0 = auto")
 
     @property
     def widgets(self) -> list:

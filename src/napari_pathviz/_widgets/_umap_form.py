@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 
-from ._compact import collapsed_section, path_field, path_text
+from ._compact import collapsed_section, path_field, path_text, special_value_text
 
 
 class UmapForm:
@@ -52,7 +52,7 @@ class UmapForm:
             max=4096,
             tooltip="reduce to this many dimensions first when there are more; 0 = off",
         )
-        self.pca.native.setSpecialValueText("0 = off")
+        special_value_text(self.pca, "0 = off")
         self.seed = SpinBox(
             label="Seed",
             value=-1,
@@ -60,7 +60,7 @@ class UmapForm:
             max=2**31 - 1,
             tooltip="-1 = none: not reproducible, umap-learn runs multi-threaded",
         )
-        self.seed.native.setSpecialValueText("-1 = none")
+        special_value_text(self.seed, "-1 = none")
         self.background_column = ComboBox(
             label="Background col",
             choices=numeric_columns,

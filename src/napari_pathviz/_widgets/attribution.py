@@ -32,7 +32,15 @@ from ._attribution_layers import (
     set_opacity,
     show_attributions,
 )
-from ._compact import add_section, collapsed_section, narrow, path_field, path_text, row
+from ._compact import (
+    add_section,
+    collapsed_section,
+    narrow,
+    path_field,
+    path_text,
+    row,
+    special_value_text,
+)
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
@@ -74,7 +82,7 @@ class AttributionWidget(Container):
             step=0.05,
             tooltip="gradient: local smoothing of the samples; 0 = none",
         )
-        self.smoothing.native.setSpecialValueText("0 = none")
+        special_value_text(self.smoothing, "0 = none")
         self.background_from = ComboBox(
             label="Background",
             choices=["random patches", "kept selection", "file"],
@@ -96,7 +104,7 @@ class AttributionWidget(Container):
             tooltip="model inputs per pass, halved on out-of-memory; 0 = auto (gradient: "
             "256 samples on a GPU, 64 on the CPU)",
         )
-        self.batch_size.native.setSpecialValueText("0 = auto")
+        special_value_text(self.batch_size, "0 = auto")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.precision = ComboBox(
             label="Precision",

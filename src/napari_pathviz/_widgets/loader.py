@@ -29,7 +29,15 @@ from .._layers import (
 )
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
-from ._compact import add_section, collapsed_section, narrow, path_field, path_text, row
+from ._compact import (
+    add_section,
+    collapsed_section,
+    narrow,
+    path_field,
+    path_text,
+    row,
+    special_value_text,
+)
 from ._lookup import layer_with
 from ._notify import report_error
 from ._patches_in_use import patches_combo, patches_in_use
@@ -66,7 +74,7 @@ class SlideLoaderWidget(Container):
             max=1_000_000,
             tooltip="0 = auto: the table's patch_size column (or a .db with one table)",
         )
-        self.patch_size.native.setSpecialValueText("0 = auto")
+        special_value_text(self.patch_size, "0 = auto")
         self.slide_id = LineEdit(
             label="Slide ID", tooltip="keep these rows; blank: the slide's own when present"
         )
