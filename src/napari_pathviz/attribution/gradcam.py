@@ -109,21 +109,9 @@ def grad_cam(
             "--factory (a state dict or safetensors) instead"
         )
     model.eval()
-    modules = dict(model.named_modules())
     layer = layer or find_cam_layer(model, inputs[:1])
-    if layer not in modules:
-        names = [n for n in modules if n][-12:]
-        raise PathvizError(
-            f"--layer {layer!r} is not a module of the model "
-            f"(the last ones are: {', '.join(names)})"
-        )
-    if isinstance(modules[layer], torch.nn.Softmax):  # (B, heads, N, N) would pass as a map
-        raise PathvizError(
-            f"--layer {layer!r} is a softmax (attention weights or probabilities), not a "
-            "feature map; name a convolutional block or a transformer block's norm1"
-        )
     saved: dict = {}
-    handle = modules[layer].register_forward_hook(_keeper(saved))
+    handle = _cam_module(model, layer).register_forward_hook(_keeper(saved))
     maps, all_logits, all_targets = [], [], []
     try:
         for start in range(0, len(inputs), batch_size):
@@ -167,6 +155,25 @@ def grad_cam(
         probabilities=probs.cpu().numpy(),
         metadata={"layer": layer, "output": output},
     )
+
+
+def _cam_module(model, layer: str):
+    """The module named ``layer``, refused when it is not one or is a softmax."""
+    import torch
+
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        names = [n for n in modules if n][-12:]
+        raise PathvizError(
+            f"--layer {layer!r} is not a module of the model "
+            f"(the last ones are: {', '.join(names)})"
+        )
+    if isinstance(modules[layer], torch.nn.Softmax):  # (B, heads, N, N) would pass as a map
+        raise PathvizError(
+            f"--layer {layer!r} is a softmax (attention weights or probabilities), not a "
+            "feature map; name a convolutional block or a transformer block's norm1"
+        )
+    return modules[layer]
 
 
 def _keeper(saved: dict):

@@ -103,21 +103,23 @@ def run_attention_method(
             recorder.clear()  # free the graph before the next batch
             if progress is not None:
                 progress(min(start + batch_size, len(inputs)), len(inputs))
-    logits = torch.cat(all_logits).float()
-    probs = torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
     h, w, extra = grid
+    metadata = {"output": output, "attention_layers": layers, "token_grid": f"{h}x{w}"}
+    return _result(method, maps, all_targets, all_logits, {**metadata, "extra_tokens": extra})
+
+
+def _result(method: str, maps, targets, logits, metadata: dict) -> AttributionResult:
+    import torch
+
+    logits = torch.cat(logits).float()
+    probs = torch.softmax(logits, 1) if logits.shape[1] > 1 else torch.sigmoid(logits)
     return AttributionResult(
         method=method,
         maps=np.concatenate(maps),
-        targets=np.concatenate(all_targets),
+        targets=np.concatenate(targets),
         logits=logits.cpu().numpy(),
         probabilities=probs.cpu().numpy(),
-        metadata={
-            "output": output,
-            "attention_layers": layers,
-            "token_grid": f"{h}x{w}",
-            "extra_tokens": extra,
-        },
+        metadata=metadata,
     )
 
 
