@@ -237,7 +237,16 @@ def load_model(
     if "transform_opts" in metadata:  # PathFlowAI's extracted model (even with empty opts)
         _fill_from_transform_opts(options, metadata["transform_opts"])
     model.eval()  # PathFlowAI's shapley_plot left models in train mode: batch norm then drifts
-    spec = ModelSpec(
+    spec = _spec(model, path, options, metadata)
+    unknown = spec.normalisation_warning()
+    if unknown:  # never silent: unnormalised patches give confident nonsense
+        warnings.warn(unknown, PathvizWarning, stacklevel=2)
+    return spec
+
+
+def _spec(model, path: str, options: dict, metadata: dict) -> ModelSpec:
+    """The spec of the options as resolved (given, else card, else transform_opts)."""
+    return ModelSpec(
         model=model,
         source=path,
         input_size=options["input_size"],
@@ -252,10 +261,6 @@ def load_model(
         mpp=options["mpp"],
         explained_output=options["explained_output"],
     )
-    unknown = spec.normalisation_warning()
-    if unknown:
-        warnings.warn(unknown, PathvizWarning, stacklevel=2)
-    return spec
 
 
 def _check_file(path: str) -> None:
