@@ -199,8 +199,14 @@ def explanation_inputs(args: argparse.Namespace):
         values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
         if np.isnan(values).all():
             raise PathvizError(f"--top: column {column!r} of {args.patches} holds no numbers")
-        # NaN ranks last: a patch without a value is never among the highest.
-        chosen = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:count]
+        # NaN ranks last: a patch without a value is never among the highest. The top patches
+        # that show different tissue: no overlapping tiles, no flipped or turned copies.
+        from ..attribution.gallery import distinct_rows
+
+        ranked = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
+        chosen = distinct_rows(
+            df, ranked, count, image_of=lambda i: read_patch_batch(slide, df.iloc[[i]])[0]
+        )
     else:
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):

@@ -137,12 +137,14 @@ def _write_demo_attribution_outputs(slide, table, out: Path) -> list[Path]:
     from .._demo import ANNOTATIONS
     from .._demo_model import load_demo_model, read_patches, to_model_input
     from ..attribution import PIXEL_METHODS, attribute
-    from ..attribution.gallery import render_gallery
+    from ..attribution.gallery import distinct_rows, render_gallery
     from ..patches import PatchTable
     from ._common import step
 
     df = table.df
-    chosen = np.argsort(-df["dab_positive"].to_numpy(), kind="stable")[:4]
+    # The most DAB-positive patches that show different tissue (no overlap, no mirror copy).
+    ranked = np.argsort(-df["dab_positive"].to_numpy(), kind="stable")
+    chosen = distinct_rows(df, ranked, 4)
     rest = np.setdiff1d(np.arange(len(df)), chosen)
     background = np.random.default_rng(0).choice(rest, 16, replace=False)
     images = read_patches(slide, PatchTable(df.iloc[chosen], table.source))
@@ -170,8 +172,7 @@ def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
     """What plot-embeddings and plot-image-umap-embeddings write, for the demo embeddings."""
     from .._demo import demo_umap
     from ..embedding_plot import plot_embeddings_html, write_coords
-    from ..io.atomic import save_image
-    from ..mosaic import umap_mosaic
+    from ..mosaic import render_mosaic, umap_mosaic
     from ._common import stage_progress, step
 
     with stage_progress("UMAP (3-D) of the demo embeddings") as progress:
@@ -191,6 +192,8 @@ def _write_demo_embedding_outputs(slide, table, out: Path) -> list[Path]:
         zoom=0.5,
         canvas=1536,
         sort_col="prob_dab_positive",
+        border=2,  # framed by annotation, with a legend: glass patches show on white
+        color_by="annotation",
     )
-    written.append(save_image(mosaic.image, out / "umap_image_mosaic.png"))
+    written.append(render_mosaic(mosaic, out / "umap_image_mosaic.png"))
     return written
