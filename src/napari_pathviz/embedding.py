@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import embedding_large as large
 from ._umap_stages import (
     SMALL_DATA,
     StageReporter,
@@ -211,6 +212,9 @@ class UMAPParams:
     metric: str = "euclidean"
     pca: int | str | None = "auto"  # "auto": to 50 dimensions above 50; an int; None: off
     random_state: int | None = None
+    # None: fit on a sample above 200,000 patches; 0: always a full fit; N: fit on N patches
+    # when there are more, transform the rest (see embedding_large)
+    fit_sample: int | None = None
 
     def validate(self, n_samples: int) -> None:
         if self.n_components not in (2, 3):
@@ -225,6 +229,7 @@ class UMAPParams:
         if not 0.0 <= self.min_dist <= 1.0:
             raise PathvizError(f"--min_dist must be between 0 and 1, got {self.min_dist}")
         check_metric(self.metric)
+        large.check_fit_sample(self.fit_sample, self.n_neighbors)
 
 
 # The common metrics, known without importing umap (slow: numba); others are asked of umap.
@@ -288,10 +293,16 @@ def umap_embed(
             f"the torch k-NN supports the euclidean metric only, not {params.metric}"
         )
     store = store or ResultsStore()
+    sample = large.fit_sample_size(params.fit_sample, len(features))
     # The k-NN backend is part of the key: exact and approximate graphs give different layouts;
     # so are the versions of the libraries that compute the layout.
     key = array_key(
-        features, version=UMAP_VERSION, knn=knn, libraries=_umap_versions(), **asdict(params)
+        features,
+        version=UMAP_VERSION,
+        knn=knn,
+        libraries=_umap_versions(),
+        **asdict(params),
+        **({"fit_on": sample, "transform": large.TRANSFORM_EPOCHS} if sample else {}),
     )
     if use_cache:
         cached = store.get("umap", key)
@@ -300,19 +311,25 @@ def umap_embed(
             return cached
 
     stages = StageReporter(progress, cancelled)
+    if sample is not None:
+        coords = large.umap_fit_sample_transform(features, params, sample, stages)
+        store.put("umap", key, coords)
+        stages.report(1.0, "done")
+        return coords
     data = features
     dims = pca_dimensions(params, features.shape[1])
     if dims is not None and dims < features.shape[1]:
         stages.begin("PCA", f"{features.shape[1]} to {dims} dimensions")
         data = pca_reduce(features, dims, params.random_state)
-    coords = _fit_umap(data, params, knn, stages)
+    coords = _fit_umap(data, params, knn, stages).embedding_.astype(np.float32)
     store.put("umap", key, coords)
     stages.report(1.0, "done")
     return coords
 
 
 def _fit_umap(data: np.ndarray, params: UMAPParams, knn: str, stages: StageReporter):
-    """umap-learn's fit, each sub-step reported (see :mod:`._umap_stages`)."""
+    """umap-learn's fit, each sub-step reported (see :mod:`._umap_stages`); the fitted
+    reducer (its ``embedding_`` is what ``fit_transform`` returns)."""
     precomputed, random_state = (None, None, None), params.random_state
     # umap is imported inside the neighbours stage: its first import loads (or, on a first run,
     # compiles) numba kernels, seconds to minutes.
@@ -348,10 +365,11 @@ def _fit_umap(data: np.ndarray, params: UMAPParams, knn: str, stages: StageRepor
     )
     with warnings.catch_warnings():
         # umap-learn warns that n_jobs is 1 with random_state, and about a precomputed graph
-        # without a search index (we never transform new points): both are expected here.
+        # without a search index (the sample fit of embedding_large keeps NN-descent's index):
+        # both are expected here.
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        return reducer.fit_transform(data).astype(np.float32)
+        return reducer.fit(data)
 
 
 def _umap_versions() -> dict[str, str | None]:
