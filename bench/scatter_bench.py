@@ -137,7 +137,7 @@ class DrawCounter:
     def disconnect(self) -> None:
         self.canvas.events.draw.disconnect(self._on_draw)
 
-    def wait(self, since: int, timeout: float = 30.0) -> None:
+    def wait(self, since: int, timeout: float = 300.0) -> None:
         """Qt events until a draw after ``since``, then glFinish: the frame is complete."""
         from qtpy.QtWidgets import QApplication
 

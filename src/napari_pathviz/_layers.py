@@ -18,6 +18,7 @@ FACE_ALPHA = 0.35
 BORDER_WIDTH = 0.06  # relative to the square's side
 META_SLIDE = "pathviz_slide"
 META_COLOR_BY = "pathviz_color_by"
+META_FILL_HIDDEN = "pathviz_fill_hidden"  # set while attribution maps lie over the patches
 
 
 def slide_scale(slide: Slide, use_mpp: bool) -> tuple[float, float]:
@@ -88,6 +89,20 @@ def recolor_patches_layer(layer: Any, column: str) -> None:
     """Recolours an existing patches points layer by one of its feature columns."""
     table = PatchTable(layer.features, layer.metadata.get("source", layer.name))
     face, border = patch_colors(table, column)
+    if layer.metadata.get(META_FILL_HIDDEN):
+        face[:, 3] = 0.0
     layer.face_color = face
     layer.border_color = border
     layer.metadata[META_COLOR_BY] = column
+
+
+def set_patch_fill(layer: Any, shown: bool) -> None:
+    """Shows or hides the translucent fill of a patches layer, keeping the outlines: while
+    attribution maps lie over the patches, the fill would tint them."""
+    if bool(layer.metadata.get(META_FILL_HIDDEN)) == (not shown):
+        return
+    face = np.array(layer.face_color, np.float32, copy=True)
+    if len(face):
+        face[:, 3] = FACE_ALPHA if shown else 0.0
+        layer.face_color = face
+    layer.metadata[META_FILL_HIDDEN] = not shown

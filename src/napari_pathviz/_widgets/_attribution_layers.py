@@ -1,20 +1,38 @@
 """How attribution results appear on the slide: one lazy red/blue layer per method (and per
-class when every class was explained), a text label beside each explained patch, and the
-explained class and its probability as columns of the patches layer."""
+class when every class was explained), all on one colour scale per method shown by one titled
+colorbar (a "key" layer per method), a text label in each explained patch that shows only
+when the patch is large enough on screen, and the explained class and its probability as
+columns of the patches layer (so hovering a patch shows them). While maps are shown, the
+patches layers keep their outlines but lose their fill, which would tint the maps."""
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import pandas as pd
 
-from .._layers import META_SLIDE
+from .._layers import META_COLOR_BY, META_SLIDE, set_patch_fill
 from ..attribution.gallery import shared_limit
-from ..attribution.layer import attribution_pyramid
+from ..attribution.layer import attribution_pyramid, smooth_maps
 from ..attribution.result import AttributionResult
 from ..classes import class_label, class_labels
 
 LAYER_PREFIX = "attributions: "
 META_ATTRIBUTION = "pathviz_attribution"
+METHOD_TITLES = {
+    "gradient": "Expected gradients",
+    "deep": "DeepLIFT",
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "rollout": "Attention rollout",
+    "chefer": "Chefer relevance",
+}
+# A label shows when its patch covers at least this many screen pixels: below, the labels of
+# neighbouring patches run into each other.
+LABEL_MIN_PX = 64.0
+DEFAULT_SMOOTHING = 1.5  # px: spreads expected gradients' 2-px dot lattice into structure
+_WATCHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewers with our callbacks
 
 
 def diverging_colormap():
@@ -52,12 +70,15 @@ def show_attributions(
     opacity: float,
     per_patch_scale: bool,
     patch_rows: np.ndarray | None = None,
+    smoothing: float = 0.0,
 ) -> list:
     """Adds (or replaces) the layers of ``result``; ``keys`` has x, y and patch_size of each
-    explained patch; ``patch_rows`` are those patches' rows in the patches layer (for metadata).
+    explained patch; ``patch_rows`` are those patches' rows in the patches layer (for metadata);
+    ``smoothing`` is the Gaussian sigma (map px) applied to each map on its own.
     Returns the heatmap layers. The active layer stays what it was (usually the patches, where
     the user selects the next ones)."""
     active = viewer.layers.selection.active
+    _watch(viewer)
     patch_of_row = result.patch_of_rows()
     targets = np.asarray(result.targets)
     each_class = len(patch_of_row) > len(np.unique(patch_of_row))
@@ -67,7 +88,7 @@ def show_attributions(
         if each_class
         else [("", np.arange(len(patch_of_row)))]
     )
-    maps = result.maps
+    maps = smooth_maps(result.maps, smoothing) if smoothing > 0 else result.maps
     limit = 1.0 if per_patch_scale else shared_limit(np.asarray(maps))
     level_shapes = [lv.shape[:2] for lv in slide_layer.metadata[META_SLIDE].levels]
     layers = []
@@ -108,9 +129,14 @@ def show_attributions(
             ),
         }
         if hasattr(heat, "colorbar"):
-            heat.colorbar.visible = True
+            heat.colorbar.visible = False  # one colorbar per method: the key layer's
         layers.append(heat)
+    title = map_title(result, np.asarray(maps), per_patch_scale)
+    _show_key(viewer, result.method, title, limit, slide_layer)
     _show_labels(viewer, result, keys, slide_layer)
+    for layer in viewer.layers:
+        if META_COLOR_BY in layer.metadata:
+            set_patch_fill(layer, False)
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active
     return layers
@@ -131,17 +157,54 @@ def explained_class_and_probability(result: AttributionResult) -> tuple[np.ndarr
     return targets, probabilities[np.arange(len(first)), targets]
 
 
+def map_title(result: AttributionResult, maps: np.ndarray, per_patch_scale: bool) -> str:
+    """The colorbar title of a method's maps, e.g. "Expected gradients (dab_positive), signed"."""
+    method = METHOD_TITLES.get(result.method, result.method)
+    targets = np.unique(np.asarray(result.targets))
+    names = result.metadata.get("class_names")
+    if len(result.patch_of_rows()) > len(np.unique(result.patch_of_rows())):
+        explained = "each class"
+    elif len(targets) == 1:
+        explained = class_label(names, targets[0])
+    else:
+        explained = "predicted class"
+    finite = maps[np.isfinite(maps)]
+    sign = "signed" if finite.size and finite.min() < 0 else "non-negative"
+    return f"{method} ({explained}), {sign}" + (", per-patch scale" if per_patch_scale else "")
+
+
+def _show_key(viewer, method: str, title: str, limit: float, slide_layer) -> None:
+    """The method's one colorbar, titled: a one-pixel transparent layer named by the title,
+    with the maps' colormap and limits (napari draws a colorbar per layer, untitled)."""
+    for layer in list(viewer.layers):
+        if layer.metadata.get(META_ATTRIBUTION, {}).get("key_of") == method:
+            viewer.layers.remove(layer)
+    key = viewer.add_image(
+        np.zeros((1, 1), np.float32),
+        name=title,
+        colormap=diverging_colormap(),
+        contrast_limits=(-limit, limit),
+        scale=tuple(slide_layer.scale[:2]),
+    )
+    key.metadata[META_ATTRIBUTION] = {"key_of": method}
+    if hasattr(key, "colorbar"):
+        key.colorbar.visible = True
+        key.name_overlay.position = key.colorbar.position
+        key.name_overlay.visible = True
+
+
 def _show_labels(viewer, result: AttributionResult, keys: pd.DataFrame, slide_layer) -> None:
-    """One points layer of invisible points at the explained patches' top-left corners whose
-    text gives the explained class and its probability."""
+    """One points layer of invisible points in the explained patches whose text gives the
+    explained class and its probability: centred a quarter down the patch, clear of the
+    patch and selection outlines, and shown only while patches are large enough on screen."""
     targets, probability = explained_class_and_probability(result)
     size = keys["patch_size"].to_numpy(float)
-    corners = np.column_stack([keys["y"].to_numpy(float), keys["x"].to_numpy(float)])
+    top_left = np.column_stack([keys["y"].to_numpy(float), keys["x"].to_numpy(float)])
     name = f"{LAYER_PREFIX}{result.method} labels"
     if name in viewer.layers:
         viewer.layers.remove(name)
     labels = viewer.add_points(
-        corners + size[:, None] * 0.1,
+        top_left + size[:, None] * np.array([0.25, 0.5]),
         name=name,
         features=pd.DataFrame(
             {
@@ -153,35 +216,71 @@ def _show_labels(viewer, result: AttributionResult, keys: pd.DataFrame, slide_la
             "string": "{target}: p={probability:.2f}",
             "size": 9,
             "color": "yellow",
-            "anchor": "upper_left",
+            "anchor": "center",
         },
         size=1,
         face_color="transparent",
         border_width=0,
         scale=tuple(slide_layer.scale[:2]),
     )
-    labels.metadata[META_ATTRIBUTION] = {"labels_of": result.method}
+    patch_world = float(np.median(size)) * float(abs(slide_layer.scale[-1]))
+    labels.metadata[META_ATTRIBUTION] = {"labels_of": result.method, "patch_world": patch_world}
+    _toggle_labels(viewer)
+
+
+def patch_screen_px(viewer, patch_world: float) -> float:
+    """Screen pixels a patch of ``patch_world`` world units covers at the current zoom."""
+    return patch_world * float(_camera(viewer).zoom)
+
+
+def _camera(viewer):
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def _toggle_labels(viewer, _event=None) -> None:
+    for layer in viewer.layers:
+        meta = layer.metadata.get(META_ATTRIBUTION, {})
+        if "labels_of" in meta:
+            wanted = patch_screen_px(viewer, meta.get("patch_world", 0.0)) >= LABEL_MIN_PX
+            if layer.text.visible != wanted:
+                layer.text.visible = wanted
+
+
+def _watch(viewer) -> None:
+    """Once per viewer: labels follow the zoom, the patches' fill comes back with the last map,
+    and hovering shows the patches' features (class, probability) in a tooltip."""
+    if viewer in _WATCHED:
+        return
+    _WATCHED[viewer] = True
+    _camera(viewer).events.zoom.connect(lambda event: _toggle_labels(viewer, event))
+    viewer.layers.events.removed.connect(lambda event: _restore_fill(viewer, event))
+    viewer.tooltip.visible = True
+
+
+def _restore_fill(viewer, _event=None) -> None:
+    if any("rows" in ly.metadata.get(META_ATTRIBUTION, {}) for ly in viewer.layers):
+        return
+    for layer in viewer.layers:
+        if META_COLOR_BY in layer.metadata:
+            set_patch_fill(layer, True)
 
 
 def set_opacity(viewer, value: float) -> None:
     for layer in viewer.layers:
-        if (
-            META_ATTRIBUTION in layer.metadata
-            and "labels_of" not in layer.metadata[META_ATTRIBUTION]
-        ):
+        if "rows" in layer.metadata.get(META_ATTRIBUTION, {}):
             layer.opacity = value
 
 
 def add_result_columns(features: pd.DataFrame, result: AttributionResult, rows) -> pd.DataFrame:
-    """``{method}_target`` and ``{method}_probability`` for the explained rows (NaN elsewhere),
-    so the other widgets can colour and select by them."""
+    """``{method}_target`` (the class name) and ``{method}_probability`` for the explained rows
+    (empty elsewhere), so the other widgets can colour and select by them and hovering a patch
+    shows them."""
     targets, probability = explained_class_and_probability(result)
     features = features.copy()
-    for column, values in (
-        (f"{result.method}_target", targets),
-        (f"{result.method}_probability", probability),
-    ):
-        full = np.full(len(features), np.nan)
-        full[rows] = values
-        features[column] = full
+    names = np.full(len(features), None, dtype=object)
+    names[rows] = class_labels(result.metadata.get("class_names"), targets)
+    features[f"{result.method}_target"] = names
+    full = np.full(len(features), np.nan)
+    full[rows] = probability
+    features[f"{result.method}_probability"] = full
     return features

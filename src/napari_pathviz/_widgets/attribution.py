@@ -28,6 +28,7 @@ from ..attribution import METHODS
 from ..attribution.references import check_same_size, random_reference_rows, reference_images
 from ..errors import PathvizError
 from ._attribution_layers import (
+    DEFAULT_SMOOTHING,
     add_result_columns,
     set_opacity,
     show_attributions,
@@ -45,7 +46,7 @@ from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
-from ._patches_in_use import patches_combo, patches_in_use
+from ._patches_in_use import follow, patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -123,6 +124,15 @@ class AttributionWidget(Container):
         self.top_n = SpinBox(label="N", value=8, min=1, max=100_000)
         self.top_column = ComboBox(label="By column", choices=self._numeric_columns, nullable=True)
         self.per_patch = CheckBox(text="Scale each patch on its own", value=False)
+        self.map_smoothing = FloatSpinBox(
+            label="Map smoothing (px)",
+            value=DEFAULT_SMOOTHING,
+            min=0.0,
+            max=10.0,
+            step=0.5,
+            tooltip="Gaussian sigma applied to each map on its own (0 = none); about 1.5 px "
+            "turns expected gradients' dot lattice into structure; each map keeps its sum",
+        )
         self.opacity = FloatSpinBox(label="Opacity", value=0.7, min=0.0, max=1.0, step=0.05)
         self.run_button = PushButton(text="Explain")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -171,6 +181,7 @@ class AttributionWidget(Container):
                 self.device,
                 self.precision,
                 self.per_patch,
+                self.map_smoothing,
                 self.opacity,
                 *self.form.advanced,
             ],
@@ -192,7 +203,7 @@ class AttributionWidget(Container):
         self.which.changed.connect(self._show_top_fields)
         self._show_top_fields()
         for signal in (self.in_use.changed, self.in_use.columns_changed):
-            signal.connect(self._refresh_top_columns)
+            follow(signal, self._refresh_top_columns)
 
     # -- inputs --------------------------------------------------------------------------------
     def _layer_with(self, key: str):
@@ -339,6 +350,7 @@ class AttributionWidget(Container):
             opacity=self.opacity.value,
             per_patch_scale=self.per_patch.value,
             patch_rows=patch_rows,
+            smoothing=self.map_smoothing.value,
         )
 
     def open_store(self) -> None:
@@ -410,6 +422,8 @@ class _AttributionJob:
         spec = load_model(**self.model_args)
         device = resolve_device(self.device)
         warning = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
+        unknown = spec.normalisation_warning()  # maps of unnormalised inputs explain nonsense
+        warning = "; ".join(w for w in (warning, unknown and f"WARNING: {unknown}") if w)
         model = spec.model.to(device).eval()
         images = read_patch_batch(self.slide, self.features.iloc[self.rows])
         inputs = spec.preprocess(images, device)

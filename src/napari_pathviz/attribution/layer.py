@@ -64,6 +64,28 @@ def attribution_pyramid(
     return levels
 
 
+def smooth_maps(maps, sigma: float) -> np.ndarray:
+    """Each map (N x h x w) blurred on its own by a Gaussian of ``sigma`` map pixels; sigma 0
+    returns the maps unchanged.
+
+    Expected gradients leave a dot lattice (pixels of a 2-px grid carry most of the
+    attribution); a sigma of about 1.5 px spreads it into the structure it marks. The blur
+    reflects at the map's edges (half-sample symmetric), so each map keeps its sum: no
+    attribution leaks out of its patch or into a neighbour's.
+    """
+    if sigma < 0:
+        raise PathvizError(f"map smoothing: sigma must be >= 0 px, got {sigma:g}")
+    maps = np.asarray(maps, np.float32)
+    if sigma == 0:
+        return maps
+    from scipy.ndimage import gaussian_filter
+
+    if maps.ndim < 3:
+        raise PathvizError(f"map smoothing: expected N x h x w maps, got shape {maps.shape}")
+    axes_sigma = (0,) * (maps.ndim - 2) + (sigma, sigma)
+    return gaussian_filter(maps, sigma=axes_sigma, mode="reflect", truncate=4.0)
+
+
 def _chunks(n: int) -> tuple[int, ...]:
     full, rest = divmod(n, BLOCK)
     return (BLOCK,) * full + ((rest,) if rest else ())
