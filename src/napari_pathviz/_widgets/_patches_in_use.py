@@ -50,7 +50,7 @@ class PatchesInUse:
         self._layer = None
         # Widgets that hold a selection not yet on the layer (the scatter sets it lazily)
         # register a function that puts it there; selected_rows() calls them first.
-        self._pending_selections: list[Callable[[], None]] = []
+        self._pending_selections: list = []  # weak references to flush functions
         viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(self._removed)
         for layer in viewer.layers:
@@ -83,14 +83,21 @@ class PatchesInUse:
 
     def selected_rows(self) -> np.ndarray:
         """Sorted rows of the layer in use that are selected, wherever they were selected."""
-        for flush in list(self._pending_selections):
-            flush()
+        for ref in list(self._pending_selections):
+            flush = ref()
+            if flush is not None:
+                flush()
         if self._layer is None:
             return np.zeros(0, np.int64)
         return np.sort(np.fromiter(self._layer.selected_data, np.int64))
 
     def add_pending_selection(self, flush: Callable[[], None]) -> None:
-        self._pending_selections.append(flush)
+        """``flush()`` puts a widget's pending selection on the layer; held weakly when it is a
+        widget's method, so the widget may go first."""
+        if hasattr(flush, "__self__"):
+            self._pending_selections.append(weakref.WeakMethod(flush))
+        else:
+            self._pending_selections.append(lambda: flush)
 
     # -- changing ------------------------------------------------------------------------------
     def set(self, layer_or_name) -> None:
@@ -131,6 +138,27 @@ class PatchesInUse:
         layer.events.name.connect(lambda _e: self.choices_changed.emit())
 
 
+def follow(signal, callback: Callable) -> None:
+    """Connects a widget's ``callback`` to a PatchesInUse signal for as long as the widget lives:
+    held weakly, and dropped once Qt has deleted the widget (a dock closed on its own), so one
+    closed widget never stops the others hearing of a change."""
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+
+    def call(*args) -> None:
+        function = ref()
+        if function is None:
+            signal.disconnect(call)
+            return
+        try:
+            function(*args)
+        except RuntimeError as err:  # "wrapped C/C++ object ... has been deleted"
+            if "deleted" not in str(err):
+                raise
+            signal.disconnect(call)
+
+    signal.connect(call)
+
+
 def patches_combo(in_use: PatchesInUse, on_change: Callable | None = None) -> ComboBox:
     """The "Patches" combo every widget shows: the layer in use, changed for all widgets here.
     ``on_change(layer)`` runs when the layer in use changes, from any widget."""
@@ -153,8 +181,8 @@ def patches_combo(in_use: PatchesInUse, on_change: Callable | None = None) -> Co
 
     show_in_use()
     combo.changed.connect(picked)
-    in_use.changed.connect(show_in_use)
-    in_use.choices_changed.connect(show_in_use)
+    follow(in_use.changed, show_in_use)
+    follow(in_use.choices_changed, show_in_use)
     if on_change is not None:
-        in_use.changed.connect(on_change)
+        follow(in_use.changed, on_change)
     return combo

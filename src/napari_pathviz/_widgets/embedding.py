@@ -24,7 +24,7 @@ from ._compact import DOCK_WIDTH, path_text, row
 from ._embedding_files import MOSAIC_LAYER, EmbeddingFiles
 from ._jobs import JobRunner
 from ._notify import report_error
-from ._patches_in_use import patches_combo, patches_in_use
+from ._patches_in_use import follow, patches_combo, patches_in_use
 from ._selection_link import HIGHLIGHT_LAYER, SelectionLink
 from ._umap_form import UmapForm
 from .scatter import MODES, ScatterCanvas
@@ -49,7 +49,9 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.rows = np.zeros(0, np.int64)  # scatter point i is row rows[i] of the patches layer
         self._pending_rows: np.ndarray | None = None  # a scatter selection not yet on the layer
         self.in_use = patches_in_use(viewer)
-        self.in_use.add_pending_selection(self._flush_scatter_selection)
+        # A lasso's selection reaches the layer lazily (see _selection_link); a widget that
+        # reads the selection of the patches in use gets it put there first.
+        self.in_use.add_pending_selection(self.flush_selection)
 
         self.umap_form = UmapForm(self._numeric_columns)
         for name in UmapForm.FIELDS:
@@ -85,8 +87,8 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.color_by.changed.connect(self._recolour)
         self.mode.changed.connect(self.scatter.set_mode)
         self.centre_button.changed.connect(self.centre_on_selection)
-        self.in_use.changed.connect(self._in_use_changed)
-        self.in_use.columns_changed.connect(self._refresh_choices)
+        follow(self.in_use.changed, self._in_use_changed)
+        follow(self.in_use.columns_changed, self._refresh_choices)
         self._in_use_changed(self.in_use.layer)
 
     def _layout(self, files_section) -> None:
@@ -172,12 +174,6 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         if getattr(self, "_run_when_shown", False):
             self._run_when_shown = False
             self.run()
-
-    def _flush_scatter_selection(self) -> None:
-        # A lasso's selection reaches the layer on the next event-loop turn; a widget reading
-        # the selection before then gets it now.
-        if self._pending_rows is not None:
-            self._apply_pending_selection()
 
     # -- choices -------------------------------------------------------------------------------
     def _feature_columns(self, _widget=None) -> list[str]:

@@ -25,7 +25,7 @@ from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
-from ._patches_in_use import patches_combo, patches_in_use
+from ._patches_in_use import follow, patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -75,8 +75,8 @@ class InferenceWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.heatmap_column.changed.connect(self._show_heatmap)
-        self.in_use.changed.connect(self._refresh_heatmap_choices)
-        self.in_use.columns_changed.connect(self._refresh_heatmap_choices)
+        follow(self.in_use.changed, self._refresh_heatmap_choices)
+        follow(self.in_use.columns_changed, self._refresh_heatmap_choices)
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_with(self, key: str):
@@ -86,7 +86,7 @@ class InferenceWidget(Container):
         """The patches layer in use (shared by every PathViz widget of this viewer)."""
         return self.in_use.layer
 
-    def _refresh_heatmap_choices(self, _event=None, choose_default: bool = False) -> None:
+    def _refresh_heatmap_choices(self, _event=None, *, choose_default: bool = False) -> None:
         from ..classes import default_heatmap_column
 
         with self.heatmap_column.changed.blocked():

@@ -40,7 +40,7 @@ from ._compact import (
 )
 from ._lookup import layer_with
 from ._notify import report_error
-from ._patches_in_use import patches_combo, patches_in_use
+from ._patches_in_use import follow, patches_combo, patches_in_use
 
 if TYPE_CHECKING:
     import napari
@@ -121,8 +121,8 @@ class SlideLoaderWidget(Container):
         self.grid_button.changed.connect(self.generate_grid)
         self.cancel_button.changed.connect(self.cancel)
         self.color_by.changed.connect(self._recolor)
-        self.in_use.choices_changed.connect(self._refresh_colors)
-        self.in_use.columns_changed.connect(self._refresh_colors)
+        follow(self.in_use.choices_changed, self._refresh_colors)
+        follow(self.in_use.columns_changed, self._refresh_colors)
         self._refresh_colors()
         from qtpy.QtCore import QTimer
 
