@@ -153,20 +153,21 @@ def test_each_class_gives_a_layer_per_class_and_labels(demo_viewer, qtbot):
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     names = [layer.name for layer in viewer.layers]
-    for k in range(3):
-        assert f"{LAYER_PREFIX}gradcampp class {k}" in names
+    for name in ("background", "dab_negative", "dab_positive"):  # the model card's classes
+        assert f"{LAYER_PREFIX}gradcampp {name}" in names
     labels = viewer.layers[f"{LAYER_PREFIX}gradcampp labels"]
     texts = list(labels.text.values)
     predicted = patches.features["gradcampp_target"].to_numpy()[[3, 200]]
     probability = patches.features["gradcampp_probability"].to_numpy()[[3, 200]]
-    assert texts == [f"{int(t)}: p={p:.2f}" for t, p in zip(predicted, probability, strict=True)]
+    assert texts == [f"{t}: p={p:.2f}" for t, p in zip(predicted, probability, strict=True)]
+    assert set(predicted) <= {"background", "dab_negative", "dab_positive"}
     # The label sits on its patch.
     f = patches.features
     y, x, p = (float(f[c].iat[3]) for c in ("y", "x", "patch_size"))
     assert y <= labels.data[0][0] < y + p and x <= labels.data[0][1] < x + p
     # Changing the opacity changes the heatmaps, not the labels.
     widget.opacity.value = 0.3
-    assert viewer.layers[f"{LAYER_PREFIX}gradcampp class 1"].opacity == pytest.approx(0.3)
+    assert viewer.layers[f"{LAYER_PREFIX}gradcampp dab_negative"].opacity == pytest.approx(0.3)
     assert labels.opacity == pytest.approx(1.0)
 
 
