@@ -47,6 +47,7 @@ def trained_vit(tmp_path_factory, demo_data_dir):
     weights, card = folder / "vit.safetensors", folder / "vit_card.json"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     card.write_text(json.dumps(demo_vit_card(model)))
+    (folder / "vit.json").write_text(card.read_text())  # found beside the weights (the widget)
     return {"model": model, "accuracy": accuracy, "weights": weights, "card": card}
 
 
@@ -385,3 +386,34 @@ def test_cli_shapley_plot_on_the_trained_vit(trained_vit, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "layer 'blocks.0.norm1' (LayerNorm) has no DeepLIFT rule" in error
     assert "\n" not in error
+
+
+def test_widget_explains_the_trained_vit_with_rollout(trained_vit, make_napari_viewer, qtbot):
+    """The attribution widget lists rollout and chefer; rollout of the top 4 DAB-positive demo
+    patches makes its heatmap layer, the maps on their patches."""
+    pytest.importorskip("napari")
+    from napari_pathviz._widgets._attribution_layers import LAYER_PREFIX, META_ATTRIBUTION
+    from napari_pathviz._widgets.attribution import AttributionWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    widget = AttributionWidget(viewer)
+    assert {"rollout", "chefer"} <= set(widget.method.choices)
+    widget.form.model_path.value = str(trained_vit["weights"])
+    widget.method.value = "rollout"
+    widget.which.value = "top N"
+    widget.top_n.value = 4
+    widget.top_column.reset_choices()
+    widget.top_column.value = "dab_positive"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert widget.status.value.startswith("rollout: 4 patches"), widget.status.value
+    heat = viewer.layers[f"{LAYER_PREFIX}rollout"]
+    rows = heat.metadata[META_ATTRIBUTION]["rows"]
+    expected = np.argsort(-patches.features["dab_positive"].to_numpy(), kind="stable")[:4]
+    np.testing.assert_array_equal(rows, expected)
+    f = patches.features
+    x, y, p = (int(f[c].iat[rows[0]]) for c in ("x", "y", "patch_size"))
+    window = np.asarray(heat.data[0][y : y + p, x : x + p])
+    assert np.isfinite(window).all() and window.min() > 0  # rollout is a positive share
