@@ -107,3 +107,29 @@ def test_open_sample_fills_the_explorer(make_napari_viewer, qtbot):
     assert len(explorer.scatter.coords) == len(patches.data) and not explorer.hint.visible
     assert explorer.color_by.value == "annotation"
     assert "annotation" in explorer.legend.value
+
+
+def test_a_closed_widget_does_not_stop_the_others(make_napari_viewer, qtbot, tmp_path):
+    import pandas as pd
+
+    viewer = make_napari_viewer()
+    widgets = _widgets(viewer)
+    closed = widgets.pop("inference")
+    closed.native.deleteLater()  # as when its dock is closed
+    qtbot.waitUntil(lambda: not _alive(closed.native), timeout=5000)
+    table = pd.DataFrame({"ID": ["s"] * 3, "x": [0, 8, 16], "y": [0, 0, 0], "patch_size": 8})
+    table.to_csv(tmp_path / "patches.csv", index=False)
+    (first,) = viewer.open(tmp_path / "patches.csv", plugin="napari-pathviz")
+    assert _shown(widgets) == {first.name}  # the first patches layer is the one in use
+    (second,) = viewer.open(tmp_path / "patches.csv", plugin="napari-pathviz")
+    widgets["loader"].patches_layer_choice.value = second.name
+    assert _shown(widgets) == {second.name}
+    assert widgets["explorer"].in_use.layer is second
+
+
+def _alive(native) -> bool:
+    try:
+        native.objectName()
+    except RuntimeError:
+        return False
+    return True
