@@ -220,3 +220,23 @@ def test_distinct_rows_skip_overlapping_and_mirrored_patches(demo):
     far = pd.DataFrame({"ID": "demo_ihc", "x": [0, 640, 1280], "y": [0, 0, 0], "patch_size": 64})
     assert distinct_rows(far, [0, 1, 2], 2, image_of=lambda i: mirrored[i]).tolist() == [0, 2]
     assert distinct_rows(far, [0, 1, 2], 2).tolist() == [0, 1]  # positions alone cannot tell
+
+
+@pytest.mark.parametrize("components", [2, 3])
+def test_embedding_html_names_its_axes_title_and_key(tmp_path, components):
+    import re
+
+    from napari_pathviz.embedding_plot import plot_embeddings_html
+
+    df = pd.DataFrame(
+        {"ID": "s", "x": np.arange(6) * 64, "y": 0, "patch_size": 64, "p": np.linspace(0, 1, 6)}
+    )
+    coords = np.random.default_rng(0).normal(size=(6, components))
+    html = plot_embeddings_html(df, coords, tmp_path / "u.html", ["p"]).read_text()
+
+    def titled(text: str) -> bool:  # an axis or colorbar title in the plot's layout JSON
+        return re.search(r'"title":\s*\{\s*"text":\s*"' + re.escape(text) + '"', html) is not None
+
+    assert all(titled(f"UMAP {k}") for k in range(1, components + 1))
+    assert titled("UMAP 3") == (components == 3)
+    assert titled("p") and "coloured by p" in html  # the colorbar's title, and the plot's

@@ -66,8 +66,11 @@ def plot_embeddings_html(
         return axes_
 
     if categorical:
-        for name in sorted(values.astype(str).unique()):
-            idx = np.flatnonzero(values.astype(str).to_numpy() == name)
+        # One trace per group (a legend entry each, click to hide); patches of a slide the
+        # slides table lacks have no slide-level value: their own group.
+        names = values.astype(object).where(values.notna(), "(none)").astype(str).to_numpy()
+        for name in sorted(pd.unique(names)):
+            idx = np.flatnonzero(names == name)
             traces.append(
                 scatter(
                     **axes(idx),
@@ -101,7 +104,14 @@ def plot_embeddings_html(
         title=f"{title} ({len(df)} patches), coloured by {colour_title}",
         legend={"title": {"text": colour_title}, "itemsizing": "constant"},
         template="plotly_white",
+        margin={"l": 40, "r": 20, "t": 60, "b": 40},  # tight, and room for the axis titles
     )
+    names = {"xaxis": "UMAP 1", "yaxis": "UMAP 2", "zaxis": "UMAP 3"}
+    if three_d:
+        fig.update_layout(scene={k: {"title": {"text": v}} for k, v in names.items()})
+    else:
+        fig.update_xaxes(title_text=names["xaxis"], automargin=True)
+        fig.update_yaxes(title_text=names["yaxis"], automargin=True)
     with atomic_file(out) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return out
