@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,12 +104,17 @@ def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "demo")
     image, points = viewer.layers
-    assert image.rgb and image.multiscale and image.data[0].shape == (2304, 2816, 3)
+    slide = image.metadata["pathviz_slide"]
+    assert image.rgb and image.multiscale
+    assert image.data[0].shape == (slide.height, slide.width, 3) and slide.width > 1000
     assert points.symbol[0].value == "square"
     assert {"annotation", "dab_positive", "prob_dab_positive", "y_pred"} <= set(
         points.features.columns
     )
     assert points.metadata[META_COLOR_BY] == "annotation"
+    # The demo embeddings, for the explorer to run (tests/test_patches_in_use_widget.py).
+    embeddings = Path(points.metadata["pathviz_embeddings"])
+    assert embeddings.name == "embeddings.parquet" and embeddings.stat().st_size > 10_000
 
 
 def test_widget_opens_slide_loads_patches_and_recolours(
