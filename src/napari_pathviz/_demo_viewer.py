@@ -227,7 +227,7 @@ def _save_screenshot(viewer, started: list, path: str) -> int:
 
     from qtpy.QtWidgets import QApplication
 
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1440, 900)  # a laptop screen: all docks fit (issue 11)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not (started and started[0].run_button.enabled):
         QApplication.processEvents()  # the loading and the attributions run in threads
