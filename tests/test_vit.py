@@ -240,6 +240,9 @@ def test_attention_methods_refuse_models_without_attention_modules():
         message = str(caught.value)
         assert message.startswith("no attention modules found") and "\n" not in message
         assert method in message
+        # a classifier's nn.Softmax over classes is not an attention
+        with pytest.raises(PathvizError, match="no attention modules found"):
+            attribute(nn.Sequential(zoo.resnet_style(), nn.Softmax(dim=1)), x, method)
         # a hand-written attention calling torch.softmax as a function has no hook point
         with pytest.raises(PathvizError, match="no attention modules found"):
             attribute(zoo.tiny_vit(), x, method)

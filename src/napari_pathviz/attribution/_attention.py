@@ -58,6 +58,14 @@ def attention_modules(model) -> list[tuple[str, object]]:
     ]
 
 
+def is_attention_matrix(out) -> bool:
+    """An nn.Softmax output shaped like attention, (B, heads, N, N) or (B, N, N), rather than
+    a classifier's probabilities (B, K)."""
+    import torch
+
+    return isinstance(out, torch.Tensor) and out.ndim in (3, 4) and out.shape[-1] == out.shape[-2]
+
+
 class AttentionRecorder:
     """Records, in call order, the attention of each attention-module call of a forward pass as
     (B, heads, N, N), with the tensor to differentiate for its gradient (``grad_of``). Use as a
@@ -97,7 +105,7 @@ class AttentionRecorder:
                 if weights is None or weights.ndim != 4:
                     return
                 self.calls.append({"name": name, "attention": weights, "kind": "mha"})
-            elif out.ndim in (3, 4) and out.shape[-1] == out.shape[-2]:
+            elif is_attention_matrix(out):
                 attention = out if out.ndim == 4 else out[:, None]
                 self.calls.append({"name": name, "attention": attention, "grad_of": out})
 

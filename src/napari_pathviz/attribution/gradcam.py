@@ -38,7 +38,7 @@ def find_cam_layer(model, example) -> str:
     import torch
     from torch import nn
 
-    from ._attention import attention_modules
+    from ._attention import attention_modules, is_attention_matrix
 
     finished: list[tuple[str, str]] = []  # (name, kind) in the order the modules finish
     attention = {id(m) for _n, m in attention_modules(model)}
@@ -46,13 +46,14 @@ def find_cam_layer(model, example) -> str:
     for name, module in model.named_modules():
         if not name:
             continue
-        if id(module) in attention:
-            handles.append(
-                module.register_forward_pre_hook(lambda *_a: finished.append(("", "attention")))
-            )
 
         def hook(m, _inp, out, name=name):
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+            if id(m) in attention:  # nothing inside an attention module runs as a module
+                if isinstance(m, nn.MultiheadAttention) or is_attention_matrix(out):
+                    finished.append(("", "attention"))  # a classifier's softmax does not count
+            elif (
+                isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1
+            ):
                 finished.append((name, "map"))
             elif isinstance(out, torch.Tensor) and out.ndim == 3:
                 finished.append((name, "norm" if isinstance(m, nn.LayerNorm) else "tokens"))
