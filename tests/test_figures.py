@@ -204,7 +204,7 @@ def test_distinct_rows_skip_overlapping_and_mirrored_patches(demo):
         np.abs(picked["y"].to_numpy()[:, None] - picked["y"].to_numpy()[None]),
     )
     np.fill_diagonal(gaps, 10**6)
-    assert gaps.min() >= 64  # no two picks overlap
+    assert gaps.min() >= 128  # no two picks overlap or touch: a tile at least between them
 
     # A half-overlapping tile (stride 32) of the best patch is skipped for the next one.
     best = df.iloc[ranked[0]]
@@ -212,7 +212,7 @@ def test_distinct_rows_skip_overlapping_and_mirrored_patches(demo):
     shifted["x"] = best["x"] + 32
     both = pd.concat([df.iloc[[ranked[0]]], shifted.to_frame().T, df.iloc[[ranked[1]]]])
     both = both.reset_index(drop=True)
-    assert distinct_rows(both, [0, 1, 2], 2).tolist() == [0, 2]
+    assert distinct_rows(both, [0, 1, 2], 2, spacing=0).tolist() == [0, 2]
 
     # A mirrored copy elsewhere on the slide is skipped when images are compared.
     images = read_patches(slide, PatchTable(df.iloc[ranked[:2]], table.source))

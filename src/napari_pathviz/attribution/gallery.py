@@ -153,12 +153,15 @@ def _no_ticks(ax) -> None:
         spine.set_linewidth(0.8)
 
 
-def distinct_rows(df, ranked, count: int, image_of=None, min_difference: float = 3.0):
+def distinct_rows(
+    df, ranked, count: int, image_of=None, min_difference: float = 3.0, spacing: float = 1.0
+):
     """The first ``count`` rows of ``ranked`` (row positions, best first) that show different
-    tissue: a row is skipped when its patch overlaps an earlier pick of the same slide, or,
+    tissue: a row is skipped when its patch lies within ``spacing`` patch sizes of an earlier
+    pick of the same slide (overlapping or neighbouring tiles: 0 skips overlaps only), or,
     given ``image_of`` (row -> (H, W, 3) image), when its image equals an earlier pick's
     flipped or turned (mean |difference| of 4x4-pixel block means below ``min_difference``
-    grey levels). A gallery of mirror images or overlapping tiles explains one thing twice."""
+    grey levels). A gallery of mirror images or neighbouring tiles explains one thing twice."""
     ids = df["ID"].astype(str).to_numpy() if "ID" in df.columns else np.zeros(len(df), str)
     x, y = df["x"].to_numpy(), df["y"].to_numpy()
     size = df["patch_size"].to_numpy()
@@ -168,7 +171,7 @@ def distinct_rows(df, ranked, count: int, image_of=None, min_difference: float =
         if len(picked) == count:
             break
         others = np.asarray(picked, dtype=int)
-        reach = np.maximum(size[others], size[row])
+        reach = np.maximum(size[others], size[row]) * (1.0 + spacing)
         overlaps = (
             (ids[others] == ids[row])
             & (np.abs(x[others] - x[row]) < reach)
