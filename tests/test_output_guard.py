@@ -346,7 +346,7 @@ BAD_INPUTS = [
     (["plot-embeddings", "-i", "{huge}", "-o", "{tmp}/u.html"],
      ["huge.parquet", "3.4e+38", "rescale"]),
     (["plot-embeddings", "-i", "{all_nan}", "-o", "{tmp}/u.html"],
-     ["all_nan.parquet", "all 872 embedding rows have NaN or infinite features"]),
+     ["all_nan.parquet", "all 250 embedding rows have NaN or infinite features"]),  # demo v2
     (["plot-embeddings", "-i", "{emb}", "-o", "{tmp}/u.html", "--metric", "bogus"],
      ["--metric", "'bogus'"]),
     (["shapley-plot", *EXPLAIN, "-o", "{tmp}/m.png", "--top", "abc", "dab_positive"],
