@@ -233,3 +233,58 @@ def test_attach_slides_links_counts_and_warns(tmp_path, three_slides):
     # s1: in the table with a file; s2: not in the table; 007: in it, but no file known.
     assert linked["linkable"].tolist() == [True] * 5 + [False] * 10
     assert report.n_linked == 5 and report.n_patches_missing == 7 and report.no_path_ids == ["007"]
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_plot_embeddings_over_a_cohort_with_slides_and_batch_score(tmp_path, monkeypatch):
+    """A folder of per-slide Parquets, a slides table missing one slide, -a naming a
+    slide-level column, the batch score over all patches and within diagnosis."""
+    import io
+    import re
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from napari_pathviz._numba_cache import numba_cache_dir
+    from napari_pathviz.cli import main
+
+    # umap-learn's compiled kernels from the user's cache (minutes to compile afresh on a
+    # shared 2-core machine); the UMAP results in a fresh one.
+    monkeypatch.setenv("NUMBA_CACHE_DIR", numba_cache_dir())
+    monkeypatch.setenv("PATHVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    sites = {"s1": "A", "s2": "A", "s3": "B", "s4": "B", "s5": None}
+    for i, (slide_id, site) in enumerate(sites.items()):
+        df = _slide_rows(slide_id, 40, i)
+        if site == "B":  # the site shift, in the first feature
+            df["feat_0"] += 6.0
+        df.to_parquet(folder / f"{slide_id}.parquet")
+    table = tmp_path / "slides.csv"
+    table.write_text(
+        "ID,path,site,diagnosis\n"
+        "s1,s1.svs,A,tumour\ns2,s2.svs,A,normal\ns3,s3.svs,B,tumour\ns4,s4.svs,B,normal\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    args = ["plot-embeddings", "-i", folder, "-o", tmp_path / "u.html", "--slides", table]
+    args += ["-a", "site", "--batch-score", "site", "--batch-within", "diagnosis"]
+    args += ["--components", "2", "--random-state", "0", "--progress", "off"]
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    assert code == 0, err.getvalue()
+    assert "40 of 200 patches, from 1 slides, have an ID the slides table lacks (s5)" in (
+        err.getvalue()
+    )
+    lines = out.getvalue().splitlines()
+    overall = next(line for line in lines if line.startswith("batch effect of site: score"))
+    within = next(line for line in lines if line.startswith("batch effect of site, within"))
+    score = float(re.search(r"score (-?[\d.]+)", overall).group(1))
+    assert score > 0.5 and "160 of 160 patches" in overall  # s5's patches have no site
+    assert (
+        "within diagnosis" in within
+        and float(re.search(r"score (-?[\d.]+)", within).group(1)) > 0.5
+    )
+    html = (tmp_path / "u.html").read_text()
+    names = re.findall(r'"name":"([^"]+)"', html)
+    assert {"A", "B", "(none)"} <= set(names)  # one trace (legend entry) per site
+    assert "s3 x=0 y=128 size=64" in html and f"batch score site {score:.2f}" in html

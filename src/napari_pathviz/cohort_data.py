@@ -80,6 +80,8 @@ def read_slides_table(
     column, no ``path`` column and no ``slides_dir``, empty or duplicate IDs (named).
     """
     source = str(path)
+    if slides_dir is not None and not Path(slides_dir).expanduser().is_dir():
+        raise PathvizError(f"--slides-dir {slides_dir}: no such folder (slides of {source})")
     frame = _read_frame(source)
     if "ID" not in frame.columns:
         raise PathvizError(
@@ -153,8 +155,6 @@ def _slides_by_id(slides_dir, source: str) -> dict[str, str]:
     from .slide import slide_id_from_path
 
     folder = Path(slides_dir).expanduser()
-    if not folder.is_dir():
-        raise PathvizError(f"--slides-dir {slides_dir}: no such folder (slides of {source})")
     found: dict[str, str] = {}
     for child in sorted(folder.iterdir()):
         if child.name.startswith(".") or not _is_slide(child):

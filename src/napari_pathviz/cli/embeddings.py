@@ -4,6 +4,7 @@ short options)."""
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 
 from ..errors import PathvizError, PathvizWarning
@@ -16,7 +17,13 @@ def add_parsers(sub) -> None:
         "plot-embeddings",
         help="UMAP of patch embeddings as interactive HTML (PathFlowAI's plot_embeddings)",
     )
-    p.add_argument("-i", "--input", required=True, help="embeddings (.parquet/.csv/.npy/.npz/.pkl)")
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        help="embeddings (.parquet/.csv/.npy/.npz/.pkl), or a cohort's: a pathviz extract "
+        "cohort folder or a folder of per-slide Parquet files",
+    )
     p.add_argument("-o", "--output", required=True, help="output .html")
     p.add_argument(
         "-a",
@@ -24,8 +31,10 @@ def add_parsers(sub) -> None:
         action="append",
         nargs="+",
         metavar="COL",
-        help="colour by this column; several: by the argmax of them (default: ID)",
+        help="colour by this patch or slide-level (--slides) column; several: by the argmax "
+        "of them (default: ID)",
     )
+    add_cohort_options(p)
     p.add_argument("--components", type=int, choices=(2, 3), default=3, help="UMAP dimensions")
     p.add_argument(
         "--coords-out", help="write the UMAP coordinates with patch keys (.csv/.parquet)"
@@ -76,6 +85,40 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_plot_image_umap_embeddings)
 
 
+def add_cohort_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--slides",
+        metavar="TABLE",
+        help="slides table (CSV/Parquet: ID, path, slide-level columns such as site, scanner, "
+        "diagnosis) joined to the patches by ID",
+    )
+    p.add_argument(
+        "--slides-dir", metavar="DIR", help="find slides without a path here by ID ({ID}.svs, ...)"
+    )
+    p.add_argument(
+        "--batch-score",
+        metavar="COL",
+        help="print the kNN-purity batch-effect score of this column (e.g. site)",
+    )
+    p.add_argument(
+        "--batch-within",
+        metavar="COL",
+        help="also the score within each class of this column (e.g. diagnosis)",
+    )
+    p.add_argument("--batch-k", type=int, default=15, help="neighbours of the batch score")
+    p.add_argument(
+        "--batch-space",
+        choices=("features", "umap"),
+        default="features",
+        help="where neighbours are searched: the features (PCA to 50 above 50) or the UMAP",
+    )
+    p.add_argument(
+        "--batch-sample",
+        type=int,
+        help="query patches of the batch score (default: all up to 20000, else 20000)",
+    )
+
+
 def add_embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patches", help="patch table to join (attributes for colouring)")
     p.add_argument("--patch-size", type=int, help="patch size (chooses a PathFlowAI db table)")
@@ -122,27 +165,60 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
 
 
 def embeddings_from_args(args: argparse.Namespace, path: str):
-    from ..embedding import load_embeddings, remove_background
+    from ..embedding import EmbeddingSet, load_embeddings, remove_background
     from ..patches import load_patches
 
     patches = None
     if args.patches:
         step(f"reading the patch table {args.patches}")
         patches = load_patches(args.patches, patch_size=args.patch_size)
+    slides = None
+    if getattr(args, "slides", None):
+        from ..cohort_data import read_slides_table
+
+        step(f"reading the slides table {args.slides}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PathvizWarning)
+            slides = read_slides_table(args.slides, slides_dir=args.slides_dir)
+    elif getattr(args, "slides_dir", None):
+        raise PathvizError("--slides-dir: give the slides table too (--slides TABLE)")
     step(f"reading the embeddings {path}")
     with warnings.catch_warnings():
         warnings.simplefilter("always", PathvizWarning)  # every dropped-row report, not once
-        es = load_embeddings(
-            path,
-            keys=args.keys,
-            trust_pickle=args.trust_pickle,
-            patches=patches,
-            slide_id=args.basename,
-            patch_size=args.patch_size,
-        )
+        if os.path.isdir(path):
+            es = _cohort_embeddings(args, path, patches)
+        else:
+            es = load_embeddings(
+                path,
+                keys=args.keys,
+                trust_pickle=args.trust_pickle,
+                patches=patches,
+                slide_id=args.basename,
+                patch_size=args.patch_size,
+            )
+        if slides is not None:
+            from ..cohort_data import attach_slides
+            from ..patches import PatchTable
+
+            linked, _ = attach_slides(es.table.df, slides)
+            es = EmbeddingSet(PatchTable(linked, es.table.source), es.features, es.report)
     check_columns(args, es, path)
     if args.remove_background_annotation:
         es = remove_background(es, args.remove_background_annotation, args.max_background_area)
+    return es
+
+
+def _cohort_embeddings(args: argparse.Namespace, path: str, patches):
+    """A cohort folder (extract's, or per-slide Parquets), joined like a single file."""
+    from ..cohort_data import load_cohort_embeddings
+    from ..embedding import join_embeddings
+    from ..io.embeddings import RawEmbeddings
+
+    cohort = load_cohort_embeddings(path)
+    raw = RawEmbeddings(cohort.rows, cohort.features, cohort.source)
+    es = join_embeddings(raw, patches, slide_id=args.basename, patch_size=args.patch_size)
+    for message in es.report.messages():
+        warnings.warn(message, PathvizWarning, stacklevel=2)
     return es
 
 
@@ -154,6 +230,8 @@ def check_columns(args: argparse.Namespace, es, path: str) -> None:
     for option, attribute in (
         ("--remove_background_annotation", "remove_background_annotation"),
         ("--sort_col", "sort_col"),
+        ("--batch-score", "batch_score"),
+        ("--batch-within", "batch_within"),
     ):
         if getattr(args, attribute, None):
             named.append((option, getattr(args, attribute)))
@@ -161,13 +239,14 @@ def check_columns(args: argparse.Namespace, es, path: str) -> None:
     for option, column in named:
         if column in columns:
             continue
-        if not args.patches:
+        if not args.patches and not getattr(args, "slides", None):
             raise PathvizError(
                 f"{option}: no column {column!r} in {path}; to use a column of the patch "
                 "table, add --patches TABLE"
             )
+        others = " or ".join(str(t) for t in (args.patches, getattr(args, "slides", None)) if t)
         raise PathvizError(
-            f"{option}: no column {column!r} in {path} or {args.patches} "
+            f"{option}: no column {column!r} in {path} or {others} "
             f"(columns: {', '.join(map(str, columns))})"
         )
 
@@ -197,14 +276,31 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
         )
 
 
+def check_batch_options(args: argparse.Namespace) -> None:
+    """The batch-score options, checked before the UMAP (minutes, at 100k patches)."""
+    if args.batch_within and not args.batch_score:
+        raise PathvizError("--batch-within: give the column to score too (--batch-score COL)")
+    if args.batch_k < 1:
+        raise PathvizError(f"--batch-k must be positive, got {args.batch_k}")
+    if args.batch_sample is not None and args.batch_sample < 1:
+        raise PathvizError(f"--batch-sample must be positive, got {args.batch_sample}")
+
+
 def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     from ..embedding import embedding_quality
     from ..embedding_plot import plot_embeddings_html, write_coords
 
+    check_batch_options(args)
     es = embeddings_from_args(args, args.input)
     coords = umap_from_args(args, es, args.components)
     annotations = [a for group in args.annotations or [] for a in group]
-    print(plot_embeddings_html(es.table.df, coords, args.output, annotations))
+    title = "UMAP of patch embeddings"
+    if args.batch_score:
+        scores = print_batch_scores(args, es, coords)
+        title += "; batch score " + ", ".join(
+            f"{s.column}{f' within {s.within}' if s.within else ''} {s.score:.2f}" for s in scores
+        )
+    print(plot_embeddings_html(es.table.df, coords, args.output, annotations, title=title))
     if args.coords_out:
         print(write_coords(es.table.df, coords, args.coords_out, overwrite=args.overwrite))
     if args.quality:
@@ -215,6 +311,33 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
             f"k-NN preservation: {q['knn_preservation']:.4f}"
         )
     return 0
+
+
+def print_batch_scores(args: argparse.Namespace, es, coords) -> list:
+    """The batch-effect score line(s): over all patches, then within --batch-within."""
+    from ..batch_effect import batch_space, knn_purity
+
+    step(f"batch-effect score of {args.batch_score} ({args.batch_space})")
+    points, space = batch_space(es.features, coords, args.batch_space)
+    df = es.table.df
+    runs = [None] + ([args.batch_within] if args.batch_within else [])
+    scores = []
+    for within in runs:
+        score = knn_purity(
+            points,
+            df[args.batch_score].to_numpy(),
+            k=args.batch_k,
+            within=None if within is None else df[within].to_numpy(),
+            sample=args.batch_sample,
+            random_state=0 if args.random_state is None else args.random_state,
+            column=args.batch_score,
+            within_column=within,
+            space=space,
+        )
+        print(score.as_line())
+        print("\n".join(score.group_lines()))
+        scores.append(score)
+    return scores
 
 
 def cmd_plot_image_umap_embeddings(args: argparse.Namespace) -> int:
