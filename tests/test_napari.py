@@ -40,6 +40,7 @@ def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
         f"{PLUGIN}.embedding_explorer",
         f"{PLUGIN}.model_inference",
         f"{PLUGIN}.attributions",
+        f"{PLUGIN}.cohort_explorer",
     }
 
 

@@ -75,10 +75,20 @@ class CohortWidget(QWidget):
         self.status = Label(value="")
         self.color_by = ComboBox(label="Colour by", choices=self._colour_choices)
         self.legend = Label(value="")
-        self.filter_column = ComboBox(label="Filter", choices=self._slide_choices, nullable=True)
+        self.filter_column = ComboBox(
+            label="Filter", choices=self._slide_choices, nullable=True, tooltip="slide column"
+        )
         self.filter_value = ComboBox(label="equal to", choices=self._filter_values)
-        self.score_column = ComboBox(label="Batch", choices=self._slide_choices)
-        self.score_within = ComboBox(label="within", choices=self._colour_choices, nullable=True)
+        self.score_column = ComboBox(
+            label="Batch", choices=self._slide_choices, tooltip="the column whose groups to score"
+        )
+        self.score_within = ComboBox(
+            label="within",
+            choices=self._colour_choices,
+            nullable=True,
+            tooltip="score within each class of this column (e.g. diagnosis), so biology is "
+            "not counted as bias",
+        )
         self.score_button = PushButton(text="Score")
         self.score_line = Label(value="")
         self.score_line.native.setWordWrap(True)
@@ -115,10 +125,10 @@ class CohortWidget(QWidget):
             widgets=[
                 self.color_by,
                 self.legend,
-                row(self.filter_column, self.filter_value),
-                row(self.score_column, self.score_within, self.score_button),
+                row(self.filter_column, self.filter_value, label="Filter"),
+                row(self.score_column, self.score_within, self.score_button, label="Batch score"),
                 self.score_line,
-                row(self.mode, self.layout_choice),
+                row(self.mode, self.layout_choice, label="Mouse, open"),
             ]
         )
         below = Container(widgets=[row(self.mosaic_grid, self.mosaic_button)])
@@ -273,7 +283,8 @@ class CohortWidget(QWidget):
 
     def _open_from_table(self, slide_id: str) -> None:
         rows = self.selection[self.frame["ID"].to_numpy()[self.selection] == slide_id]
-        self.open_slide(slide_id, rows, centre=int(rows[0]) if len(rows) else None)
+        if self.open_slide(slide_id, rows) is not None:
+            self._viewer.reset_view()  # the whole slide (slides, side by side), its selection on it
 
     def open_slide(self, slide_id: str, select_rows, centre: int | None = None):
         """Opens a slide of the cohort and selects the given cohort rows on it; a slide that
@@ -371,7 +382,9 @@ class CohortWidget(QWidget):
             show_warning(f"mosaic: slide {slide_id} did not open ({err}); its cells are grey")
         if MOSAIC_LAYER in self._viewer.layers:
             self._viewer.layers.remove(MOSAIC_LAYER)
-        self._viewer.add_image(mosaic.image, name=MOSAIC_LAYER, rgb=True)
+        # Left of the slides (they open at x >= 0), so neither hides the other.
+        left = (0.0, -1.05 * mosaic.image.shape[1])
+        self._viewer.add_image(mosaic.image, name=MOSAIC_LAYER, rgb=True, translate=left)
         self.progress.value = 100
         self.status.value = (
             f"mosaic: {mosaic.reads} patches read ({len(self.shown)} shown, "
