@@ -248,8 +248,13 @@ def test_gui_demo_opens_the_window_then_loads_with_progress(make_napari_viewer, 
     assert messages[0] == "opening the demo slide and patches"
     assert any(m.startswith("the demo model's predictions for") for m in messages)
     umap = [m for m in messages if m.startswith("UMAP: ")]
-    assert umap and umap[-1] == "UMAP: done"
-    assert len(reports) >= 5
+    # Computed stage by stage, or read from the results cache when an earlier test ran it.
+    assert umap[-1] == "UMAP: loaded from cache" or umap[:2] == [
+        "UMAP: PCA: 64 to 50 dimensions",
+        "UMAP: nearest neighbours: exact (all pairs), with the fuzzy simplicial set",
+    ]
+    assert umap[-1] in ("UMAP: done", "UMAP: loaded from cache")
+    assert messages[-1] == "showing the slide, its patches and the UMAP"
     # The layers the demo promises: the slide, its patches with their UMAP coordinates.
     slide_layer, patches_layer = viewer.layers
     assert isinstance(slide_layer, Image) and slide_layer.name == "demo_ihc"
