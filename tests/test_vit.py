@@ -345,6 +345,8 @@ def test_cli_explains_the_trained_vit(method, trained_vit, tmp_path, capsys):
     args = ["gradcam", "-m", str(trained_vit["weights"]), "--model-card", str(trained_vit["card"])]
     args += ["--slide", str(paths["slide"]), "--patches", str(paths["patches"])]
     args += ["--top", "4", "dab_positive", "--method", method, "--device", "cpu"]
+    named = {"layer": "blocks.0.norm1"} if method == "gradcampp" else {}  # --layer on request
+    args += [f"--{k}={v}" for k, v in named.items()]
     assert main([*args, "-o", str(out), "--attributions-out", str(store)]) == 0, capsys.readouterr()
     assert out.stat().st_size > 10_000
     stored, keys = open_attributions(store)
@@ -354,19 +356,20 @@ def test_cli_explains_the_trained_vit(method, trained_vit, tmp_path, capsys):
     card = json.loads(trained_vit["card"].read_text())
     spec = ModelSpec(None, "", input_size=32, mean=card["mean"], std=card["std"])
     x = spec.preprocess(read_patch_batch(slide, rows.reset_index()))
-    expected = attribute(trained_vit["model"], x, method)
+    expected = attribute(trained_vit["model"], x, method, **named)
+    assert stored.metadata.get("layer") == expected.metadata.get("layer")
     np.testing.assert_allclose(np.asarray(stored.maps), expected.maps, rtol=1e-4, atol=1e-6)
     assert (expected.targets == 2).mean() >= 0.75  # the top DAB-positive patches, predicted so
     with pytest.raises(SystemExit):
-        main([*args[:-2], "--method", "rollout-typo", "-o", str(tmp_path / "x.png")])
+        main([*args, "--method", "rollout-typo", "-o", str(tmp_path / "x.png")])
 
 
 def test_cli_shapley_plot_on_the_trained_vit(trained_vit, tmp_path, capsys):
     """Expected gradients through ``pathviz shapley-plot`` on real demo patches: the trained
     ViT needs more samples than the zoo's (measured on 20 random patches: at 400 samples 6 miss
     5%, at 1000 one, at 2000 none; these three are within 5% at 1000), and the CLI warns
-    exactly when a map misses 5%. DeepLIFT is refused with
-    one line naming the LayerNorm (exit status 2)."""
+    exactly when a map misses 5%. DeepLIFT is refused with one line naming the LayerNorm (exit
+    status 2)."""
     from napari_pathviz._demo import ensure_demo_data
     from napari_pathviz.cli import main
 
