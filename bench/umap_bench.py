@@ -40,6 +40,9 @@ the run had the machine to itself, lower means it shared the cores with other wo
 ``embedding_quality(features, coords, k=15, sample=2000, seed=0)``: the same 2,000 points for all
 paths, against the full-dimensional features.
 
+Above 200,000 points (``--n 1000000``) or with ``--cohort`` the bench runs
+bench/umap_cohort_bench.py instead: fit on a sample + transform vs umap-learn's full fit.
+
 Run: /work/main/.venv/bin/python bench/umap_bench.py [--n 100000] [--dims 512] [--repeats 2]
 [--ours-knn auto|nndescent|torch] (on a GPU machine "auto" is the torch k-NN, so bench/gpu.sh
 passes ``--ours-knn nndescent`` to time the CPU path against plain as well as the GPU path)
@@ -73,6 +76,7 @@ CPU_TORCH_MAX = 20_000
 RATIO_TARGET = 1.0
 GPU_TARGET_S = 5.0
 TRUST_TOLERANCE = 0.02
+COHORT_ABOVE = 200_000  # embedding_large.FIT_SAMPLE_ABOVE
 
 
 def make_features(n: int, dims: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +132,7 @@ class Stages:
 
 
 def main() -> None:
+    t_start_cohort = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N, help=f"points (default {N})")
     parser.add_argument("--dims", type=int, default=DIMS, help=f"dimensions (default {DIMS})")
@@ -144,8 +149,25 @@ def main() -> None:
         action="store_true",
         help="leave PATHVIZ_CACHE_DIR alone (use the user's numba cache) instead of a temp folder",
     )
+    parser.add_argument(
+        "--cohort",
+        action="store_true",
+        help=f"cohort mode (the default above {COHORT_ABOVE:,} points): ours = fit on a sample + "
+        "transform vs umap-learn's full fit, 2-D, each in its own process, from a Parquet file, "
+        "with peak RSS (see bench/umap_cohort_bench.py)",
+    )
+    parser.add_argument(
+        "--fit-sample", type=int, help="cohort mode: UMAPParams.fit_sample (default: automatic)"
+    )
+    parser.add_argument("--workdir", help="cohort mode: keep the Parquet and coordinates here")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up under nohup too
+    if args.cohort or args.n > COHORT_ABOVE:
+        from umap_cohort_bench import cohort_main
+
+        cohort_main(args.n, args.dims, args.fit_sample, args.workdir)
+        print(f"total time {time.perf_counter() - t_start_cohort:.1f} s")
+        return
     t_start = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="pathviz-umap-bench-") as tmp:

@@ -161,6 +161,13 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="k-NN graph: torch (exact, GPU when there), nndescent, or auto",
     )
+    p.add_argument(
+        "--fit-sample",
+        type=int,
+        metavar="N",
+        help="fit UMAP on N sampled patches and place the rest with umap-learn's transform "
+        "(default: 100000 above 200000 patches; 0: always fit on every patch)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
 
 
@@ -269,6 +276,7 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
         metric=args.metric,
         pca=None if pca == "off" else pca,
         random_state=args.random_state,
+        fit_sample=args.fit_sample,
     )
     with stage_progress(f"UMAP of {len(es)} patches") as progress:
         return umap_embed(
