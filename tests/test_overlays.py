@@ -104,7 +104,7 @@ def _signed_maps(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 16, 16)).astype(np.float32)
 
 
-def test_one_titled_colorbar_per_method_and_class_names(slide_and_patches):
+def test_one_titled_colorbar_per_method_and_class_names(slide_and_patches, qtbot):
     viewer, slide_layer, patches = slide_and_patches
     rows = np.array([0, 7, 14])
     keys = patches.features.iloc[rows]
@@ -133,6 +133,7 @@ def test_one_titled_colorbar_per_method_and_class_names(slide_and_patches):
     cam = _result("gradcam", np.abs(_signed_maps(3, 1)), [2, 2, 2], probs)
     show_attributions(viewer, cam, keys, slide_layer, opacity=0.7, per_patch_scale=False)
     show_attributions(viewer, cam, keys, slide_layer, opacity=0.7, per_patch_scale=False)
+    qtbot.wait(50)  # a rerun's new key survives the removal of the old maps
     titles = sorted(
         ly.name for ly in viewer.layers if "key_of" in ly.metadata.get(META_ATTRIBUTION, {})
     )
@@ -177,7 +178,7 @@ def test_labels_show_only_when_zoomed_in_and_sit_off_the_outlines(slide_and_patc
     assert labels.text.anchor == "center"
 
 
-def test_patch_fill_is_hidden_under_maps_and_comes_back(slide_and_patches):
+def test_patch_fill_is_hidden_under_maps_and_comes_back(slide_and_patches, qtbot):
     viewer, slide_layer, patches = slide_and_patches
     assert np.allclose(patches.face_color[:, 3], FACE_ALPHA)
     border_before = patches.border_color.copy()
@@ -190,10 +191,11 @@ def test_patch_fill_is_hidden_under_maps_and_comes_back(slide_and_patches):
     # Recolouring while maps are shown keeps the fill hidden.
     recolor_patches_layer(patches, "label")
     assert np.allclose(patches.face_color[:, 3], 0.0)
-    # Removing the last map brings the fill back.
+    # Removing the last map brings the fill back, and takes the method's colorbar key away.
     viewer.layers.remove(f"{LAYER_PREFIX}gradient")
     assert np.allclose(patches.face_color[:, 3], FACE_ALPHA)
     assert not patches.metadata[META_FILL_HIDDEN]
+    qtbot.waitUntil(lambda: "Expected gradients (dab_positive), signed" not in viewer.layers)
 
 
 def test_smoothing_option_changes_the_maps_on_the_slide(slide_and_patches):

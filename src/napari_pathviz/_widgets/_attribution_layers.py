@@ -120,6 +120,7 @@ def show_attributions(
             blending="translucent",
         )
         heat.metadata[META_ATTRIBUTION] = {
+            "method": result.method,
             "rows": None if patch_rows is None else np.asarray(patch_rows)[patches],
             "targets": targets[rows],
             "completeness_error": (
@@ -253,12 +254,30 @@ def _watch(viewer) -> None:
         return
     _WATCHED[viewer] = True
     _camera(viewer).events.zoom.connect(lambda event: _toggle_labels(viewer, event))
-    viewer.layers.events.removed.connect(lambda event: _restore_fill(viewer, event))
+    viewer.layers.events.removed.connect(lambda event: _maps_removed(viewer, event))
     viewer.tooltip.visible = True
 
 
-def _restore_fill(viewer, _event=None) -> None:
-    if any("rows" in ly.metadata.get(META_ATTRIBUTION, {}) for ly in viewer.layers):
+def _maps_removed(viewer, _event=None) -> None:
+    """A method's key goes with its last map layer; the patches' fill comes back with the last
+    map of any method."""
+    metas = [ly.metadata.get(META_ATTRIBUTION, {}) for ly in viewer.layers]
+    shown = {m.get("method") for m in metas if "rows" in m}
+    orphans = [  # layer objects, not names: a rerun makes a new key of the same name
+        ly
+        for ly, m in zip(list(viewer.layers), metas, strict=True)
+        if "key_of" in m and m["key_of"] not in shown
+    ]
+    if orphans:
+        from qtpy.QtCore import QTimer
+
+        def remove_orphans() -> None:  # not from inside the layer list's own removal event
+            for layer in orphans:
+                if layer in viewer.layers:
+                    viewer.layers.remove(layer)
+
+        QTimer.singleShot(0, remove_orphans)
+    if shown:
         return
     for layer in viewer.layers:
         if META_COLOR_BY in layer.metadata:
