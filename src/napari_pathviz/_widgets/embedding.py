@@ -71,8 +71,11 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             value="lasso",
             tooltip="lasso / rectangle select (Shift adds); pan to navigate",
         )
-        self.centre_button = PushButton(text="Centre slide on selection")
+        self.centre_button = PushButton(
+            text="Centre", tooltip="centre the slide on the patches selected in the scatter"
+        )
         self.legend = Label(value="")
+        self.legend.native.setWordWrap(True)  # every class shown in a narrow dock
         self.scatter = ScatterCanvas()
         self.scatter.native.setMinimumHeight(150)
         self.scatter.set_mode("lasso")
@@ -98,21 +101,24 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             widgets=[
                 self.patches_layer_choice,
                 self.embeddings_path,
-                row(self.run_button, self.cancel_button),
-                self.progress,
+                row(self.run_button, self.cancel_button, self.progress),
                 self.status,
             ]
         )
         self.controls.native.layout().addWidget(self.umap_form.advanced)
-        view = Container(widgets=[self.color_by, self.mode], layout="horizontal")
+        self.mode.label = ""  # its choices say what it is: lasso, rectangle, pan
+        view = Container(
+            widgets=[self.color_by, self.mode, self.centre_button], layout="horizontal"
+        )
         view.margins = (4, 0, 4, 0)
-        self.actions = Container(widgets=[self.legend, self.centre_button], labels=False)
+        self.actions = Container(widgets=[], labels=False)
         self.actions.native.layout().addWidget(files_section)
+        self.legend.native.setContentsMargins(6, 0, 6, 0)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         # The least room each part takes when the docks are short: the Run row, the scatter,
-        # the Centre button; more when there is room (the explorer takes what the docks above
+        # the title of the files section; more when there is room (the explorer takes what the docks above
         # leave), scrolling when a section is opened.
         run_rows = self.controls.native.sizeHint().height() - sum(
             w.sizeHint().height() for w in (self.umap_form.advanced, self.status.native)
@@ -120,9 +126,8 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         layout.addWidget(_scrolled(self.controls.native, run_rows))
         layout.addWidget(view.native)
         layout.addWidget(self.scatter.native, stretch=1)
-        layout.addWidget(
-            _scrolled(self.actions.native, self.centre_button.native.sizeHint().height() + 8)
-        )
+        layout.addWidget(self.legend.native)
+        layout.addWidget(_scrolled(self.actions.native, files_section.sizeHint().height() + 8))
         self.setMaximumWidth(DOCK_WIDTH)
 
     def _add_hint(self):
@@ -356,7 +361,8 @@ def _legend_html(mapping) -> str:
         return f"<span style='color:#{r:02x}{g:02x}{b:02x}'>■</span>"
 
     if mapping.kind == "categorical":
-        items = [f"{swatch(c)} {name}" for name, c in list(mapping.categories.items())[:20]]
+        # A swatch stays with its name when the legend wraps.
+        items = [f"{swatch(c)}&nbsp;{name}" for name, c in list(mapping.categories.items())[:20]]
         return f"<b>{mapping.column}</b>: " + " ".join(items)
     from matplotlib import colormaps
 
