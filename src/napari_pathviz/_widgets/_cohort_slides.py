@@ -106,6 +106,7 @@ class CohortSlides:
         finally:
             self._setting = False
         self.viewer.layers.selection.active = shown.points
+        shown.points.mode = "select"  # napari outlines the selected points in this mode
 
     def centre_on(self, shown: OpenSlide, layer_row: int) -> None:
         """Centres the view on one patch of the slide, zoomed so it is about 1/8 of the view."""

@@ -298,13 +298,12 @@ class CohortWidget(QWidget):
             show_error(f"slide {slide_id}: not in the slides table; its patches cannot open it")
             return None
         members = np.flatnonzero(ids == slide_id)
+        # One slide's patches share its slide-level values: colour them by a patch column.
+        column = self.color_by.value
+        patch_column = column if column not in ("ID", *self.slide_columns) else None
         try:
             shown = self.slides.open(
-                slide_id,
-                self.paths[slide_id],
-                self.frame.iloc[members],
-                members,
-                self.color_by.value,
+                slide_id, self.paths[slide_id], self.frame.iloc[members], members, patch_column
             )
         except PathvizError as err:
             show_error(f"slide {slide_id}: {err}")
