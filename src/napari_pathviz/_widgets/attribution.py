@@ -57,6 +57,13 @@ class AttributionWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self.form = ModelForm()
+        self._make_method_fields()
+        self._make_run_fields()
+        self._lay_out()
+        self._connect()
+
+    def _make_method_fields(self) -> None:
+        """How to explain: method, target, output, samples, backgrounds, batch, device."""
         self.method = ComboBox(label="Method", choices=list(METHODS), value="gradient")
         self.target = LineEdit(
             label="Target",
@@ -113,7 +120,10 @@ class AttributionWidget(Container):
             value="float32",
             tooltip="bfloat16 autocast on CUDA (gradient)",
         )
-        self.in_use = patches_in_use(viewer)
+
+    def _make_run_fields(self) -> None:
+        """What to explain and the run: the patches in use, the rows, Explain, the outputs."""
+        self.in_use = patches_in_use(self._viewer)
         self.patches_layer_choice = patches_combo(self.in_use)
         self.which = ComboBox(
             label="Explain rows",
@@ -152,6 +162,9 @@ class AttributionWidget(Container):
         self._top_row = row(self.top_n, self.top_column, label="Top N")
         self._last = None  # (result, images, titles) of the last run, for the gallery
         self._kept_background: np.ndarray | None = None
+
+    def _lay_out(self) -> None:
+        """Essential controls first; the rest in closed sections."""
         self.extend(
             [
                 self.patches_layer_choice,
@@ -193,6 +206,8 @@ class AttributionWidget(Container):
         add_section(self, self.advanced)
         add_section(self, self.files)
         narrow(self.native)
+
+    def _connect(self) -> None:
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.gallery_button.changed.connect(self.export_gallery)

@@ -52,7 +52,11 @@ class SlideLoaderWidget(Container):
         self._viewer = viewer
         self._worker: Any = None
         self.in_use = patches_in_use(viewer)
+        self._make_fields()
+        self._lay_out()
+        self._connect()
 
+    def _make_fields(self) -> None:
         self.slide_path = path_field(
             "Slide", tooltip="a slide file; for a .zarr folder use Folder…"
         )
@@ -89,6 +93,8 @@ class SlideLoaderWidget(Container):
         self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
         self.status = Label(value="")
 
+    def _lay_out(self) -> None:
+        """Essential controls first; layout, scale, patch size and grid options in Advanced."""
         self.extend(
             [
                 row(self.slide_path, self._browse_slide_dir, label="Slide"),
@@ -115,6 +121,7 @@ class SlideLoaderWidget(Container):
         add_section(self, self.advanced)
         narrow(self.native)
 
+    def _connect(self) -> None:
         self._browse_slide_dir.changed.connect(self._browse_folder)
         self.open_slide_button.changed.connect(self.open_slide)
         self.load_table_button.changed.connect(self.load_patches)
