@@ -137,3 +137,18 @@ def test_batch_space_reduces_wide_features_and_takes_umap_coordinates():
     assert points.shape == (200, 2) and name == "UMAP 2-D"
     with pytest.raises(PathvizError, match="--batch-space"):
         batch_space(features, coords, "pixels")
+
+
+def test_pca_fitted_on_a_sample_spans_the_full_fit():
+    from sklearn.decomposition import PCA
+
+    from napari_pathviz.batch_effect import _pca
+
+    rng = np.random.default_rng(6)
+    basis = rng.normal(size=(5, 64))
+    features = (rng.normal(size=(4000, 5)) * [9, 7, 5, 4, 3]) @ basis
+    features = (features + rng.normal(size=(4000, 64)) * 0.3).astype(np.float32)
+    sampled = _pca(features, 5, fit_rows=500)
+    full = PCA(n_components=5).fit_transform(features)
+    for j in range(5):  # the same components, up to sign
+        assert abs(np.corrcoef(sampled[:, j], full[:, j])[0, 1]) > 0.99
