@@ -174,6 +174,13 @@ def check_paths(args: argparse.Namespace) -> None:
         inputs, collections, outputs, folders, resumable = _extract_paths(
             args, labels, inputs, outputs, resumable
         )
+    if args.command in ("shapley-plot", "gradcam"):
+        from .cohort_explain import guarded_paths, is_cohort_args
+
+        if is_cohort_args(args):
+            inputs, collections, outputs, resumable = guarded_paths(
+                args, labels, inputs, collections, outputs, resumable
+            )
     if args.command == "demo":
         folders = []
         outputs += _demo_files(args)

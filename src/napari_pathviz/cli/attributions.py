@@ -16,6 +16,7 @@ from ._common import (
     recipe_from_args,
     step,
 )
+from .cohort_explain import add_cohort_options, cmd_explain_cohort, is_cohort_args
 
 # --explain-output's names -> the engine's output names
 EXPLAINED_OUTPUTS = ("logit", "sigmoid", "softmax")
@@ -70,7 +71,17 @@ def add_parsers(sub) -> None:
 
 def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
     add_model_options(p)
-    p.add_argument("--slide", required=True, help="slide file or folder")
+    if name == "sanity-check":
+        p.add_argument("--slide", required=True, help="slide file or folder")
+    else:  # a cohort too: cli/cohort_explain.py
+        p.add_argument(
+            "--slide",
+            required=True,
+            nargs="+",
+            help="a slide; or, for a cohort, several slides, a folder of slides, a .txt list "
+            "or a slides table (ID, path) (then --top N COL, and -o is an output folder)",
+        )
+        add_cohort_options(p)
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--patches", required=True, help="patch table")
     add_slide_id_option(p)
@@ -263,6 +274,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..attribution.gallery import render_gallery
     from ..attribution.stored import explain
 
+    if is_cohort_args(args):
+        return cmd_explain_cohort(args)
+    args.slide = args.slide[0]
     step(f"loading the model {args.model} and reading the patches")
     model, inputs, background, target, images, rows = explanation_inputs(args)
     options = method_options(args)
