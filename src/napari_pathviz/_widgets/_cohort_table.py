@@ -4,6 +4,7 @@ that slide) and the colour legend."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 HEADERS = ("slide", "selected", "of patches", "%")
 
@@ -26,29 +27,30 @@ class SlideCountTable:
         self.native.setToolTip("patches of the lasso per slide; click a row to open that slide")
         self.native.cellClicked.connect(self._clicked)
 
-    def show_counts(self, frame, cohort_rows) -> None:
-        """Counts per slide of the selected cohort rows, most selected first."""
+    def set_slides(self, codes: np.ndarray, names: list[str]) -> None:
+        """The cohort: ``codes[i]`` is the index in ``names`` of row i's slide."""
+        self.codes, self.names = codes, names
+        self.totals = np.bincount(codes[codes >= 0], minlength=len(names))
+
+    def show_counts(self, cohort_rows) -> None:
+        """Counts per slide of the selected cohort rows, most selected first (a bincount of
+        slide codes: milliseconds for a million-patch cohort)."""
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QTableWidgetItem
 
         table = self.native
         table.setSortingEnabled(False)  # filling a sorting table moves rows under our feet
         table.setRowCount(0)
-        if frame is None or not len(cohort_rows):
+        if not len(cohort_rows) or not hasattr(self, "codes"):
             table.setSortingEnabled(True)
             return
-        ids = frame["ID"].to_numpy()
-        selected = ids[np.asarray(cohort_rows, np.int64)]
-        names, counts = np.unique(selected, return_counts=True)
-        totals = dict(zip(*np.unique(ids, return_counts=True), strict=True))
-        table.setRowCount(len(names))
-        for r, (name, count) in enumerate(zip(names, counts, strict=True)):
-            values = (
-                str(name),
-                int(count),
-                int(totals[name]),
-                round(100 * count / totals[name], 1),
-            )
+        picked = self.codes[np.asarray(cohort_rows, np.int64)]
+        counts = np.bincount(picked, minlength=len(self.names))
+        present = np.flatnonzero(counts)
+        table.setRowCount(len(present))
+        for r, k in enumerate(present):
+            count, total = int(counts[k]), int(self.totals[k])
+            values = (self.names[k], count, total, round(100 * count / total, 1))
             for c, value in enumerate(values):
                 item = QTableWidgetItem()
                 item.setData(Qt.ItemDataRole.DisplayRole, value)  # numbers sort as numbers
@@ -95,3 +97,42 @@ def legend_html(mapping) -> str:
     ramp = "".join(swatch(cmap(v)) for v in np.linspace(0, 1, 12))
     lo, hi = mapping.limits
     return f"<b>{mapping.column}</b>: {lo:.3g} {ramp} {hi:.3g}"
+
+
+MISSING = "(not in slides table)"
+
+
+def as_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as pandas categories: colouring, filtering and counting a million patches
+    then work on integer codes instead of a million Python strings."""
+    out = frame.copy()
+    for column in out.columns:
+        dtype = out[column].dtype
+        text = pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+        if text and not isinstance(dtype, pd.CategoricalDtype):
+            out[column] = out[column].astype("category")
+    return out
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categories back to plain text (for the core's patch tables)."""
+    out = frame.copy()
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.CategoricalDtype):
+            out[column] = out[column].astype(object)
+    return out
+
+
+def category_colours(values: pd.Series, column: str):
+    """render.column_colors' colours of a categorical column, computed on its categories and
+    indexed by its codes; missing values (a slide the table lacks) are a category of their own."""
+    from ..render import ColorMapping, column_colors
+
+    names = [str(c) for c in values.cat.categories]
+    codes = values.cat.codes.to_numpy()
+    if (codes < 0).any():
+        names.append(MISSING)
+        codes = np.where(codes < 0, len(names) - 1, codes)
+    small = column_colors(pd.DataFrame({column: pd.Categorical(names)}), column)
+    palette = np.array([small.categories[n] for n in names], np.float32).reshape(-1, 4)
+    return ColorMapping(column, palette[codes], "categorical", categories=small.categories)

@@ -17,12 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..errors import Cancelled, PathvizError
 from ._cohort_slides import LAYOUTS, CohortSlides
-from ._cohort_table import SlideCountTable, legend_html
+from ._cohort_table import SlideCountTable, as_categories, category_colours, legend_html, plain
 from ._compact import DOCK_WIDTH, collapsed_section, path_field, path_text, row
 from ._jobs import JobRunner
 from ._notify import report_error
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 MOSAIC_LAYER = "cohort mosaic"
 ALL = "(all)"
-MISSING = "(not in slides table)"
 HIDDEN_COLUMNS = ("x", "y", "patch_size", "linkable")
 
 
@@ -170,8 +170,10 @@ class CohortWidget(QWidget):
         column = getattr(self, "filter_column", None)
         if self.frame is None or column is None or not column.value:
             return [ALL]
-        values = self.frame[column.value].dropna().astype(str).unique()
-        return [ALL, *sorted(values)]
+        values = self.frame[column.value]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            return [ALL, *sorted(str(c) for c in values.cat.categories)]
+        return [ALL, *sorted(values.dropna().astype(str).unique())]
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self) -> None:
@@ -202,10 +204,14 @@ class CohortWidget(QWidget):
         for message in cohort.messages:
             show_warning(message)
         self.slides.forget()
-        self.frame, self.features, self.coords = cohort.frame, cohort.features, cohort.coords
+        self.frame = as_categories(cohort.frame)
+        self.features, self.coords = cohort.features, cohort.coords
+        self.slide_codes = self.frame["ID"].cat.codes.to_numpy()
+        self.slide_names = [str(c) for c in self.frame["ID"].cat.categories]
         self.slide_columns, self.paths = cohort.slide_columns, cohort.paths
         self.selection = np.zeros(0, np.int64)
-        self.table.show_counts(self.frame, self.selection)
+        self.table.set_slides(self.slide_codes, self.slide_names)
+        self.table.show_counts(self.selection)
         with self.color_by.changed.blocked(), self.filter_column.changed.blocked():
             for widget in (self.color_by, self.filter_column, self.score_column, self.score_within):
                 widget.reset_choices()
@@ -214,7 +220,7 @@ class CohortWidget(QWidget):
             self.color_by.value = "ID"
         self.shown = np.arange(len(self.frame))
         self.scatter.set_data(self.coords, self._colours())
-        n_slides = self.frame["ID"].nunique()
+        n_slides = len(self.slide_names)
         how = "UMAP" if cohort.computed else "given coordinates"
         self.status.value = f"{len(self.frame)} patches of {n_slides} slides ({how})"
         self.progress.value = 100
@@ -236,10 +242,10 @@ class CohortWidget(QWidget):
         if self.frame is None or not column:
             return np.tile(np.float32((0.6, 0.8, 1.0, 1.0)), (len(self.shown), 1))
         values = self.frame[column].iloc[self.shown]
-        if values.dtype.kind not in "fiub" and values.isna().any():
-            # Patches whose slide the table lacks: a category of their own.
-            values = values.astype(object).where(values.notna(), MISSING)
-        mapping = column_colors(values.to_frame(column), column)
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            mapping = category_colours(values, column)
+        else:
+            mapping = column_colors(values.to_frame(column), column)
         self.legend.value = legend_html(mapping)
         return mapping.rgba
 
@@ -262,8 +268,10 @@ class CohortWidget(QWidget):
         if not column or value in (None, ALL):
             self.shown = np.arange(len(self.frame))
         else:
-            keep = self.frame[column].astype(str).to_numpy() == value
-            self.shown = np.flatnonzero(keep & self.frame[column].notna().to_numpy())
+            values = self.frame[column]
+            if not isinstance(values.dtype, pd.CategoricalDtype):
+                values = values.astype(str).where(values.notna())
+            self.shown = np.flatnonzero((values == value).to_numpy(dtype=bool, na_value=False))
         self.scatter.set_data(self.coords[self.shown], self._colours())
         self.scatter.set_highlight(np.flatnonzero(np.isin(self.shown, self.selection)))
         self.status.value = f"{len(self.shown)} of {len(self.frame)} patches shown"
@@ -273,7 +281,7 @@ class CohortWidget(QWidget):
         """Scatter -> cohort: the lasso's points (scatter indices) become the selection and
         the per-slide count table shows them."""
         self.selection = self.shown[np.asarray(indices, np.int64)]
-        self.table.show_counts(self.frame, self.selection)
+        self.table.show_counts(self.selection)
 
     def open_point(self, index: int) -> None:
         """A click on scatter point ``index``: its slide opens (if not open), centred on the
@@ -282,7 +290,8 @@ class CohortWidget(QWidget):
         self.open_slide(str(self.frame["ID"].iat[row_index]), [row_index], centre=row_index)
 
     def _open_from_table(self, slide_id: str) -> None:
-        rows = self.selection[self.frame["ID"].to_numpy()[self.selection] == slide_id]
+        code = self.slide_names.index(slide_id)
+        rows = self.selection[self.slide_codes[self.selection] == code]
         if self.open_slide(slide_id, rows) is not None:
             self._viewer.reset_view()  # the whole slide (slides, side by side), its selection on it
 
@@ -293,17 +302,20 @@ class CohortWidget(QWidget):
 
         if self.frame is None:
             return None
-        ids = self.frame["ID"].to_numpy()
         if slide_id not in self.paths:
             show_error(f"slide {slide_id}: not in the slides table; its patches cannot open it")
             return None
-        members = np.flatnonzero(ids == slide_id)
+        members = np.flatnonzero(self.slide_codes == self.slide_names.index(slide_id))
         # One slide's patches share its slide-level values: colour them by a patch column.
         column = self.color_by.value
         patch_column = column if column not in ("ID", *self.slide_columns) else None
         try:
             shown = self.slides.open(
-                slide_id, self.paths[slide_id], self.frame.iloc[members], members, patch_column
+                slide_id,
+                self.paths[slide_id],
+                plain(self.frame.iloc[members]),
+                members,
+                patch_column,
             )
         except PathvizError as err:
             show_error(f"slide {slide_id}: {err}")
