@@ -218,12 +218,14 @@ class CohortWidget(QWidget):
             self.filter_column.value = None
             self.filter_value.reset_choices()
             self.color_by.value = "ID"
+        # Before the new points: setting a progress bar repaints the window at once, which with
+        # software OpenGL and 1M points in the scatter takes seconds.
+        self.progress.value = 100
         self.shown = np.arange(len(self.frame))
         self.scatter.set_data(self.coords, self._colours())
         n_slides = len(self.slide_names)
         how = "UMAP" if cohort.computed else "given coordinates"
         self.status.value = f"{len(self.frame)} patches of {n_slides} slides ({how})"
-        self.progress.value = 100
 
     def cancel(self) -> None:
         for job in (self._load_job, self._score_job, self._mosaic_job):
