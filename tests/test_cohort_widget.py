@@ -244,3 +244,25 @@ def test_cohort_batch_score_and_umap(make_napari_viewer, qtbot, cohort):
     widget.score_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.score is not None, timeout=60_000)
     assert widget.score.within == "annotation" and widget.score.score > 0.8
+
+
+def test_cohort_bad_slides_table_is_one_line(make_napari_viewer, qtbot, cohort, notifications):
+    from napari_pathviz._widgets.cohort import CohortWidget
+
+    viewer = make_napari_viewer()
+    widget = CohortWidget(viewer)
+    bad = cohort["table"].with_name("dup.csv")
+    table = pd.read_csv(cohort["table"])
+    pd.concat([table, table.iloc[[1]]]).to_csv(bad, index=False)
+    widget.embeddings_path.value = str(cohort["embeddings"])  # a folder typed in the field
+    widget.slides_table_path.value = str(bad)
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.load_button.enabled and "duplicate" in widget.status.value)
+    assert widget.status.value == f"{bad}: duplicate slide IDs: ome"
+    assert any(m == widget.status.value for m in notifications)
+    assert widget.frame is None
+    # The fixed table loads in the same widget.
+    widget.slides_table_path.value = str(cohort["table"])
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.frame is not None, timeout=60_000)
+    assert len(widget.frame) == 350
