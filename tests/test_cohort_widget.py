@@ -188,6 +188,13 @@ def test_cohort_load_colour_filter_lasso_and_open(make_napari_viewer, qtbot, coh
     pfa.points.selected_data = {0, 1, 2}
     assert sorted(widget.shown[widget.scatter.selected]) == sorted(pfa.rows[[0, 1, 2]])
 
+    _broken_and_orphan_points(widget, notifications)
+
+
+def _broken_and_orphan_points(widget, notifications) -> None:
+    """A click on the gone slide's point and on an orphan's: notifications; then a row of the
+    table still opens its slide."""
+    frame = widget.frame
     # The broken slide: a notification; the rest keeps working.
     gone_row = int(np.flatnonzero((frame["ID"] == "gone").to_numpy())[0])
     _click(widget.scatter.canvas, widget.scatter.screen_positions()[gone_row])
