@@ -238,3 +238,23 @@ def test_cohort_wide_top_with_a_broken_slide(cohort, tmp_path):
     pd.testing.assert_frame_equal(keys, single_keys)
     np.testing.assert_allclose(maps, single_maps, rtol=1e-5, atol=1e-7)
     assert os.path.getsize(out / f"{slide_key(cohort['slides'][name])}.png") > 5000
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        ([], "a cohort needs --top N COL"),
+        (["--top", "2", "prob_tumour"], "--top: no column 'prob_tumour' in"),
+        (["--top", "2", COLUMN, "--ids", "1"], "--ids: not for a cohort"),
+    ],
+)
+def test_bad_cohort_options_are_one_line_before_any_work(
+    cohort, tmp_path, capsys, selection, expected
+):
+    out = tmp_path / "never"
+    argv = ["gradcam", "-m", WEIGHTS, "--slide", str(cohort["slides_dir"]), "--patches",
+            str(cohort["predictions"]), *selection, "-o", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and expected in err[0], err
+    assert not (out / "summary.csv").exists()

@@ -13,7 +13,7 @@ card, slide, patches, method and options): a rerun reopens the same store and re
 nothing that is finished. A slide that fails (missing file, bad rows, the model raising) is one
 line of ``{out}/summary.csv`` and the others go on. Written: ``{out}/{slide_key}.png`` (the
 slide's gallery), ``{out}/cohort.png`` (the top patches across slides, labelled with slide ID),
-``{out}/cohort_top.csv`` (which patches those are) and ``{out}/summary.csv``.
+``{out}/cohort_top.csv`` (which patches those are; :mod:`napari_pathviz.cohort_explain_gallery`) and ``{out}/summary.csv``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ SUMMARY_COLUMNS = (
     "error",
 )
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
-COHORT_GALLERY_MAX = 48  # patches in the cohort gallery when each slide gives its own top N
 
 
 @dataclass(frozen=True)
@@ -112,20 +111,22 @@ def cohort_slides(sources: list[str]) -> list[tuple[str, Path]]:
     return [(slide_id_from_path(p), p) for p in find_cohort_slides(sources)]
 
 
-def read_cohort_rows(source: str, patch_size: int | None = None) -> dict:
-    """{slide ID: its rows} from the output folder of ``pathviz extract`` on a cohort (its
-    summary.csv names each slide's table) or from one table with an ID column."""
+def read_cohort_rows(source: str, column: str, patch_size: int | None = None) -> dict:
+    """{slide ID: its rows (ID, x, y, patch_size and ``column``)} from the output folder of
+    ``pathviz extract`` on a cohort (its summary.csv names each slide's table; only those
+    columns are read) or from one table with an ID column."""
     import pandas as pd
 
     from .io.tables import read_table
 
+    keep = ["ID", "x", "y", "patch_size", column]
     folder = Path(source)
     if folder.is_dir() and (folder / "summary.csv").is_file():
         summary = pd.read_csv(folder / "summary.csv", dtype={"ID": str, "output": str})
         frames = []
         for slide_id, output in zip(summary["ID"], summary["output"], strict=True):
             if isinstance(output, str) and output and (folder / output).is_file():
-                frame = pd.read_parquet(folder / output)
+                frame = _read_columns(folder / output, keep)
                 frame["ID"] = str(slide_id)
                 frames.append(frame)
         if not frames:
@@ -139,7 +140,18 @@ def read_cohort_rows(source: str, patch_size: int | None = None) -> dict:
             f"{source}: no {' or '.join(missing)} column (a cohort's table names each "
             "row's slide in ID)"
         )
+    column_values(raw, column, source)  # up front: not once per slide
+    raw = raw[[c for c in keep if c in raw.columns]]  # what travels to the workers
     return {str(k): v for k, v in raw.groupby(raw["ID"].astype(str), sort=False)}
+
+
+def _read_columns(path: Path, columns: list[str]):
+    """The columns of a Parquet table that it has (column projection: no features read)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in columns if c in names])
 
 
 def column_values(rows, column: str, source: str) -> np.ndarray:
@@ -307,6 +319,7 @@ def explain_cohort(
     """Explains the top patches of every slide (or of the cohort) on a dask cluster; returns
     the summary (one row a slide, :data:`SUMMARY_COLUMNS`), also ``{out}/summary.csv``."""
     from .cohort import WORKER_LOG
+    from .cohort_explain_gallery import cohort_gallery
     from .cohort_run import cluster_client
 
     if settings.top < 1:
@@ -337,7 +350,15 @@ def explain_cohort(
                 client, todo, rows_of, source, recipe, settings, chosen_of, out, records, progress
             )
     summary = _write_summary(records, out)
-    _cohort_gallery(explained, settings, out)
+    cohort_gallery(
+        explained,
+        settings.column,
+        settings.top,
+        settings.per_slide,
+        out,
+        per_patch_scale=settings.per_patch_scale,
+        label_output=settings.label_output,
+    )
     return summary
 
 
@@ -413,86 +434,3 @@ def _write_summary(records: dict, out: Path):
     with atomic_file(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return summary
-
-
-def _cohort_gallery(explained: dict, settings: ExplainSettings, out: Path) -> None:
-    """``cohort.png``: the explained patches of every slide ranked by the column (the cohort's
-    top N, or at most :data:`COHORT_GALLERY_MAX` of the slides' picks), one shared scale,
-    each titled with its slide ID; ``cohort_top.csv`` lists them."""
-    import pandas as pd
-
-    from .attribution.gallery import render_gallery
-    from .io.atomic import atomic_file
-
-    if not explained:
-        return
-    keys, images, results = _merged(explained)
-    order = np.argsort(
-        -np.nan_to_num(
-            pd.to_numeric(keys[settings.column], errors="coerce").to_numpy(float), nan=-np.inf
-        ),
-        kind="stable",
-    )
-    limit = settings.top if not settings.per_slide else COHORT_GALLERY_MAX
-    order = order[:limit]
-    result = _select_patches(results, order)
-    class_names = next(iter(explained.values()))["class_names"]
-    titles = [
-        f"{i} x={x} y={y}" for i, x, y in keys.iloc[order][["ID", "x", "y"]].itertuples(index=False)
-    ]
-    if len({im.shape for im in images[order]}) == 1:
-        render_gallery(
-            images[order],
-            result,
-            out / "cohort.png",
-            titles=titles,
-            per_patch_scale=settings.per_patch_scale,
-            label_output=settings.label_output,
-            class_names=class_names,
-        )
-    top = keys.iloc[order][
-        [c for c in ("ID", "x", "y", "patch_size", settings.column) if c in keys]
-    ]
-    with atomic_file(out / "cohort_top.csv") as tmp:
-        top.to_csv(tmp, index=False)
-
-
-def _merged(explained: dict):
-    """The slides' explained patches as one table, one image array and one list of results."""
-    import pandas as pd
-
-    keys = pd.concat([e["keys"] for e in explained.values()], ignore_index=True)
-    images = np.concatenate([e["images"] for e in explained.values()])
-    return keys, images, [e["result"] for e in explained.values()]
-
-
-def _select_patches(results: list, order: np.ndarray):
-    """One AttributionResult of the chosen patches (positions over the slides' patches, in
-    order): their rows (several per patch with target "each"), renumbered 0..len(order)-1."""
-    from .attribution.result import AttributionResult
-
-    patch, rows, offset = [], [], 0
-    for result in results:
-        patch.append(result.patch_of_rows() + offset)
-        offset += len(np.unique(result.patch_of_rows()))
-    patch = np.concatenate(patch)
-    for k, p in enumerate(order):
-        rows.extend((r, k) for r in np.flatnonzero(patch == p))
-    index = np.asarray([r for r, _ in rows])
-
-    def stack(name):
-        values = [getattr(r, name) for r in results]
-        if any(v is None for v in values):
-            return None
-        return np.concatenate([np.asarray(v) for v in values])[index]
-
-    return AttributionResult(
-        method=results[0].method,
-        maps=stack("maps"),
-        targets=stack("targets"),
-        logits=stack("logits"),
-        probabilities=stack("probabilities"),
-        completeness_error=stack("completeness_error"),
-        output_delta=stack("output_delta"),
-        patch_index=np.asarray([k for _, k in rows]),
-    )

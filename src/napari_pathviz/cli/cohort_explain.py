@@ -83,7 +83,7 @@ def cmd_explain_cohort(args: argparse.Namespace) -> int:
         raise PathvizError("--patches: a cohort needs its prediction tables or a patch table")
     slides = cohort_slides(args.slide)
     step(f"reading {args.patches}")
-    rows_of = read_cohort_rows(args.patches, args.patch_size)
+    rows_of = read_cohort_rows(args.patches, args.top[1], args.patch_size)
     options = method_options(args)
     seed = options.pop("seed", args.seed)
     settings = ExplainSettings(
