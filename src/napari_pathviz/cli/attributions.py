@@ -83,7 +83,12 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
         )
         add_cohort_options(p)
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
-    p.add_argument("--patches", required=True, help="patch table")
+    p.add_argument(
+        "--patches",
+        required=True,
+        help="patch table; for a cohort, the output folder of pathviz extract on it or a "
+        "table whose ID column names each row's slide",
+    )
     add_slide_id_option(p)
     p.add_argument("--patch-size", type=int, help="patch size (a PathFlowAI db table)")
     p.add_argument("--ids", type=int, nargs="+", help="table rows to explain")
