@@ -189,6 +189,26 @@ def cohort_top(rows_of: dict, column: str, count: int, source: str) -> dict:
 # --------------------------------------------------------------------------- the worker's task
 
 
+def _model_inputs(spec, slide, df, chosen, settings: ExplainSettings):
+    """(model on its device, images, model inputs, references or None), as the single-slide
+    command makes them: the references are drawn with the same seed from the slide's rows."""
+    from .attribution.references import check_same_size, random_reference_rows
+    from .inference import read_patch_batch, resolve_device
+
+    device = resolve_device(settings.device)
+    model = spec.model.to(device).eval()
+    images = read_patch_batch(slide, df.iloc[chosen])
+    inputs = spec.preprocess(images, device)
+    background = None
+    if settings.method in ("gradient", "deep"):
+        rng = np.random.default_rng(settings.seed)
+        picks = random_reference_rows(len(df), chosen, settings.background_size, rng)
+        references = read_patch_batch(slide, df.iloc[picks])
+        check_same_size(references, images)
+        background = spec.preprocess(references, device)
+    return model, images, inputs, background
+
+
 def _choose(df, settings: ExplainSettings, chosen_xy, source: str, slide) -> np.ndarray:
     """Row positions of ``df`` to explain: the given (x, y), else the slide's top N chosen as
     the single-slide command chooses them."""
@@ -225,11 +245,9 @@ def explain_slide(path: str, slide_id: str, rows, source: str, recipe, settings,
     """One slide's attributions into its store and its gallery; a dict for the summary and the
     cohort gallery (the explained images and maps)."""
     from .attribution.gallery import render_gallery
-    from .attribution.references import check_same_size, random_reference_rows
     from .attribution.stored import explain
     from .classes import resolve_target
     from .cohort import slide_key
-    from .inference import read_patch_batch, resolve_device
     from .patches import patches_for_slide
     from .slide import open_slide
 
@@ -249,17 +267,7 @@ def explain_slide(path: str, slide_id: str, rows, source: str, recipe, settings,
     keys = df.iloc[chosen]
     store = Path(out) / "stores" / _store_name(path, recipe, settings, keys[["x", "y"]])
     with borrow_model(recipe) as spec:
-        device = resolve_device(settings.device)
-        model = spec.model.to(device).eval()
-        images = read_patch_batch(slide, keys)
-        inputs = spec.preprocess(images, device)
-        background = None
-        if settings.method in ("gradient", "deep"):  # as the single-slide command draws them
-            rng = np.random.default_rng(settings.seed)
-            picks = random_reference_rows(len(df), chosen, settings.background_size, rng)
-            references = read_patch_batch(slide, df.iloc[picks])
-            check_same_size(references, images)
-            background = spec.preprocess(references, device)
+        model, images, inputs, background = _model_inputs(spec, slide, df, chosen, settings)
         first: list[int] = []  # rows already in the store when it was opened
         result = explain(
             model,
