@@ -87,6 +87,11 @@ def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
     canvas = viewer.window._qt_viewer.canvas.native
     assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
     assert canvas.height() >= window.height() * 0.8, (canvas.height(), window.height())
+    # The explorer's scatter, full height in the left column, is big enough to read a UMAP in.
+    scatter = widgets["Embedding explorer"].scatter.native
+    assert scatter.isVisible()
+    assert scatter.height() >= 300 and scatter.width() >= 280, scatter.size()
+    print("window", window.size(), "canvas", canvas.size(), "scatter", scatter.size())
 
 
 EXPECTED_BUTTONS = {

@@ -7,46 +7,66 @@ from ._layers import patches_layer_data, slide_layer_data
 PLUGIN = "napari-pathviz"
 DOCK_WIDGETS = ("Slide & patches", "Model inference", "Attributions", "Embedding explorer")
 TABBED = ("Model inference", "Attributions")  # share a tab group with the widget before them
+EXPLORER = "Embedding explorer"
+COLUMN_WIDTH = 360  # each side column at 1440 px: 360 + 720 (the canvas) + 360
 
 
 def dock_pathviz_widgets(viewer) -> dict:
     """The plugin's dock widgets (by name), laid out for a 1440 x 900 screen: Slide & patches,
-    Model inference and Attributions share one tab group above the Embedding explorer, so the
-    scatter and the Explain button show together and the slide canvas keeps half the window."""
+    Model inference and Attributions share one tab group on the right, the Embedding explorer
+    has the left column to itself, full height, so its scatter is about square; the slide
+    canvas keeps the middle half of the window."""
     docks = {
         name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)
         for name in DOCK_WIDGETS
     }
+    _explorer_on_the_left(viewer, docks[EXPLORER][0])
     docks[DOCK_WIDGETS[0]][0].raise_()  # the tab to start from: open a slide
     widgets = {name: widget for name, (_dock, widget) in docks.items()}
     widgets["Slide & patches"].show_ampersand_in_tab()
-    _keep_sharing_height(viewer, [docks[name][0] for name in DOCK_WIDGETS])
+    columns = [docks[EXPLORER][0], docks[DOCK_WIDGETS[0]][0]]
+    _keep_column_widths(viewer, columns)
     return widgets
 
 
-def _keep_sharing_height(viewer, docks) -> None:
-    """Shares the height now and once Qt has laid the docks out (it may undo the first)."""
+def _explorer_on_the_left(viewer, dock) -> None:
+    """Moves the explorer's dock to the left column, in a tab group with napari's layer
+    controls and layer list, the explorer in front.
+
+    Why tabs: stacked under napari's two docks the scatter would again be a strip (the issue
+    with the old layout), and a third column would take the canvas' half. The layer list and
+    controls stay one click away (their tabs sit under the explorer); a user of the workbench
+    mostly works in the scatter and on the slide, and File > Window lists every dock."""
+    from qtpy.QtCore import Qt
+
+    window = viewer.window._qt_window
+    window.removeDockWidget(dock)
+    dock.area, dock.qt_area = "left", Qt.DockWidgetArea.LeftDockWidgetArea
+    window.addDockWidget(dock.qt_area, dock)
+    dock.show()
+    qt_viewer = viewer.window._qt_viewer
+    napari_docks = [qt_viewer.dockLayerControls, qt_viewer.dockLayerList]
+    window.tabifyDockWidget(napari_docks[0], napari_docks[1])
+    window.tabifyDockWidget(napari_docks[1], dock)
+    dock.raise_()
+
+
+def _keep_column_widths(viewer, docks) -> None:
+    """Sets the two columns' widths now and once Qt has laid the docks out (it may undo the
+    first)."""
     from qtpy.QtCore import QTimer
 
-    _share_height(viewer, docks)
-    QTimer.singleShot(0, lambda: _share_height(viewer, docks))
+    _column_widths(viewer, docks)
+    QTimer.singleShot(0, lambda: _column_widths(viewer, docks))
 
 
-def _share_height(viewer, docks) -> None:
-    """The tab group as tall as its tallest widget's content with closed sections, the
-    explorer (the last dock) the rest, for its scatter."""
+def _column_widths(viewer, docks) -> None:
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QScrollArea
-
-    def content_height(dock) -> int:
-        inner = dock.widget()
-        inner = inner.widget() if isinstance(inner, QScrollArea) else inner
-        return inner.sizeHint().height()
 
     try:
         window = viewer.window._qt_window
-        tabs = max(content_height(dock) for dock in docks[:-1]) + 30  # + the title bar
-        window.resizeDocks([docks[0], docks[-1]], [tabs, window.height()], Qt.Orientation.Vertical)
+        width = min(COLUMN_WIDTH, window.width() // 4)
+        window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
     except (RuntimeError, AttributeError):
         pass  # the viewer was closed first
 
