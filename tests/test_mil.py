@@ -318,3 +318,83 @@ def test_patch_level_commands_refuse_a_two_stage_model_in_one_line(trained, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "two-stage model" in err[0], err
     assert not png.exists()
+
+
+def _explain_in_the_widget(viewer, qtbot, card, k: int, samples: int):
+    from napari_pathviz._widgets.inference import InferenceWidget
+
+    widget = InferenceWidget(viewer)
+    widget.model_path.value = str(card)
+    explainer = widget.slide_explain
+    explainer.k.value, explainer.samples.value = k, samples
+    explainer.explain_button.clicked.emit()
+    return widget, explainer
+
+
+def test_inference_widget_explains_the_top_attended_patches_down_to_pixels(
+    make_napari_viewer, qtbot, trained
+):
+    import dataclasses
+
+    from napari_pathviz._layers import META_SLIDE
+    from napari_pathviz._widgets._slide_level import TopAttendedExplainer
+    from napari_pathviz.inference import read_patch_batch
+    from napari_pathviz.patches import KEY_COLUMNS, PatchTable
+    from napari_pathviz.slide_level import explain_bag, extract_slide
+
+    card, model = trained
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    patches = viewer.layers[-1]
+    slide_layer = next(layer for layer in viewer.layers if META_SLIDE in layer.metadata)
+    widget, explainer = _explain_in_the_widget(viewer, qtbot, card, k=3, samples=200)
+    qtbot.waitUntil(lambda: explainer.explain_button.enabled, timeout=180_000)
+    status = widget.status.value
+    assert status.startswith("slide: dab_positive (p = "), status
+    # The core function on the same patches, same seed: the same patches and maps.
+    slide = slide_layer.metadata[META_SLIDE]
+    df = patches.features[list(KEY_COLUMNS)].reset_index(drop=True)
+    _, prediction = extract_slide(slide, PatchTable(df, patches.name), model, embeddings=False)
+    expected = explain_bag(
+        model, prediction.features, prediction,
+        lambda rows: read_patch_batch(slide, df.iloc[rows]), k=3, n_samples=200, seed=0,
+    )  # fmt: skip
+    shown = explainer.last_result
+    top3 = np.argsort(-prediction.attention)[:3]
+    np.testing.assert_array_equal(shown.patch_index, top3)
+    np.testing.assert_array_equal(expected.patch_index, top3)
+    np.testing.assert_allclose(shown.maps, expected.maps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(shown.completeness_error, expected.completeness_error, atol=1e-4)
+    assert np.all(expected.completeness_error <= 0.05), expected.completeness_error
+    assert f"completeness error median {np.median(expected.completeness_error):.3f}" in status
+    assert "for the top 3 attended patches" in status and "WARNING" not in status
+    # The attribution layer: its maps on the three top-attended patches, nothing elsewhere.
+    heat = viewer.layers["attributions: pixels to slide"]
+    np.testing.assert_array_equal(heat.metadata["pathviz_attribution"]["rows"], top3)
+    level0 = np.asarray(heat.data[0])
+    covered = np.isfinite(level0)
+    size = int(df["patch_size"].iloc[0])
+    assert covered.sum() == 3 * size * size
+    for j, row in enumerate(top3):
+        x, y = int(df["x"][row]), int(df["y"][row])
+        over = level0[y : y + size, x : x + size]
+        assert np.isfinite(over).all()
+        # A 32-px map over a 64-px patch: each map pixel covers 2 x 2 slide pixels, and the
+        # patch's pixels sum to four times the map's (what it explains, up to resampling).
+        assert over.sum() == pytest.approx(4 * shown.maps[j].sum(), rel=0.02, abs=1e-4)
+    # More than 5% incomplete is a WARNING in the status line, as in the Attributions widget.
+    worse = dataclasses.replace(shown, completeness_error=np.array([0.01, 0.2, 0.02]))
+    line = TopAttendedExplainer.status_line(worse, {"prediction": "a", "probabilities": {}})
+    assert "; WARNING: 1 of 3 maps incomplete" in line
+
+
+def test_explaining_the_top_attended_patches_can_be_cancelled(make_napari_viewer, qtbot, trained):
+    card, _ = trained
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pathviz", "demo")
+    widget, explainer = _explain_in_the_widget(viewer, qtbot, card, k=4, samples=100_000)
+    assert explainer.cancel_button.enabled
+    explainer.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: explainer.explain_button.enabled, timeout=120_000)
+    assert widget.status.value == "cancelled"
+    assert "attributions: pixels to slide" not in viewer.layers

@@ -385,11 +385,13 @@ def explain_bag(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ):
     """Expected gradients of the slide logit down to the pixels of the ``k`` most attended
     patches of the bag (:func:`.attribution.slide_level.explain_slide_pixels`).
     ``read(rows)`` gives the (m, H, W, 3) patches of those bag rows; the baselines are
-    ``n_background`` other patches of the slide, drawn at random (seeded)."""
+    ``n_background`` other patches of the slide, drawn at random (seeded). ``cancelled()``
+    is checked between sample batches (raises :class:`.errors.Cancelled`)."""
     from .attribution.slide_level import explain_slide_pixels, top_attended
 
     if prediction.attention is None:
@@ -413,4 +415,5 @@ def explain_bag(
         n_samples=n_samples,
         seed=seed,
         progress=progress,
+        cancelled=cancelled,
     )

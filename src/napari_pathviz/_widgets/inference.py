@@ -26,6 +26,7 @@ from ._lookup import layer_with
 from ._model_form import ModelForm
 from ._notify import report_error
 from ._patches_in_use import follow, patches_combo, patches_in_use
+from ._slide_level import TopAttendedExplainer
 
 if TYPE_CHECKING:
     import napari
@@ -56,6 +57,8 @@ class InferenceWidget(Container):
         )
         self.heatmap_column = ComboBox(label="Heatmap of", choices=self._prob_columns)
         self._refresh_heatmap_choices(choose_default=True)
+        # Two-stage (MIL) models: pixels to slide for the top-attended patches (_slide_level.py).
+        self.slide_explain = TopAttendedExplainer(self)
         self.extend(
             [
                 self.patches_layer_choice,
@@ -66,6 +69,10 @@ class InferenceWidget(Container):
                 self.heatmap_column,
             ]
         )
+        self.slide_explain_section, _ = collapsed_section(
+            "Two-stage (MIL) models: explain top K attended (pixels)", self.slide_explain.widgets
+        )
+        add_section(self, self.slide_explain_section)
         self.advanced, _ = collapsed_section(
             "Advanced: trust, model card overrides, batch, device",
             [*self.form.advanced, self.batch_size, self.device, self.level, self.embeddings],
