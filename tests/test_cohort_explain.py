@@ -25,12 +25,14 @@ COLUMN = "prob_dab_positive"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One in-process cluster (threads: cheap to start) used as --scheduler ADDRESS."""
+    """One in-process cluster (threads: cheap to start) used as --scheduler ADDRESS. One thread:
+    CPython 3.11's ast module is not thread-safe (model_digest's inspect.getsource in two
+    threads at once can raise SystemError "AST constructor recursion depth mismatch")."""
     from distributed import LocalCluster
 
     with LocalCluster(
         n_workers=1,
-        threads_per_worker=2,
+        threads_per_worker=1,
         processes=False,
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},

@@ -389,6 +389,12 @@ def _run(client, todo, rows_of, source, recipe, settings, chosen_of, out, record
         outcome = Failed(str(exc))
     if isinstance(outcome, Failed):
         raise PathvizError(error_line(outcome.message, Path(recipe.path)))
+    if isinstance(outcome, dict) and outcome.get("warning"):  # a worker's warnings go to its log
+        import warnings
+
+        from .errors import PathvizWarning
+
+        warnings.warn(outcome["warning"], PathvizWarning, stacklevel=2)
     slide_of, futures = {}, []
     for slide_id, path in todo:
         chosen = None if chosen_of is None else chosen_of[slide_id]
