@@ -30,7 +30,7 @@ def test_manifest_validates():
 def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
     from napari._app_model import get_app_model
 
-    make_napari_viewer()
+    viewer = make_napari_viewer()
     menus = get_app_model().menus
     submenus = {getattr(i, "submenu", None) for i in menus.get_menu("napari/plugins")}
     assert f"napari/plugins/{PLUGIN}" in submenus
@@ -41,7 +41,13 @@ def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
         f"{PLUGIN}.model_inference",
         f"{PLUGIN}.attributions",
         f"{PLUGIN}.cohort_explorer",
+        f"{PLUGIN}.qupath_annotations",
     }
+    # The QuPath widget opens from its menu entry's name.
+    from napari_pathviz._widgets._qupath import QuPathWidget
+
+    _dock, qupath = viewer.window.add_plugin_dock_widget(PLUGIN, "QuPath annotations")
+    assert isinstance(qupath, QuPathWidget)
 
 
 def test_reader_opens_a_tiff_as_one_multiscale_rgb_layer(make_napari_viewer, svs_file):
