@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ SUMMARY_COLUMNS = (
     "error",
 )
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+_DIGEST_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,12 @@ def _model_inputs(spec, slide, df, chosen, settings: ExplainSettings):
     command makes them: the references are drawn with the same seed from the slide's rows."""
     from .attribution.references import check_same_size, random_reference_rows
     from .inference import read_patch_batch, resolve_device
+    from .store import model_digest
 
     device = resolve_device(settings.device)
     model = spec.model.to(device).eval()
+    with _DIGEST_LOCK:  # the store's key reads class sources with ast, unsafe in two threads
+        model_digest(model)  # cached: explain() finds it done
     images = read_patch_batch(slide, df.iloc[chosen])
     inputs = spec.preprocess(images, device)
     background = None
