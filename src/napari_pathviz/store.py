@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import shutil
+import threading
 import uuid
 import weakref
 from collections.abc import Callable
@@ -146,7 +147,18 @@ def _architecture(model) -> str:
     return "\n".join(parts)
 
 
+# inspect.getsource parses with the ast module, which CPython 3.11 does not make safe across
+# threads (seen as "SystemError: AST constructor recursion depth mismatch" in a dask worker with
+# two threads hashing a model at once): one thread reads sources at a time.
+_SOURCE_LOCK = threading.Lock()
+
+
 def _class_source(cls: type) -> str:
+    with _SOURCE_LOCK:
+        return _class_source_locked(cls)
+
+
+def _class_source_locked(cls: type) -> str:
     if cls not in _CLASS_SOURCES:
         sources = []
         for klass in cls.__mro__:
