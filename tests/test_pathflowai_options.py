@@ -50,11 +50,16 @@ def test_label_probabilities_follow_p():
 def demo_command(tmp_path):
     from importlib import resources
 
+    import pandas as pd
+
     from napari_pathviz._demo import ensure_demo_data
 
     paths = ensure_demo_data()
     # The demo weights' model card names the architecture and the normalisation.
     weights = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    # A glass patch and a DAB-positive one: the model tells them apart by several logits.
+    labels = pd.read_parquet(paths["patches"])["annotation"]
+    ids = [labels.eq(name).to_numpy().argmax() for name in ("background", "dab_positive")]
     return [
         "-m",
         weights,
@@ -63,8 +68,7 @@ def demo_command(tmp_path):
         "--patches",
         paths["patches"],
         "--ids",
-        "0",
-        "3",
+        *map(str, ids),
         "-bs",
         "3",
         "--device",
