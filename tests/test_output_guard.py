@@ -399,7 +399,10 @@ def test_a_model_failing_in_a_later_batch_keeps_finished_work(demo_files, tmp_pa
     code, _, err = run_main(*argv)
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1, err
-    unit = "batch 2 of 55" if command == "extract" else "chunk 2 of 2"
+    import pandas as pd
+
+    batches = -(-len(pd.read_parquet(patches)) // 16)  # the demo's patches, 16 a batch
+    unit = f"batch 2 of {batches}" if command == "extract" else "chunk 2 of 2"
     assert f"the model failed on {unit} (patches demo_ihc x=" in lines[0]
     assert "RuntimeError: CUDA error: an illegal memory access" in lines[0]
     assert f"kept in {store}, a rerun resumes" in lines[0]
