@@ -91,7 +91,6 @@ def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
     scatter = widgets["Embedding explorer"].scatter.native
     assert scatter.isVisible()
     assert scatter.height() >= 300 and scatter.width() >= 280, scatter.size()
-    print("window", window.size(), "canvas", canvas.size(), "scatter", scatter.size())
 
 
 EXPECTED_BUTTONS = {

@@ -96,6 +96,9 @@ def populate_demo_viewer(
     if embedding is not None:
         es, coords = embedding
         explorer.write_coords_to_layer(layers[1], es.table.df, coords)
+        # The demo computed (or cached) this UMAP: the explorer says it is done, as after a run.
+        explorer.status.value = f"UMAP of {len(coords)} patches"
+        explorer.progress.value = 100
         explorer.color_by.value = "annotation"
     viewer.layers.selection.active = layers[1]
     viewer.reset_view()

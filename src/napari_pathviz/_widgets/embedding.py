@@ -37,6 +37,8 @@ __all__ = ["EmbeddingWidget", "HIGHLIGHT_LAYER", "MOSAIC_LAYER", "META_EMBEDDING
 META_UMAP = "pathviz_umap"  # points-layer metadata: the UMAP parameters of its umap_* columns
 EMPTY_HINT = "Run UMAP or load coordinates\n(Coordinates, mosaic, export below)"
 
+SCATTER_MIN_HEIGHT = 300  # a UMAP scatter shorter than this shows no structure
+
 
 class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
     """The explorer; the scatter <-> slide selection linking lives in ``SelectionLink``."""
@@ -77,7 +79,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.legend = Label(value="")
         self.legend.native.setWordWrap(True)  # every class shown in a narrow dock
         self.scatter = ScatterCanvas()
-        self.scatter.native.setMinimumHeight(150)
+        self.scatter.native.setMinimumHeight(SCATTER_MIN_HEIGHT)
         self.scatter.set_mode("lasso")
         self.scatter.on_select = self._scatter_selected
         self.scatter.on_click = self.jump_to
@@ -102,7 +104,6 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
                 self.patches_layer_choice,
                 self.embeddings_path,
                 row(self.run_button, self.cancel_button, self.progress),
-                self.status,
             ]
         )
         self.controls.native.layout().addWidget(self.umap_form.advanced)
@@ -114,16 +115,18 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.actions = Container(widgets=[], labels=False)
         self.actions.native.layout().addWidget(files_section)
         self.legend.native.setContentsMargins(6, 0, 6, 0)
+        self.status.native.setContentsMargins(6, 0, 6, 0)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        # The least room each part takes when the docks are short: the Run row, the scatter,
-        # the title of the files section; more when there is room (the explorer takes what the docks above
-        # leave), scrolling when a section is opened.
-        run_rows = self.controls.native.sizeHint().height() - sum(
-            w.sizeHint().height() for w in (self.umap_form.advanced, self.status.native)
+        # The least room each part takes: the controls with their sections closed (the explorer
+        # has a full-height column of the workbench to itself), a scatter big enough to read a
+        # UMAP in, the title of the files section; an opened section scrolls.
+        self._controls_scroll = _scrolled(
+            self.controls.native, self.controls.native.sizeHint().height()
         )
-        layout.addWidget(_scrolled(self.controls.native, run_rows))
+        layout.addWidget(self._controls_scroll)
+        layout.addWidget(self.status.native)  # outside: a longer status never scrolls the Run row
         layout.addWidget(view.native)
         layout.addWidget(self.scatter.native, stretch=1)
         layout.addWidget(self.legend.native)
@@ -176,9 +179,26 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if event is not None:
             super().showEvent(event)
+            self._fit_controls()
         if getattr(self, "_run_when_shown", False):
             self._run_when_shown = False
             self.run()
+
+    def _fit_controls(self) -> None:
+        """Styled on screen, the controls ask for more than when built: their scroll area grows
+        to all of it (sections closed), so the Run rows never scroll."""
+        from qtpy.QtCore import QTimer
+
+        def fit() -> None:
+            try:
+                scroll = self._controls_scroll
+                if not self.umap_form.advanced.isExpanded():
+                    frame = scroll.height() - scroll.viewport().height()  # the theme's border
+                    scroll.setMinimumHeight(self.controls.native.sizeHint().height() + frame)
+            except RuntimeError:
+                pass  # the widget was deleted first
+
+        QTimer.singleShot(0, fit)  # once Qt has laid the new text out
 
     # -- choices -------------------------------------------------------------------------------
     def _feature_columns(self, _widget=None) -> list[str]:
