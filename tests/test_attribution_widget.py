@@ -91,8 +91,12 @@ def test_top_n_with_gradcam(demo_viewer, qtbot):
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     heat = viewer.layers[f"{LAYER_PREFIX}gradcam"]
     rows = heat.metadata[META_ATTRIBUTION]["rows"]
-    expected = np.argsort(-patches.features["dab_positive"].to_numpy(), kind="stable")[:4]
+    from napari_pathviz.attribution.gallery import distinct_rows
+
+    ranked = np.argsort(-patches.features["dab_positive"].to_numpy(), kind="stable")
+    expected = distinct_rows(patches.features, ranked, 4)  # as the CLI's --top: no neighbours
     np.testing.assert_array_equal(rows, expected)
+    assert rows[0] == ranked[0] and len(set(rows.tolist())) == 4
 
 
 def test_empty_selection_and_bad_target(demo_viewer, qtbot, notifications):

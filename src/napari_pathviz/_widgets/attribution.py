@@ -254,7 +254,14 @@ class AttributionWidget(Container):
         if not column:
             raise PathvizError("Attributions: choose the column for 'top N'")
         values = layer.features[column].to_numpy(float)
-        return np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[: self.top_n.value]
+        ranked = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
+        if not {"x", "y", "patch_size"} <= set(layer.features.columns):
+            return ranked[: self.top_n.value]
+        # As the CLI's --top: patches from different places, not neighbouring tiles of one
+        # spot (images are not compared here: that would read patches on the GUI thread).
+        from ..attribution.gallery import distinct_rows
+
+        return np.asarray(distinct_rows(layer.features, ranked, self.top_n.value), dtype=int)
 
     def keep_selection_as_background(self) -> None:
         rows = self.in_use.selected_rows()
