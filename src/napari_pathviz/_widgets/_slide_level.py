@@ -141,7 +141,12 @@ class TopAttendedExplainer:
         )
         self.explain_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.widgets = [self.k, self.samples, row(self.explain_button, self.cancel_button)]
+        self.widgets = [
+            self.k,
+            self.samples,
+            self.seed,
+            row(self.explain_button, self.cancel_button),
+        ]
 
     def run(self) -> None:
         from ..errors import PathvizError
