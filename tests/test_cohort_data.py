@@ -288,3 +288,38 @@ def test_plot_embeddings_over_a_cohort_with_slides_and_batch_score(tmp_path, mon
     names = re.findall(r'"name":"([^"]+)"', html)
     assert {"A", "B", "(none)"} <= set(names)  # one trace (legend entry) per site
     assert "s3 x=0 y=128 size=64" in html and f"batch score site {score:.2f}" in html
+
+
+def test_large_row_groups_are_read_a_few_columns_at_a_time(tmp_path, monkeypatch):
+    """A file written as one big row group is decoded in column blocks (a budget of 600 values
+    here: 5 of the 12 feature columns per read), with the same matrix and the NaN rows dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import napari_pathviz.cohort_data as cohort_data
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(120, 12)).astype(np.float32)
+    features[[7, 50], 3] = np.nan
+    table = {"ID": ["s1"] * 60 + ["s2"] * 60, "x": np.arange(120) * 64, "y": np.zeros(120)}
+    table.update({"patch_size": np.full(120, 64), "label": np.arange(120) % 3})
+    table.update({str(j): features[:, j] for j in range(12)})
+    path = tmp_path / "one_group.parquet"
+    pq.write_table(pa.table(table), path, row_group_size=1000)
+    assert pq.ParquetFile(path).num_row_groups == 1
+    reads = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, i, columns=None, **kwargs):
+        reads.append(len(columns))
+        return original(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(cohort_data, "_COLUMN_VALUES", 600)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    with pytest.warns(PathvizWarning, match="2"):
+        cohort = load_cohort_embeddings(path)
+    keep = np.ones(120, bool)
+    keep[[7, 50]] = False
+    np.testing.assert_array_equal(cohort.features, features[keep])
+    assert cohort.rows["label"].tolist() == (np.arange(120) % 3)[keep].tolist()
+    assert reads == [5, 5, 2]
