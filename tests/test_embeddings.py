@@ -552,6 +552,25 @@ def test_umap_cancellation(cache_dir, clusters, tmp_path):
     assert "spectral init" in stages and "done" not in stages
     assert [s for s in stages if s.startswith("epochs")] == ["epochs: 0/500"]
     assert not (store.root / "umap").exists()  # nothing half-done is cached
+    # tqdm's process-wide lock is free again: another thread (the next UMAP in the GUI) can
+    # take it; a cancel that left it held made every later bar wait forever.
+    import threading
+
+    from tqdm import tqdm
+
+    taken = []
+
+    def take() -> None:
+        lock = tqdm.get_lock()
+        got = lock.locks[0].acquire(timeout=5)
+        taken.append(got)
+        if got:
+            lock.locks[0].release()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    assert taken == [True]
 
 
 @pytest.mark.parametrize(

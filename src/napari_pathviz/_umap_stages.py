@@ -19,7 +19,9 @@ fast): neighbours and fuzzy set are then one stage, and the layout is left to ``
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable
 
 from .errors import Cancelled
@@ -78,18 +80,46 @@ class EpochStream:
 
     def __init__(self, reporter: StageReporter, start: float, end: float):
         self.reporter, self.start, self.end = reporter, start, end
+        self.stopped = False
 
     def write(self, text: str) -> None:
-        self.reporter.check()
-        match = self._count.findall(text)
-        if match:
-            done, total = (int(v) for v in match[-1])
-            if total:
-                fraction = self.start + (self.end - self.start) * done / total
-                self.reporter.report(fraction, f"epochs: {done}/{total}")
+        if self.stopped:
+            return  # the bar's last redraws (close, garbage collection) after a cancel
+        try:
+            self.reporter.check()
+            match = self._count.findall(text)
+            if match:
+                done, total = (int(v) for v in match[-1])
+                if total:
+                    fraction = self.start + (self.end - self.start) * done / total
+                    self.reporter.report(fraction, f"epochs: {done}/{total}")
+        except Cancelled:
+            self.stopped = True
+            _release_lock_of_tqdm_refresh()
+            raise
 
     def flush(self) -> None:
         pass
+
+
+def _release_lock_of_tqdm_refresh() -> None:
+    """tqdm's ``refresh`` takes tqdm's process-wide write lock and releases it without
+    try/finally, so an exception raised from a bar's file inside it leaves the lock held, and
+    every later tqdm bar of the process waits forever (seen: the next UMAP in the GUI hung).
+    Called before raising from :meth:`EpochStream.write`: releases the lock when the write
+    comes from a locking ``refresh``; a ``with`` block (``close``) releases it by itself."""
+    tqdm_std = os.path.join("tqdm", "std.py")
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.endswith(tqdm_std):
+            if code.co_name == "refresh":
+                if not frame.f_locals.get("nolock", False):
+                    frame.f_locals["self"]._lock.release()
+                return
+            if code.co_name in ("close", "clear", "__exit__", "__enter__"):
+                return
+        frame = frame.f_back
 
 
 def reporting_umap(umap, on_layout: Callable[[], None]):
