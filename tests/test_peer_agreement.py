@@ -232,7 +232,9 @@ def _upsampled(cams: np.ndarray, size) -> np.ndarray:
     )[:, 0].numpy()
 
 
-def _their_signed_cam(method: str, model, layer: str, x, targets) -> np.ndarray:
+def _their_signed_cam(
+    method: str, model, layer: str, x, targets, reshape_transform=None
+) -> np.ndarray:
     """pytorch-grad-cam's map before its ReLU and min-max scaling: its get_cam_image (channel
     weights from its get_cam_weights times the activations) on the activations and gradients
     its ActivationsAndGradients captured, upsampled like ours."""
@@ -241,7 +243,7 @@ def _their_signed_cam(method: str, model, layer: str, x, targets) -> np.ndarray:
 
     cam_class = library.GradCAMPlusPlus if method == "gradcampp" else library.GradCAM
     module = model.get_submodule(layer)
-    cam = cam_class(model, [module])
+    cam = cam_class(model, [module], reshape_transform=reshape_transform)
     try:
         cam(x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         activations = cam.activations_and_grads.activations[0].numpy()

@@ -89,27 +89,15 @@ def test_expected_gradients_complete_on_vits(name, trained_vit):
 def _their_token_cam(model, layer: str, extra: int, x, targets, plus_plus: bool) -> np.ndarray:
     """pytorch-grad-cam's signed map (before its ReLU and min-max scaling) with the ViT
     ``reshape_transform`` of its tutorial: drop the leading tokens, fold the rest to the grid."""
-    from test_peer_agreement import _pytorch_grad_cam, _upsampled
-
-    library = _pytorch_grad_cam()
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from test_peer_agreement import _their_signed_cam
 
     def reshape_transform(tokens):
         side = int((tokens.shape[1] - extra) ** 0.5)
         grid = tokens[:, extra:, :].reshape(tokens.shape[0], side, side, tokens.shape[2])
         return grid.transpose(2, 3).transpose(1, 2)
 
-    cam_class = library.GradCAMPlusPlus if plus_plus else library.GradCAM
-    module = model.get_submodule(layer)
-    cam = cam_class(model, [module], reshape_transform=reshape_transform)
-    try:
-        cam(x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-        activations = cam.activations_and_grads.activations[0].numpy()
-        gradients = cam.activations_and_grads.gradients[0].numpy()
-        signed = cam.get_cam_image(x, module, None, activations, gradients)
-    finally:
-        cam.activations_and_grads.release()
-    return _upsampled(signed, x.shape[2:])
+    method = "gradcampp" if plus_plus else "gradcam"
+    return _their_signed_cam(method, model, layer, x, targets, reshape_transform)
 
 
 EXTRA_TOKENS = {"hand_attention": 2, "token_encoder_mha": 1, "trained_patch_vit": 1}

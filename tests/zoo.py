@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from napari_pathviz.vit import SoftmaxAttention
+
 
 def _settle(model: nn.Module, seed: int, channels: int = 3, size: int = 32) -> nn.Module:
     """Give BatchNorm layers realistic running statistics (a few training-mode passes on
@@ -195,23 +197,9 @@ def tiny_vit(n_classes: int = 3, seed: int = 0, layer_norm: bool = True) -> nn.M
 # --- vision transformers with a class token, for Grad-CAM on tokens, rollout and chefer ------
 
 
-class HandAttention(nn.Module):
-    """Multi-head attention written out, the softmax an nn.Softmax module (the convention the
-    attention methods hook)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.softmax = nn.Softmax(dim=-1)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, heads, n, d_head)
-        attention = self.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5)
-        return self.proj((attention @ v).transpose(1, 2).reshape(b, n, d))
+# Multi-head attention written out, the softmax an nn.Softmax module (the convention the attention
+# methods hook): the package's own, which its trained demo ViT uses.
+HandAttention = SoftmaxAttention
 
 
 class ViTBlock(nn.Module):

@@ -151,19 +151,13 @@ def check_feature_sizes(card: ModelCard, encoder: ModelSpec, head, patch_size: i
 
     side = encoder.input_size or patch_size or 224
     device = next((p.device for p in encoder.model.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad():
-            out = encoder.model(torch.zeros(1, 3, side, side, device=device))
-    except Exception as exc:
-        raise PathvizError(
-            f"{card.source}: the encoder rejects {side} x {side} patches "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-        ) from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PathvizError(
-            f"{card.source}: the encoder must return (patches, features), got {shape}"
-        )
+    out = _probe(
+        encoder.model,
+        torch.zeros(1, 3, side, side, device=device),
+        ndim=2,
+        rejects=f"{card.source}: the encoder rejects {side} x {side} patches",
+        must_return=f"{card.source}: the encoder must return (patches, features)",
+    )
     produced, taken = int(out.shape[1]), head_input_dim(head)
     if taken is not None and taken != produced:
         raise PathvizError(
@@ -181,21 +175,33 @@ def check_feature_sizes(card: ModelCard, encoder: ModelSpec, head, patch_size: i
 def _head_outputs(card: ModelCard, head, dim: int) -> int:
     import torch
 
+    logits = _probe(
+        head,
+        torch.zeros(3, dim),
+        ndim=1,
+        rejects=f"{card.source}: the head rejects a bag of {dim}-long features",
+        must_return=f"{card.source}: the head must return one slide's logits (classes,) for a "
+        "bag (patches, features)",
+    )
+    return int(logits.shape[0])
+
+
+def _probe(module, dummy, ndim: int, rejects: str, must_return: str):
+    """``module(dummy)`` without gradients; an exception, or an output that is not a tensor of
+    ``ndim`` dimensions, is one line: ``rejects (the error)`` or ``must_return, got shape``."""
+    import torch
+
     try:
         with torch.no_grad():
-            logits = head(torch.zeros(3, dim))
+            out = module(dummy)
     except Exception as exc:
         raise PathvizError(
-            f"{card.source}: the head rejects a bag of {dim}-long features "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            f"{rejects} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
         ) from exc
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 1:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise PathvizError(
-            f"{card.source}: the head must return one slide's logits (classes,) for a bag "
-            f"(patches, features), got {shape}"
-        )
-    return int(logits.shape[0])
+    if not isinstance(out, torch.Tensor) or out.ndim != ndim:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PathvizError(f"{must_return}, got {shape}")
+    return out
 
 
 @dataclass

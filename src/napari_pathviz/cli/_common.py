@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
@@ -239,3 +240,20 @@ def stage_progress(desc: str):
             bar(round(100 * fraction), 100, name)
 
         yield progress
+
+
+def report_failed_slides(command: str, summary, out) -> int:
+    """A cohort run's end: one stderr line per failed slide and one counting them (the others
+    are done, summary.csv says which); EXIT_BAD_INPUT when any failed, else 0."""
+    failed = summary[summary["status"] == "failed"]
+    for error in failed["error"]:
+        print(f"pathviz {command}: failed: {error}", file=sys.stderr)
+    if not len(failed):
+        return 0
+    where = Path(out).expanduser().absolute() / "summary.csv"
+    print(
+        f"pathviz {command}: error: {len(failed)} of {len(summary)} slides failed "
+        f"(the others are done; see {where})",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT

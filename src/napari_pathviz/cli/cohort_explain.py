@@ -5,11 +5,10 @@ table): the top N patches of each slide (--per-slide) or of the cohort, on dask.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import PathvizError
-from ._common import EXIT_BAD_INPUT, progress_bar, recipe_from_args, step
+from ._common import progress_bar, recipe_from_args, report_failed_slides, step
 
 
 def add_cohort_options(p: argparse.ArgumentParser) -> None:
@@ -119,14 +118,4 @@ def cmd_explain_cohort(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().absolute()
     if (out / "cohort.png").exists():
         print(out / "cohort.png")
-    failed = summary[summary["status"] == "failed"]
-    for error in failed["error"]:
-        print(f"pathviz {args.command}: failed: {error}", file=sys.stderr)
-    if len(failed):
-        print(
-            f"pathviz {args.command}: error: {len(failed)} of {len(summary)} slides failed "
-            f"(the others are done; see {out / 'summary.csv'})",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    return 0
+    return report_failed_slides(args.command, summary, args.out)

@@ -4,19 +4,18 @@ cohort of slides."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..io.zarr_io import LAYOUTS
 from ._common import (
-    EXIT_BAD_INPUT,
     add_model_options,
     add_slide_id_option,
-    load_table_for,
     progress_bar,
     recipe_from_args,
+    report_failed_slides,
     step,
 )
+from ._extract_args import extract_kwargs, open_slide_and_table
 from ._guards import refuse_existing_db_tables
 from .slide_level import add_two_stage_options
 
@@ -85,8 +84,6 @@ def add_parsers(sub) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..inference import extract
     from ..io.tables import write_table
-    from ..slide import open_slide
-    from ..tissue import tissue_grid
     from .slide_level import extract_two_stage, two_stage_card_of
 
     card = two_stage_card_of(args)
@@ -96,30 +93,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         return extract_cohort(args)
     step(f"loading the model {args.model}")
     spec = recipe_from_args(args).load()
-    slide = open_slide(args.slide[0], args.layout)
-    if args.target_mpp is not None:
-        args.level = slide.level_for_mpp(args.target_mpp)
-    if args.patches:
-        table = load_table_for(slide, args.patches, args.patch_size, args.slide_id)
-    else:
-        table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
+    slide, table = open_slide_and_table(args)
     # A .db output's tables are named by patch size, known only now: checked before the model runs.
     refuse_existing_db_tables(args.out, table.df["patch_size"].unique(), args.overwrite)
-    store = args.store or f"{args.out}.store.zarr"
     with progress_bar("patches", f"the model on {len(table)} patches of {slide.slide_id}") as bar:
-        result = extract(
-            slide,
-            table,
-            spec,
-            store=store,
-            batch_size=args.batch_size,
-            device=args.device,
-            workers=args.workers,
-            level=args.level,
-            bf16=args.bf16,
-            embeddings=not args.no_embeddings,
-            progress=lambda done, total, _rate: bar(done, total),
-        )
+        result = extract(slide, table, spec, **extract_kwargs(args, bar))
     print(write_table(result, args.out, overwrite=args.overwrite))
     return 0
 
@@ -168,15 +146,4 @@ def extract_cohort(args: argparse.Namespace) -> int:
             progress=lambda done, total, _message: progress(done, total),
         )
     print(summary.to_string(index=False))
-    failed = summary[summary["status"] == "failed"]
-    for error in failed["error"]:
-        print(f"pathviz extract: failed: {error}", file=sys.stderr)
-    if len(failed):
-        where = Path(args.out).expanduser().absolute() / "summary.csv"
-        print(
-            f"pathviz extract: error: {len(failed)} of {len(summary)} slides failed "
-            f"(the others are done; see {where})",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    return 0
+    return report_failed_slides("extract", summary, args.out)

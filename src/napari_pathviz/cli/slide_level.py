@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import PathvizError
-from ._common import load_table_for, progress_bar
+from ._common import progress_bar
+from ._extract_args import extract_kwargs, open_slide_and_table
 
 
 def add_two_stage_options(p: argparse.ArgumentParser) -> None:
@@ -42,14 +43,12 @@ def two_stage_card_of(args: argparse.Namespace):
 
 def extract_two_stage(args: argparse.Namespace, card) -> int:
     from ..io.tables import write_table
-    from ..slide import open_slide
     from ..slide_level import (
         extract_slide,
         load_two_stage,
         slide_prediction_path,
         write_slide_prediction,
     )
-    from ..tissue import tissue_grid
     from .inference import is_cohort
 
     if is_cohort(args.slide):
@@ -72,27 +71,9 @@ def extract_two_stage(args: argparse.Namespace, card) -> int:
             "--explain-top must be >= 0, --explain-samples and --explain-background positive"
         )
     model = load_two_stage(card, weights=args.model, trust_model=args.trust_model)
-    slide = open_slide(args.slide[0], args.layout)
-    if args.target_mpp is not None:
-        args.level = slide.level_for_mpp(args.target_mpp)
-    if args.patches:
-        table = load_table_for(slide, args.patches, args.patch_size, args.slide_id)
-    else:
-        table = tissue_grid(slide, args.patch_size or 224, None, args.min_tissue)
-    with progress_bar("patches") as progress:
-        result, prediction = extract_slide(
-            slide,
-            table,
-            model,
-            store=args.store or f"{args.out}.store.zarr",
-            batch_size=args.batch_size,
-            device=args.device,
-            workers=args.workers,
-            level=args.level,
-            bf16=args.bf16,
-            embeddings=not args.no_embeddings,
-            progress=lambda done, total, _rate: progress(done, total),
-        )
+    slide, table = open_slide_and_table(args)
+    with progress_bar("patches") as bar:
+        result, prediction = extract_slide(slide, table, model, **extract_kwargs(args, bar))
     print(write_table(result, args.out, overwrite=args.overwrite))
     slide_id = str(table.df["ID"].iloc[0]) if "ID" in table.df else Path(args.slide[0]).name
     write_slide_prediction(json_path, prediction, slide_id, card.source)
