@@ -30,9 +30,10 @@ from .patches import KEY_COLUMNS
 @dataclass
 class TwoStageModel:
     """A patch encoder (with its preprocessing) and a slide-level head, with the head's class
-    names; ``feature_dim`` is the size of the features between them."""
+    names; ``feature_dim`` is the size of the features between them. ``encoder`` is None for a
+    head run on precomputed features (:mod:`.slide_head`)."""
 
-    encoder: ModelSpec
+    encoder: ModelSpec | None
     head: Any
     class_names: tuple[str, ...]
     feature_dim: int
@@ -105,15 +106,13 @@ def load_two_stage(
     encoder's when the card gives none (``-m encoder.safetensors`` with the card beside it)."""
     if not card.two_stage:
         raise PathvizError(f"{card.source}: not a two-stage model card (no 'head')")
-    enc, head_fields = card.encoder, card.head
+    enc = card.encoder
     if weights is not None and str(weights).lower().endswith(".json"):
         weights = None
     encoder = _build_stage(
         card, enc, _stage_path(card, enc, weights, "encoder"), "encoder", trust_model
     )
-    head = _build_stage(
-        card, head_fields, _stage_path(card, head_fields, None, "head"), "head", trust_model
-    )
+    head, head_fields = build_head(card, trust_model)
     spec = ModelSpec(
         model=encoder,
         source=f"{card.source} (encoder)",
@@ -128,6 +127,25 @@ def load_two_stage(
                   "factory_kwargs": enc.get("factory_kwargs") or {}},
     )  # fmt: skip
     dim = check_feature_sizes(card, spec, head)
+    names = check_head(card, head, head_fields, dim)
+    return TwoStageModel(
+        spec, head, names, dim, card.source, head_fields.get("activation") or "auto"
+    )
+
+
+def build_head(card: ModelCard, trust_model: bool = False):
+    """The head of a two-stage card, built from its weights (on the CPU, in eval mode), and the
+    card's head fields."""
+    if not card.two_stage:
+        raise PathvizError(f"{card.source}: not a two-stage model card (no 'head')")
+    fields = card.head
+    path = _stage_path(card, fields, None, "head")
+    return _build_stage(card, fields, path, "head", trust_model), fields
+
+
+def check_head(card: ModelCard, head, head_fields: dict, dim: int) -> tuple[str, ...]:
+    """The head's class names (the head's, else the card's, else class_<k>), checked against
+    its output size on a bag of ``dim``-long features."""
     names = head_fields.get("class_names") or card.class_names
     n_classes = _head_outputs(card, head, dim)
     if names is None:
@@ -136,9 +154,7 @@ def load_two_stage(
         raise PathvizError(
             f"{card.source}: {len(names)} class names for a head with {n_classes} outputs"
         )
-    return TwoStageModel(
-        spec, head, tuple(names), dim, card.source, head_fields.get("activation") or "auto"
-    )
+    return tuple(names)
 
 
 def check_feature_sizes(card: ModelCard, encoder: ModelSpec, head, patch_size: int = 0) -> int:
@@ -345,6 +361,24 @@ def write_slide_prediction(path, prediction: SlidePrediction, slide_id: str, mod
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_slide_prediction_beside(table: str | os.PathLike) -> dict | None:
+    """The slide prediction written beside a patch table (:func:`write_slide_prediction`), or
+    None when there is none; a file that is not one is one line naming it."""
+    path = slide_prediction_path(table)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        probabilities = {str(k): float(v) for k, v in record["probabilities"].items()}
+        prediction = str(record["prediction"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PathvizError(
+            f"{path}: not a slide prediction (needs 'prediction' and 'probabilities'; "
+            f"{type(exc).__name__})"
+        ) from exc
+    return {**record, "prediction": prediction, "probabilities": probabilities}
 
 
 def explain_top_patches(

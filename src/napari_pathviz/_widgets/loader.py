@@ -190,7 +190,20 @@ class SlideLoaderWidget(Container):
             slide = slide_layer.metadata[META_SLIDE]
             table = patches_for_slide(df, path, slide, patch_size=size, slide_id=slide_id)
             scale = tuple(slide_layer.scale[:2])
-        self._add(patches_layer_data(table, scale=scale))
+        layer = self._add(patches_layer_data(table, scale=scale))
+        self._show_slide_prediction(path, layer)
+
+    def _show_slide_prediction(self, path: str, layer) -> None:
+        """A two-stage model's table (``pathviz extract``, with or without --features): the
+        attention and contribution heatmaps, named with the slide prediction beside it."""
+        from ..slide_level import read_slide_prediction_beside
+        from ._slide_level import show_slide_level, slide_label
+
+        summary = read_slide_prediction_beside(path)
+        if summary is None or "attention" not in layer.features.columns:
+            return
+        show_slide_level(self._viewer, layer, summary)
+        self.status.value += f"; {slide_label(summary)}"
 
     def generate_grid(self) -> None:
         from napari.qt.threading import create_worker
@@ -263,7 +276,7 @@ class SlideLoaderWidget(Container):
             if layer is not None and layer.metadata.get(META_COLOR_BY) in self.color_by.choices:
                 self.color_by.value = layer.metadata[META_COLOR_BY]
 
-    def _add(self, layer_data) -> None:
+    def _add(self, layer_data):
         from napari.layers import Layer
 
         layer = self._viewer.add_layer(Layer.create(*layer_data))
@@ -273,6 +286,7 @@ class SlideLoaderWidget(Container):
             self.status.value += f"; Patches in use: {self.in_use.name} (change it above)"
         if META_SLIDE in layer.metadata and len(self._viewer.layers) == 1:
             self._viewer.reset_view()
+        return layer
 
     def _guarded(self, action) -> None:
         try:

@@ -69,7 +69,9 @@ COMMAND_PATHS: dict[str, CommandPaths] = {
         outputs={"output": IMAGE_SUFFIXES},
     ),
     "extract": CommandPaths(
-        inputs=_MODEL_SLIDE_TABLE, outputs={"out": TABLE_SUFFIXES}, resumable=("store",)
+        inputs=(*_MODEL_SLIDE_TABLE, "features", "keys"),
+        outputs={"out": TABLE_SUFFIXES},
+        resumable=("store",),
     ),
     "shapley-plot": CommandPaths(
         inputs=(*_MODEL_SLIDE_TABLE, "background"),
@@ -235,7 +237,9 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
     from .inference import is_cohort
 
     out_label = labels.get("out", "-o/--out")
-    if not is_cohort(args.slide):
+    if args.features:
+        return _head_paths(args, labels, inputs, outputs, resumable)
+    if not is_cohort(args.slide or []):
         if not args.store:
             resumable = resumable + [(f"{out_label} (its store)", f"{args.out}.store.zarr")]
         return inputs, [], outputs, [], resumable
@@ -249,6 +253,22 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
     written = ["summary.csv", WORKER_LOG, "stores", *(f"{slide_key(s)}.parquet" for s in slides)]
     resumable = [(out_label, str(folder / name)) for name in written]
     return inputs, collections, [], [], resumable
+
+
+def _head_paths(args, labels, inputs, outputs, resumable):
+    """extract --features: one file writes OUT (and its .slide.json, checked when written);
+    several files or a folder write a table per slide and summary.csv into the folder -o."""
+    from ..slide_head import find_feature_files
+
+    files = find_feature_files(args.features)
+    if len(files) == 1 and not Path(args.features[0]).is_dir():
+        return inputs, [], outputs, [], resumable
+    label, out_label = labels.get("features", "--features"), labels.get("out", "-o/--out")
+    folder = Path(args.out)
+    inputs = [i for i in inputs if i[0] != label] + [(label, f) for f in files]
+    collections = [(label, s) for s in args.features if Path(s).is_dir()]
+    written = ["summary.csv", *(f"{Path(f).name.split('.')[0]}.parquet" for f in files)]
+    return inputs, collections, [], [], [(out_label, str(folder / name)) for name in written]
 
 
 def _demo_files(args) -> list[tuple[str, str]]:

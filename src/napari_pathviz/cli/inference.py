@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import PathvizError
 from ..io.zarr_io import LAYOUTS
 from ._common import (
     add_model_options,
@@ -33,10 +34,9 @@ def add_parsers(sub) -> None:
     add_model_options(p)
     p.add_argument(
         "--slide",
-        required=True,
         nargs="+",
         help="a slide; or, for a cohort, several slides, a folder of slides, or a "
-        ".txt file listing them (then -o is an output folder)",
+        ".txt file listing them (then -o is an output folder). Required, but with --features",
     )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="stored axis order of zarrs")
     p.add_argument("--patches", help="patch table (default: a tissue grid of --patch-size)")
@@ -87,6 +87,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .slide_level import extract_two_stage, two_stage_card_of
 
     card = two_stage_card_of(args)
+    if args.features:  # the head alone on features computed before: cli/slide_head.py
+        from .slide_head import head_on_features
+
+        if card is None:
+            raise PathvizError(
+                f"--features: {args.model} is not a two-stage model card; the features need a "
+                "slide-level head to run on"
+            )
+        return head_on_features(args, card)
+    if not args.slide:
+        raise PathvizError("--slide is required (but with --features and a two-stage card)")
     if card is not None:  # encoder + slide-level head: cli/slide_level.py
         return extract_two_stage(args, card)
     if is_cohort(args.slide):

@@ -16,6 +16,17 @@ from ._extract_args import extract_kwargs, open_slide_and_table
 def add_two_stage_options(p: argparse.ArgumentParser) -> None:
     """extract's options for two-stage models (pixels to slide)."""
     p.add_argument(
+        "--features",
+        nargs="+",
+        metavar="FILE",
+        help="two-stage models: run only the head, on patch features computed before: "
+        "CLAM/TRIDENT .h5 (coords + features), a .pt tensor (its coords from the .h5 of the "
+        "same name beside it or in ../h5_files, or --keys), or an embeddings table. One file: "
+        "-o is its table (--slide optional, to check the coordinates); several, or a folder: "
+        "-o is a folder with a table and a .slide.json per slide and summary.csv",
+    )
+    p.add_argument("--keys", help="with --features: the key table or .h5 of a bare .pt tensor")
+    p.add_argument(
         "--explain-top",
         type=int,
         default=0,

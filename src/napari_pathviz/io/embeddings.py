@@ -46,7 +46,8 @@ def feature_columns(columns) -> list:
 def read_embeddings(
     path: str | os.PathLike, *, keys: str | os.PathLike | None = None, trust_pickle: bool = False
 ) -> RawEmbeddings:
-    """Reads embeddings from any supported file; ``keys`` is the key table for .npy/.npz."""
+    """Reads embeddings from any supported file; ``keys`` is the key table for .npy/.npz and a
+    bare .pt tensor (a CLAM/TRIDENT .h5 serves)."""
     path = str(path)
     if not os.path.exists(path):
         raise PathvizError(f"{path}: no such file or directory")
