@@ -190,3 +190,12 @@ def test_the_table_opened_in_napari_shows_the_slide_prediction(
     finite = heat[0].data[np.isfinite(heat[0].data)]
     np.testing.assert_allclose(np.sort(finite), np.sort(reference["attention"]), atol=1e-5)
     assert "slide: dab_positive" in widget.status.value
+
+
+def test_extract_without_slide_or_features_says_what_is_missing(encoded, tmp_path, capsys):
+    card = encoded[0]
+    assert main(["extract", "-m", str(card), "-o", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "pathviz extract: error: --slide is required (but with --features and a two-stage card)"
+    ]

@@ -239,7 +239,7 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
     out_label = labels.get("out", "-o/--out")
     if args.features:
         return _head_paths(args, labels, inputs, outputs, resumable)
-    if not is_cohort(args.slide or []):
+    if not is_cohort(args.slide):
         if not args.store:
             resumable = resumable + [(f"{out_label} (its store)", f"{args.out}.store.zarr")]
         return inputs, [], outputs, [], resumable

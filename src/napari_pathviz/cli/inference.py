@@ -116,6 +116,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def is_cohort(sources: list[str]) -> bool:
     from ..io.zarr_io import is_zarr_path
 
+    if not sources:
+        return False
     if len(sources) > 1:
         return True
     source = Path(sources[0])
