@@ -22,9 +22,10 @@ def head_on_features(args: argparse.Namespace, card) -> int:
         )
     files = find_feature_files(args.features)
     cohort = len(files) > 1 or Path(args.features[0]).is_dir()
-    if cohort and (args.slide or args.slide_id):
+    if cohort and (args.slide or args.slide_id or args.keys):
         raise PathvizError(
-            "--slide/--slide-id: give them with one --features file (its slide), not a cohort"
+            "--slide/--slide-id/--keys: give them with one --features file (its slide), not a "
+            "cohort"
         )
     step(f"loading the head of {card.source}")
     model = load_head(card, trust_model=args.trust_model)
@@ -34,7 +35,7 @@ def head_on_features(args: argparse.Namespace, card) -> int:
     return _cohort(args, model, files, Path(args.out))
 
 
-def _one_slide(args, model, path: str, out: Path, slide_shape=None, print_paths: bool = True):
+def _one_slide(args, model, path: str, out: Path, print_paths: bool = True):
     from ..io.tables import write_table
     from ..slide_head import predict_features, read_slide_features
     from ..slide_level import slide_prediction_path, write_slide_prediction
@@ -42,6 +43,7 @@ def _one_slide(args, model, path: str, out: Path, slide_shape=None, print_paths:
     json_path = slide_prediction_path(out)
     if json_path.exists() and not args.overwrite:
         raise PathvizError(f"{json_path}: exists; pass --overwrite")
+    slide_shape = None
     if args.slide:
         from ..slide import open_slide
 
