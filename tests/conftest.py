@@ -203,3 +203,33 @@ def notifications():
     notification_manager.notification_ready.connect(collect)
     yield seen
     notification_manager.notification_ready.disconnect(collect)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Deletes the Qt objects the session leaves behind, one at a time, before PyQt's exit
+    handler would. napari keeps every closed Window alive (its theme's canvas event holds a
+    lambda its teardown cannot disconnect), and each Window's task-status manager holds the
+    workers it ran, whose signals hold our widgets. PyQt6's atexit cleanup then deletes those
+    parentless widgets while it walks its own wrapper map, and deleting their children under
+    that walk crashed the interpreter after every test had passed (a core dump showed
+    ``cleanup_on_exit`` -> ``sip_api_get_address`` on a freed wrapper)."""
+    if "PyQt6.QtCore" not in sys.modules:
+        return
+    import gc
+
+    from PyQt6 import sip
+    from PyQt6.QtCore import QCoreApplication, QObject, QThread
+
+    gc.collect()
+    app = QCoreApplication.instance()
+    here = QThread.currentThread()
+    # type(), not isinstance(): some module objects warn when their __class__ is read.
+    for obj in [o for o in gc.get_objects() if issubclass(type(o), QObject)]:
+        try:
+            orphan = sip.ispyowned(obj) and not sip.isdeleted(obj) and obj.parent() is None
+            if orphan and obj is not app and obj.thread() is here:
+                sip.delete(obj)
+        except RuntimeError:  # deleted along with an object deleted before it
+            pass
+    gc.collect()

@@ -31,15 +31,29 @@ class JobRunner:
         self.cancel_requested = False
         signal = _ProgressSignal()
         signal.changed.connect(lambda values: self.on_progress(*values))
+        # napari's task-status manager keeps every worker for the life of its window; the
+        # worker reaches the job (and the data the job holds) only through `held`, emptied when
+        # the job ends, so a long session does not keep every past job's inputs and results.
+        held = {
+            "job": job,
+            "progress": lambda *values: signal.changed.emit(values),
+            "done": on_done,
+        }
+
+        def run():
+            return held["job"](held["progress"], lambda: self.cancel_requested)
+
+        def finished():
+            held.clear()
+            self._set_running(False)
+
         # Errors go to on_error; connecting it here also stops the worker re-raising them.
         self.worker = create_worker(
-            job,
-            lambda *values: signal.changed.emit(values),
-            lambda: self.cancel_requested,
+            run,
             _connect={
-                "returned": on_done,
+                "returned": lambda result: held["done"](result),
                 "errored": self.on_error,
-                "finished": lambda: self._set_running(False),
+                "finished": finished,
             },
             _start_thread=False,
         )
