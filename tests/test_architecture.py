@@ -44,6 +44,13 @@ CORE = [
     "napari_pathviz.io.geojson",
     "napari_pathviz.io.wsinfer",
     "napari_pathviz._qupath_layers",
+    "napari_pathviz.slide_level",
+    "napari_pathviz.slide_head",
+    "napari_pathviz.cohort_data",
+    "napari_pathviz.batch_effect",
+    "napari_pathviz.embedding_large",
+    "napari_pathviz.classes",
+    "napari_pathviz.cohort_explain",
 ]
 HEAVY = [
     "napari",
