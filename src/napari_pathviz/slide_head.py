@@ -146,3 +146,9 @@ def find_feature_files(sources) -> list[str]:
         else:
             raise PathvizError(f"{source}: no feature files ({', '.join(FEATURE_SUFFIXES)})")
     return sorted(dict.fromkeys(found))
+
+
+def table_name(feature_file: str | os.PathLike) -> str:
+    """The per-slide table a folder run writes for a feature file: its name up to the first dot,
+    + .parquet (the .slide.json goes beside it)."""
+    return os.path.basename(str(feature_file)).split(".")[0] + ".parquet"

@@ -258,7 +258,7 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
 def _head_paths(args, labels, inputs, outputs, resumable):
     """extract --features: one file writes OUT (and its .slide.json, checked when written);
     several files or a folder write a table per slide and summary.csv into the folder -o."""
-    from ..slide_head import find_feature_files
+    from ..slide_head import find_feature_files, table_name
 
     files = find_feature_files(args.features)
     if len(files) == 1 and not Path(args.features[0]).is_dir():
@@ -267,7 +267,7 @@ def _head_paths(args, labels, inputs, outputs, resumable):
     folder = Path(args.out)
     inputs = [i for i in inputs if i[0] != label] + [(label, f) for f in files]
     collections = [(label, s) for s in args.features if Path(s).is_dir()]
-    written = ["summary.csv", *(f"{Path(f).name.split('.')[0]}.parquet" for f in files)]
+    written = ["summary.csv", *(table_name(f) for f in files)]
     return inputs, collections, [], [], [(out_label, str(folder / name)) for name in written]
 
 

@@ -69,6 +69,7 @@ def _cohort(args, model, files: list[str], folder: Path) -> int:
     import pandas as pd
 
     from ..io.tables import write_table
+    from ..slide_head import table_name
 
     if folder.exists() and not folder.is_dir():
         raise PathvizError(f"{folder}: exists and is not a folder; -o is a folder for a cohort")
@@ -76,7 +77,7 @@ def _cohort(args, model, files: list[str], folder: Path) -> int:
     records = []
     with progress_bar("slides", f"the head on {len(files)} slides") as progress:
         for done, path in enumerate(files, 1):
-            out = folder / f"{Path(path).name.split('.')[0]}.parquet"
+            out = folder / table_name(path)
             try:
                 result = _one_slide(args, model, path, out, print_paths=False)
             except PathvizError as exc:
