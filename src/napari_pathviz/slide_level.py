@@ -354,12 +354,13 @@ def slide_prediction_path(out: str | os.PathLike) -> Path:
 
 
 def write_slide_prediction(path, prediction: SlidePrediction, slide_id: str, model: str) -> Path:
-    """The slide prediction as a small JSON file (written to a temporary name, then renamed)."""
+    """The slide prediction as a small JSON file, written atomically."""
+    from .io.atomic import atomic_file
+
     path = Path(path)
     record = {"slide": slide_id, "model": model, **prediction.summary()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 

@@ -102,6 +102,7 @@ def _explain(args, model, slide, table, prediction, path: Path) -> None:
     import numpy as np
 
     from ..inference import read_patch_batch, resolve_device
+    from ..io.atomic import atomic_file
     from ..slide_level import explain_bag
 
     df = table.df.reset_index(drop=True)
@@ -118,20 +119,19 @@ def _explain(args, model, slide, table, prediction, path: Path) -> None:
             progress=progress,
         )
     rows = result.patch_index
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(
-        tmp,
-        maps=result.maps.astype(np.float32),
-        x=df["x"].to_numpy()[rows],
-        y=df["y"].to_numpy()[rows],
-        patch_size=df["patch_size"].to_numpy()[rows],
-        attention=prediction.attention[rows],
-        completeness_error=result.completeness_error,
-        output_delta=result.output_delta,
-        class_name=np.array(result.metadata["class_name"]),
-        slide_logit=np.array(result.metadata["slide_logit"]),
-    )
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        np.savez_compressed(
+            tmp,
+            maps=result.maps.astype(np.float32),
+            x=df["x"].to_numpy()[rows],
+            y=df["y"].to_numpy()[rows],
+            patch_size=df["patch_size"].to_numpy()[rows],
+            attention=prediction.attention[rows],
+            completeness_error=result.completeness_error,
+            output_delta=result.output_delta,
+            class_name=np.array(result.metadata["class_name"]),
+            slide_logit=np.array(result.metadata["slide_logit"]),
+        )
     print(path)
     worst = float(np.max(result.completeness_error))
     print(
