@@ -129,6 +129,7 @@ def test_a_folder_of_slides_gives_a_table_and_a_prediction_per_slide(encoded, tm
     "case, expected",
     [
         ("width", "features of size 5, but the head"),
+        ("nan", "demo.h5: row 3: a feature is NaN or infinite"),
         ("not_two_stage", "is not a two-stage model card"),
         ("explain", "--explain-top: pixels need the encoder"),
         ("outside", "lies outside the slide"),
@@ -143,6 +144,9 @@ def test_bad_input_is_one_line(encoded, tmp_path, capsys, case, expected):
         with h5py.File(h5, "r+") as f:
             del f["features"]
             f.create_dataset("features", data=np.zeros((len(reference), 5), np.float32))
+    elif case == "nan":
+        with h5py.File(h5, "r+") as f:
+            f["features"][3, 1] = np.nan
     elif case == "not_two_stage":
         from napari_pathviz._demo_model import build_demo_model
 
