@@ -24,12 +24,40 @@ DEMO_PATCH_SIZE = 64
 ANNOTATIONS = ("background", "dab_negative", "dab_positive")
 
 
+# The file that marks a folder as the demo's own: the demo writes (and replaces) files only in a
+# folder that is empty or holds this marker, so a user's patches.parquet is never overwritten.
+DEMO_MARKER = ".pathviz-demo"
+
+
 def demo_dir() -> Path:
-    """Where the demo files are cached: $PATHVIZ_DEMO_DIR or ~/.cache/napari-pathviz/demo-vN."""
+    """Where the demo files are cached: $PATHVIZ_DEMO_DIR, else demo-vN under the cache root
+    ($PATHVIZ_CACHE_DIR, else ~/.cache/napari-pathviz)."""
+    from .store import cache_root
+
     base = os.environ.get("PATHVIZ_DEMO_DIR")
     if base:
         return Path(base)
-    return Path.home() / ".cache" / "napari-pathviz" / f"demo-v{DEMO_VERSION}"
+    return cache_root() / f"demo-v{DEMO_VERSION}"
+
+
+def claim_demo_dir(directory: Path, owned: bool = False) -> None:
+    """Makes ``directory`` the demo's own (creating it and its marker), or refuses in one line
+    when it holds anything the demo did not make. ``owned``: the default cache folder, which is
+    the plugin's even without a marker (caches built before the marker existed)."""
+    from .errors import PathvizError
+
+    if directory.exists() and not directory.is_dir():
+        raise PathvizError(f"demo data folder {directory} is a file, not a folder")
+    marker = directory / DEMO_MARKER
+    if marker.is_file():
+        return
+    if not owned and directory.is_dir() and any(directory.iterdir()):
+        raise PathvizError(
+            f"demo data folder {directory} holds files the demo did not make (no {DEMO_MARKER} "
+            "marker); give an empty or new folder"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text("napari-pathviz demo data; the demo may replace any file in this folder\n")
 
 
 def demo_image() -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +106,9 @@ def ensure_demo_data(directory: str | os.PathLike | None = None, step=None) -> d
     from .io.tables import write_table
     from .io.zarr_io import write_ome_zarr
 
+    owned = not directory and not os.environ.get("PATHVIZ_DEMO_DIR")
     directory = Path(directory) if directory else demo_dir()
+    claim_demo_dir(directory, owned=owned)
     paths = {
         "slide": directory / f"{DEMO_SLIDE_ID}.ome.zarr",
         "patches": directory / "patches.parquet",
@@ -139,7 +169,9 @@ def load_demo(directory: str | os.PathLike | None = None, with_predictions: bool
 def demo_embeddings_path(directory: str | os.PathLike | None = None, step=None) -> Path:
     """The demo's embeddings as a Parquet table (key columns + feat_0..feat_63), written once
     from the demo model's penultimate layer: the format ``pathviz extract`` writes."""
+    owned = not directory and not os.environ.get("PATHVIZ_DEMO_DIR")
     directory = Path(directory) if directory else demo_dir()
+    claim_demo_dir(directory, owned=owned)
     path = directory / "embeddings.parquet"
     if path.exists():
         return path

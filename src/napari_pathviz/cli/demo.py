@@ -23,7 +23,11 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--screenshot", metavar="PNG", help="open napari, save a screenshot of the window and exit"
     )
-    p.add_argument("--data-dir", help="where the demo data are built (default: user cache)")
+    p.add_argument(
+        "--data-dir",
+        help="where the demo data are built: a new or empty folder, or one the demo made "
+        "(default: demo-vN in the cache folder)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -65,8 +69,11 @@ def display_problem() -> str | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .._demo import load_demo
+    from .._demo import claim_demo_dir, load_demo
     from ._common import step
+
+    if args.data_dir:  # before any window opens: a folder of the user's own is refused
+        claim_demo_dir(Path(args.data_dir))
 
     problem = None if args.headless else display_problem()
     if args.screenshot and problem:
