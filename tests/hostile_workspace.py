@@ -200,6 +200,10 @@ def _field_files(root: Path) -> dict[str, Path]:
     with h5py.File(out["h5_outside"], "w") as f:  # the demo slide's patches, one far outside
         dset = f.create_dataset("coords", data=coords + np.array([[0, 0], [0, 0], [10**6, 0]]))
         dset.attrs.update({"patch_size": 64, "patch_level": 0, "name": "demo_ihc"})
+    out["h5_hollow"] = d / "h5_hollow.h5"  # a few KB declaring 400 GB of features, none stored
+    with h5py.File(out["h5_hollow"], "w") as f:
+        f.create_dataset("features", shape=(10**8, 1024), chunks=(1024, 64), dtype="f4")
+        f.create_dataset("coords", shape=(10**8, 2), chunks=(4096, 2), dtype="i8")
     out["oblong"] = d / "oblong.csv"
     out["oblong"].write_text("minx,miny,width,height,prob_Tumor\n0,0,64,64,0.5\n64,0,64,32,0.5\n")
     out["geo_feature"] = d / "geo_feature.geojson"

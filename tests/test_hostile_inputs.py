@@ -349,6 +349,8 @@ CASES = [
     ("h5-without-coords", "plot-embeddings -i {h5_nocoords} -o {tmp}/u.html", "h5_nocoords.h5"),
     ("h5-rows-differ", "plot-embeddings -i {h5_mismatch} -o {tmp}/u.html", "h5_mismatch.h5"),
     ("h5-patch-outside", RENDER + " --patches {h5_outside}", "h5_outside.h5"),
+    ("h5-declares-terabytes", "plot-embeddings -i {h5_hollow} -o {tmp}/u.html", "h5_hollow.h5"),
+    ("h5-patches-declare-terabytes", RENDER + " --patches {h5_hollow}", "h5_hollow.h5"),
     ("wsinfer-oblong-patch", RENDER + " --patches {oblong}", "oblong.csv"),
     ("annotate-not-collection", ANNOTATE, "geo_feature.geojson"),
     ("annotate-coverage-zero", ANNOTATE + " --min-coverage 0", "--min-coverage"),

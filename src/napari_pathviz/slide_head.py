@@ -105,13 +105,20 @@ def predict_features(
     return HeadResult(pd.concat(parts, axis=1), prediction, str(keys["ID"].iloc[0]))
 
 
-def read_slide_features(path: str | os.PathLike, keys: str | os.PathLike | None = None):
+def read_slide_features(path: str | os.PathLike, keys: str | os.PathLike | None = None, model=None):
     """(rows, features) of one slide's feature file: a CLAM/TRIDENT ``.h5``; a ``.pt`` tensor,
     whose rows are the coords of the ``.h5`` beside it of the same name (or ``keys``); an
-    embeddings table or array (:func:`napari_pathviz.io.embeddings.read_embeddings`)."""
+    embeddings table or array (:func:`napari_pathviz.io.embeddings.read_embeddings`). With
+    ``model`` (a TwoStageModel), an ``.h5``'s width is checked against the head's from the
+    file's header, before its features are read (in blocks, NaN refused block by block)."""
     from .io.embeddings import read_embeddings
 
     path = str(path)
+    if model is not None and path.lower().endswith((".h5", ".hdf5")):
+        from .io.clam_h5 import read_h5_features
+
+        consumer = f"the head of {model.source}"
+        return read_h5_features(path, model.feature_dim, consumer=consumer, finite=True)
     if keys is None and path.lower().endswith(".pt"):
         beside = [os.path.splitext(path)[0] + s for s in (".h5", ".hdf5")]
         beside += [

@@ -49,7 +49,7 @@ def _one_slide(args, model, path: str, out: Path, print_paths: bool = True):
 
         slide = open_slide(args.slide[0], args.layout)
         slide_shape = (slide.height, slide.width)
-    rows, features = read_slide_features(path, keys=args.keys)
+    rows, features = read_slide_features(path, keys=args.keys, model=model)
     if args.slide_id:
         rows = rows.assign(ID=str(args.slide_id))  # one file: --slide-id names its slide
     result = predict_features(

@@ -47,9 +47,19 @@ def read_coords_table(path: str | os.PathLike) -> pd.DataFrame:
     return _coords_frame(coords, attrs, path)
 
 
-def read_h5_features(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
+def read_h5_features(
+    path: str | os.PathLike,
+    feature_dim: int | None = None,
+    *,
+    consumer: str = "the model",
+    finite: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The rows (keys as in :func:`read_coords_table`) and the (N, D) float32 ``features`` of a
-    CLAM/TRIDENT feature ``.h5``; the row counts of both datasets must agree."""
+    CLAM/TRIDENT feature ``.h5``; the row counts of both datasets must agree.
+
+    Shapes, types and sizes are checked from the file's header before any data are read (a
+    small file may declare terabytes); ``feature_dim``, when given, is the width ``consumer``
+    takes. The features are then read in blocks, each checked for NaN/inf when ``finite``."""
     path = str(path)
     with _open(path) as f:
         if "features" not in f:
@@ -57,13 +67,20 @@ def read_h5_features(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]
                 f"{path}: no 'features' dataset (datasets: {_names(f)}); a patch file holds "
                 "coordinates only: pass it as the patch table (--patches) instead"
             )
+        dataset = f["features"]
+        n, width = _matrix_header(dataset, "features", path)
+        if feature_dim is not None and width != feature_dim:
+            raise PathvizError(
+                f"{path}: features of size {width}, but {consumer} takes {feature_dim}"
+            )
+        n_coords = _matrix_header(f["coords"], "coords", path)[0] if "coords" in f else None
+        if n_coords is not None and n != n_coords:
+            raise PathvizError(
+                f"{path}: 'features' has {n} rows but 'coords' has {n_coords}; "
+                "they must describe the same patches"
+            )
         coords, attrs = _coords(f, path)
-        features = _feature_matrix(f["features"], path)
-    if len(features) != len(coords):
-        raise PathvizError(
-            f"{path}: 'features' has {len(features)} rows but 'coords' has {len(coords)}; "
-            "they must describe the same patches"
-        )
+        features = _read_features(dataset, n, width, path, finite)
     return _coords_frame(coords, attrs, path), features
 
 
@@ -138,15 +155,14 @@ def _coords(f, path: str) -> tuple[np.ndarray, dict]:
             "patch or feature file"
         )
     dataset = f["coords"]
-    coords = np.asarray(dataset[()])
-    if coords.ndim == 3 and coords.shape[0] == 1:
-        coords = coords[0]  # a batch of one slide
-    if coords.ndim != 2 or coords.shape[1] != 2:
+    _, width = _matrix_header(dataset, "coords", path)
+    if width != 2:
         raise PathvizError(
-            f"{path}: 'coords' must be (patches x 2) level-0 x, y, found shape {coords.shape}"
+            f"{path}: 'coords' must be (patches x 2) level-0 x, y, found shape {dataset.shape}"
         )
-    if not np.issubdtype(coords.dtype, np.number):
-        raise PathvizError(f"{path}: 'coords' holds {coords.dtype}, not numbers")
+    coords = np.asarray(dataset[()])
+    if coords.ndim == 3:
+        coords = coords[0]  # a batch of one slide
     attrs = {k: _plain(v) for k, v in dataset.attrs.items()}
     return coords, attrs
 
@@ -220,8 +236,8 @@ def _positive_whole(value, name: str, path: str) -> int:
     return int(number)
 
 
-def _feature_matrix(data, path: str) -> np.ndarray:
-    array = np.asarray(data[()] if hasattr(data, "attrs") else data)
+def _feature_matrix(array: np.ndarray, path: str) -> np.ndarray:
+    """A feature tensor already in memory (a ``.pt``) as an (N, D) float32 matrix."""
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]  # (1, N, D): a bag of one slide
     if array.ndim != 2:
@@ -231,3 +247,86 @@ def _feature_matrix(data, path: str) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.number):
         raise PathvizError(f"{path}: features hold {array.dtype}, not numbers")
     return array.astype(np.float32, copy=False)
+
+
+_BLOCK_BYTES = 32 << 20  # features are read this much at a time, never the whole dataset at once
+
+
+def _matrix_header(dataset, name: str, path: str) -> tuple[int, int]:
+    """(rows, columns) of a 2-D numeric dataset (or a (1, N, D) bag), from the header alone:
+    refused when it is not one, when its data would not fit in memory, or when the file does
+    not hold the data it declares (a damaged or truncated file)."""
+    import h5py
+
+    shape, dtype = dataset.shape, dataset.dtype
+    if shape is None or not isinstance(dataset, h5py.Dataset):
+        raise PathvizError(f"{path}: '{name}' is not an array")
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise PathvizError(
+            f"{path}: '{name}' must be a 2-D (patches x values) array, found shape {dataset.shape}"
+        )
+    if dtype.kind not in "biuf":
+        raise PathvizError(f"{path}: '{name}' holds {dtype}, not numbers")
+    need = int(np.prod(shape, dtype=np.float64) * max(dtype.itemsize, 4))
+    memory = _physical_memory()
+    if memory and need > memory:
+        raise PathvizError(
+            f"{path}: '{name}' declares {shape[0]} x {shape[1]} values ({need / 2**30:.1f} GiB), "
+            f"more than this machine's memory ({memory / 2**30:.1f} GiB)"
+        )
+    _check_stored(dataset, name, path)
+    return int(shape[0]), int(shape[1])
+
+
+def _check_stored(dataset, name: str, path: str) -> None:
+    """Refuses a dataset whose data the file does not hold: HDF5 hands back fill values for
+    chunks never written, so a 4 KB file can declare any size."""
+    if dataset.size == 0:
+        return
+    if dataset.chunks is not None:
+        expected = int(
+            np.prod([-(-n // c) for n, c in zip(dataset.shape, dataset.chunks, strict=True)])
+        )
+        stored = dataset.id.get_num_chunks()
+        if stored < expected:
+            raise PathvizError(
+                f"{path}: '{name}' declares shape {dataset.shape} but stores only {stored} of its "
+                f"{expected} chunks (a damaged or truncated file)"
+            )
+    elif dataset.id.get_storage_size() == 0:
+        raise PathvizError(
+            f"{path}: '{name}' declares shape {dataset.shape} but stores no data (a damaged or "
+            "truncated file)"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no limit known
+        return None
+
+
+def _read_features(dataset, n: int, width: int, path: str, finite: bool) -> np.ndarray:
+    """The (n, width) features as float32, read a block of rows at a time (a float64 file is
+    never held whole beside its float32 copy); with ``finite``, the first row holding NaN/inf
+    is refused as soon as its block is read."""
+    bag = len(dataset.shape) == 3
+    step = max(1, _BLOCK_BYTES // max(1, width * dataset.dtype.itemsize))
+    if dataset.chunks is not None:  # whole chunks per read
+        rows_per_chunk = dataset.chunks[1 if bag else 0]
+        step = max(rows_per_chunk, step // rows_per_chunk * rows_per_chunk)
+    out = np.empty((n, width), np.float32)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        block = dataset[0, start:stop] if bag else dataset[start:stop]
+        out[start:stop] = block
+        if finite:
+            bad = np.flatnonzero(~np.isfinite(out[start:stop]).all(axis=1))
+            if bad.size:
+                raise PathvizError(
+                    f"{path}: row {start + int(bad[0])}: a feature is NaN or infinite"
+                )
+    return out
