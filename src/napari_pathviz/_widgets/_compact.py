@@ -1,9 +1,11 @@
 """Pieces that keep the dock widgets small enough for a 1440 x 900 screen: collapsed
-"Advanced" sections, button rows, and file pickers for path fields."""
+"Advanced" sections, button rows, file pickers for path fields, and status lines that wrap."""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, FileEdit
+import html
+
+from magicgui.widgets import Container, FileEdit, Label
 
 # Dock widgets share the right-hand column; this keeps it to about a quarter of a laptop
 # screen, so the slide canvas keeps at least half the window.
@@ -41,6 +43,43 @@ def collapsed_section(
     section.layout().setContentsMargins(0, 0, 0, 0)
     section.collapse(animate=False)
     return section, inner
+
+
+class StatusLabel(Label):
+    """A widget's status line that never cuts its text: it wraps at spaces within the dock's
+    width, and its tooltip holds the whole text (a long path has no space to wrap at). The
+    text can be selected and copied."""
+
+    def __init__(self, value: str = ""):
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QSizePolicy
+
+        super().__init__(value=value)
+        native = self.native
+        native.setWordWrap(True)
+        native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # magicgui's Label is Fixed (as wide as its text): that widened or cut the dock. Take
+        # the width the dock gives, and the height the wrapped text needs.
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        policy.setHeightForWidth(True)
+        native.setSizePolicy(policy)
+        native.setMinimumWidth(40)
+
+    @property
+    def value(self) -> str:
+        return Label.value.fget(self)
+
+    @value.setter
+    def value(self, text: str) -> None:
+        Label.value.fset(self, text)
+        text = str(text)
+        # Rich text, so that Qt wraps a long tooltip instead of drawing one screen-wide line.
+        self.native.setToolTip(f"<p>{html.escape(text)}</p>" if text else "")
+
+
+def status_label() -> StatusLabel:
+    """The status line every PathViz widget shows its messages in (see StatusLabel)."""
+    return StatusLabel()
 
 
 def add_section(container: Container, section) -> None:

@@ -6,10 +6,10 @@ hold it; the work is in ``_qupath_layers``, shared with nothing GUI-specific."""
 from __future__ import annotations
 
 import napari
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton
 
 from ..errors import PathvizError
-from ._compact import path_field, path_text, row
+from ._compact import path_field, path_text, row, status_label
 from ._notify import report_error
 
 
@@ -28,7 +28,7 @@ class QuPathWidget(Container):
         )
         self.export_button = PushButton(text="Export selection")
         self.label_button = PushButton(text="Label patches")
-        self.status = Label(value="")
+        self.status = status_label()
         super().__init__(
             widgets=[
                 self.patches,

@@ -194,6 +194,7 @@ class TopAttendedExplainer:
     def _done(self, outcome, layer, slide_layer) -> list:
         """The maps as attribution layers on their patches; completeness in the status."""
         from ._attribution_layers import show_attributions
+        from ._notify import notify_warnings
 
         result, summary = outcome
         self.last_result = result  # rows = the patches layer's rows (patch_index)
@@ -209,6 +210,8 @@ class TopAttendedExplainer:
             patch_rows=rows,
         )
         self.owner.status.value = self.status_line(result, summary)
+        # Incomplete maps: in the status line and as a notification, never silent.
+        notify_warnings([result.completeness_warning()])
         self.owner.progress.value = 100
         return layers
 

@@ -16,7 +16,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -41,11 +40,12 @@ from ._compact import (
     path_text,
     row,
     special_value_text,
+    status_label,
 )
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
-from ._notify import report_error
+from ._notify import report_error, report_warnings
 from ._patches_in_use import follow, patches_combo, patches_in_use
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class AttributionWidget(Container):
         self.run_button = PushButton(text="Explain")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.status = Label(value="")
+        self.status = status_label()
         self.gallery_path = path_field("Gallery PNG", mode="w", filter="*.png")
         self.gallery_button = PushButton(text="Export gallery")
         self.show_gallery_button = PushButton(text="Show gallery")
@@ -355,12 +355,11 @@ class AttributionWidget(Container):
         message = f"{result.method}: {len(rows)} patches"
         if result.completeness_error is not None:
             message += f", completeness error median {np.median(result.completeness_error):.3f}"
-        incomplete = result.completeness_warning()
-        if incomplete:
-            message += f"; WARNING: {incomplete}"
-        if warning:
-            message += f" ({warning})"
-        self.status.value = message
+        unnormalised, note = warning
+        if note:
+            message += f" ({note})"
+        # Each warning (incomplete maps, no normalisation known) is a napari notification too.
+        report_warnings(self.status, message, [result.completeness_warning(), unnormalised])
         self.progress.value = 100
 
     def _show(self, result, keys, slide_layer, patch_rows=None) -> None:
@@ -443,9 +442,9 @@ class _AttributionJob:
 
         spec = load_model(**self.model_args)
         device = resolve_device(self.device)
-        warning = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
-        unknown = spec.normalisation_warning()  # maps of unnormalised inputs explain nonsense
-        warning = "; ".join(w for w in (warning, unknown and f"WARNING: {unknown}") if w)
+        note = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
+        # Maps of unnormalised inputs explain nonsense: said, never silent.
+        warning = (spec.normalisation_warning(), note)
         model = spec.model.to(device).eval()
         images = read_patch_batch(self.slide, self.features.iloc[self.rows])
         inputs = spec.preprocess(images, device)

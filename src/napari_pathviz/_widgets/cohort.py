@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..errors import Cancelled, PathvizError
 from ._cohort_slides import LAYOUTS, CohortSlides
 from ._cohort_table import SlideCountTable, as_categories, category_colours, legend_html, plain
-from ._compact import DOCK_WIDTH, collapsed_section, path_field, path_text, row
+from ._compact import DOCK_WIDTH, collapsed_section, path_field, path_text, row, status_label
 from ._jobs import JobRunner
 from ._notify import report_error
 from .scatter import MODES, ScatterCanvas
@@ -72,7 +72,7 @@ class CohortWidget(QWidget):
         self.load_button = PushButton(text="Load cohort")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.status = Label(value="")
+        self.status = status_label()
         self.color_by = ComboBox(label="Colour by", choices=self._colour_choices)
         self.legend = Label(value="")
         self.filter_column = ComboBox(

@@ -20,7 +20,7 @@ from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
 from .._sample_data import META_EMBEDDINGS  # the embeddings file of a layer's patches
 from ..errors import Cancelled, PathvizError
 from ..render import column_colors
-from ._compact import DOCK_WIDTH, path_text, row
+from ._compact import DOCK_WIDTH, path_text, row, status_label
 from ._embedding_files import MOSAIC_LAYER, EmbeddingFiles
 from ._jobs import JobRunner
 from ._notify import report_error
@@ -62,7 +62,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.run_button = PushButton(text="Run UMAP")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.status = Label(value="")
+        self.status = status_label()
         self._jobs = JobRunner(
             self.run_button, self.cancel_button, self._show_progress, self._report
         )

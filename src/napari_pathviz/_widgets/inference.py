@@ -11,7 +11,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -20,11 +19,11 @@ from magicgui.widgets import (
 from .._layers import META_SLIDE
 from ..errors import PathvizError
 from ..patches import KEY_COLUMNS
-from ._compact import add_section, collapsed_section, narrow, row
+from ._compact import add_section, collapsed_section, narrow, row, status_label
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
-from ._notify import report_error
+from ._notify import report_error, report_warnings
 from ._patches_in_use import follow, patches_combo, patches_in_use
 from ._slide_level import TopAttendedExplainer
 
@@ -51,7 +50,7 @@ class InferenceWidget(Container):
         self.run_button = PushButton(text="Run model")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.status = Label(value="")
+        self.status = status_label()
         self._jobs = JobRunner(
             self.run_button, self.cancel_button, self._show_progress, self._report
         )
@@ -164,12 +163,10 @@ class InferenceWidget(Container):
             report_error(self.status, err)
             return
         layer.features = features
-        self.status.value = f"predictions for {found} patches"
-        if result.attrs.get("warning"):  # no normalisation known: said, not silent
-            from napari.utils.notifications import show_warning
-
-            show_warning(result.attrs["warning"])
-            self.status.value += f"; WARNING: {result.attrs['warning']}"
+        # No normalisation known: said in the status and as a notification, not silent.
+        report_warnings(
+            self.status, f"predictions for {found} patches", [result.attrs.get("warning")]
+        )
         self.progress.value = 100
         self.heatmap_column.reset_choices()
         column = default_heatmap_column(

@@ -14,7 +14,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -37,6 +36,7 @@ from ._compact import (
     path_text,
     row,
     special_value_text,
+    status_label,
 )
 from ._lookup import layer_with
 from ._notify import report_error
@@ -91,7 +91,7 @@ class SlideLoaderWidget(Container):
 
         self.patches_layer_choice = patches_combo(self.in_use, self._refresh_colors)
         self.color_by = ComboBox(label="Colour by", choices=self._color_choices)
-        self.status = Label(value="")
+        self.status = status_label()
 
     def _lay_out(self) -> None:
         """Essential controls first; layout, scale, patch size and grid options in Advanced."""
