@@ -50,6 +50,7 @@ def _tables(root: Path, table: pd.DataFrame) -> dict[str, Path]:
     csv("outside", far)
     csv("other_slide", table.assign(ID="another_slide"))
     csv("header_only", table.iloc[:0])
+    csv("one_row", table.iloc[:1])
     csv("predictions", table.assign(prob_tumour=np.linspace(0, 1, len(table))))
     csv("mixed_sizes", table.assign(patch_size=np.where(np.arange(len(table)) % 2, 64, 32)))
     out["garbage_parquet"] = t / "garbage.parquet"
@@ -204,12 +205,35 @@ def _field_files(root: Path) -> dict[str, Path]:
     with h5py.File(out["h5_hollow"], "w") as f:
         f.create_dataset("features", shape=(10**8, 1024), chunks=(1024, 64), dtype="f4")
         f.create_dataset("coords", shape=(10**8, 2), chunks=(4096, 2), dtype="i8")
+    out.update(_damaged_stores(d))
     out["oblong"] = d / "oblong.csv"
     out["oblong"].write_text("minx,miny,width,height,prob_Tumor\n0,0,64,64,0.5\n64,0,64,32,0.5\n")
     out["geo_feature"] = d / "geo_feature.geojson"
     square = [[[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]]]
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}}
     out["geo_feature"].write_text(json.dumps(feature))
+    return out
+
+
+def _damaged_stores(d: Path) -> dict[str, Path]:
+    """Results stores as a crash or another program leaves them: ``done/zarr.json`` cut short,
+    and an array of pickled objects (zarr v2, which would unpickle it on reading)."""
+    import json
+
+    import zarr
+
+    out = {"damaged_store": d / "damaged_store.zarr", "pickled_store": d / "pickled_store.zarr"}
+    for path in out.values():
+        root = zarr.open_group(str(path), mode="w", attributes={"job": "0" * 32, "ready": True})
+        root.create_array("done", shape=(2,), chunks=(2,), dtype="bool", fill_value=False)
+        root["done"][0] = True
+    done = out["damaged_store"] / "done" / "zarr.json"
+    done.write_text(done.read_text()[:40])
+    shutil.rmtree(out["pickled_store"] / "done")
+    (out["pickled_store"] / "done").mkdir()
+    zarray = {"zarr_format": 2, "shape": [2], "chunks": [2], "dtype": "|O", "order": "C",
+              "compressor": None, "fill_value": None, "filters": [{"id": "pickle"}]}  # fmt: skip
+    (out["pickled_store"] / "done" / ".zarray").write_text(json.dumps(zarray))
     return out
 
 

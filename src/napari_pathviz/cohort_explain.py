@@ -207,7 +207,14 @@ def _model_inputs(spec, slide, df, chosen, settings: ExplainSettings):
     background = None
     if settings.method in ("gradient", "deep"):
         rng = np.random.default_rng(settings.seed)
-        picks = random_reference_rows(len(df), chosen, settings.background_size, rng)
+        picks = random_reference_rows(
+            len(df),
+            chosen,
+            settings.background_size,
+            rng,
+            source=f"slide {slide.path}",
+            remedy="explain fewer patches (--top) or give the slide more rows",
+        )
         references = read_patch_batch(slide, df.iloc[picks])
         check_same_size(references, images)
         background = spec.preprocess(references, device)

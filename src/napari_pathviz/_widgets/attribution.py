@@ -42,9 +42,11 @@ from ._compact import (
     special_value_text,
     status_label,
 )
+from ._dock_layout import join_pathviz_tabs
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
+from ._model_in_use import model_in_use
 from ._notify import report_error, report_warnings
 from ._patches_in_use import follow, patches_combo, patches_in_use
 
@@ -55,8 +57,9 @@ if TYPE_CHECKING:
 class AttributionWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        join_pathviz_tabs(self.native)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
-        self.form = ModelForm()
+        self.form = ModelForm(model_in_use(viewer))  # the same model as in Model inference
         self._make_method_fields()
         self._make_run_fields()
         self._lay_out()
@@ -291,7 +294,12 @@ class AttributionWidget(Container):
                 raise PathvizError("Background file: give a patch table or a .npy of images")
             return "file", path
         picks = random_reference_rows(
-            len(features), rows, self.n_background.value, np.random.default_rng(0)
+            len(features),
+            rows,
+            self.n_background.value,
+            np.random.default_rng(0),
+            source="the patches layer",
+            remedy="choose a background file or a kept selection, or explain fewer patches",
         )
         return "rows", np.sort(picks)
 
@@ -330,6 +338,7 @@ class AttributionWidget(Container):
             self._background(layer.features, rows) if method in ("gradient", "deep") else None,
             self.device.value,
             options,
+            load=self.form.shared.load,
         )
         self.status.value = f"explaining {len(rows)} patches…"
         self._jobs.start(job.run, lambda result: self._done(result, layer, slide_layer))
@@ -428,8 +437,20 @@ class _AttributionJob:
     chunk by chunk into a store of the results cache (so a rerun after Cancel resumes)."""
 
     def __init__(
-        self, model_args, slide, features, rows, method, target, output, background, device, options
+        self,
+        model_args,
+        slide,
+        features,
+        rows,
+        method,
+        target,
+        output,
+        background,
+        device,
+        options,
+        load=None,
     ):
+        self.load = load  # the viewer's model in use (loaded once), else load_model
         self.model_args, self.slide, self.features, self.rows = model_args, slide, features, rows
         self.method, self.target, self.output = method, target, output
         self.background, self.device, self.options = background, device, options
@@ -440,7 +461,7 @@ class _AttributionJob:
         from ..inference import read_patch_batch, resolve_device
         from ..models import load_model
 
-        spec = load_model(**self.model_args)
+        spec = self.load(self.model_args) if self.load else load_model(**self.model_args)
         device = resolve_device(self.device)
         note = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
         # Maps of unnormalised inputs explain nonsense: said, never silent.

@@ -7,15 +7,28 @@ import numpy as np
 
 from ..errors import PathvizError
 
+MIN_REFERENCES = 2  # one reference patch is a single baseline, not a background distribution
+
 
 def random_reference_rows(
-    n_rows: int, explained: np.ndarray, count: int, rng: np.random.Generator
+    n_rows: int,
+    explained: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    source: str = "the patch table",
+    remedy: str = "give --background or more rows",
 ) -> np.ndarray:
-    """``count`` rows of a table of ``n_rows`` drawn without replacement, avoiding the
-    explained rows while at least two others are left (PathFlowAI's default background)."""
+    """``count`` rows of a table of ``n_rows`` drawn without replacement, never an explained
+    row (PathFlowAI's default background). Fewer than two other rows is refused: a patch
+    explained against itself gives all-zero maps that look like a finished result."""
     rest = np.setdiff1d(np.arange(n_rows), explained)
-    pool = rest if len(rest) >= 2 else np.arange(n_rows)
-    return rng.choice(pool, size=min(count, len(pool)), replace=False)
+    if len(rest) < MIN_REFERENCES:
+        raise PathvizError(
+            f"too few background patches: {source} has {len(rest)} row(s) besides the "
+            f"{len(np.unique(explained))} explained (at least {MIN_REFERENCES} needed); {remedy}"
+        )
+    return rng.choice(rest, size=min(count, len(rest)), replace=False)
 
 
 def reference_images(path: str, slide, patch_size: int | None = None) -> np.ndarray:

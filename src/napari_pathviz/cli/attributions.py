@@ -240,7 +240,9 @@ def explanation_inputs(args: argparse.Namespace):
         if args.background:
             references = reference_images(args.background, slide, args.patch_size)
         else:
-            picks = random_reference_rows(len(df), chosen, background_size(args), rng)
+            picks = random_reference_rows(
+                len(df), chosen, background_size(args), rng, source=str(args.patches)
+            )
             references = read_patch_batch(slide, df.iloc[picks])
         check_same_size(references, images)
         background = spec.preprocess(references, device)
