@@ -346,10 +346,64 @@ def _open_existing(path: Path, option: str, kind: str):
 
     if not any(name.endswith(("zarr.json", ".zgroup")) for name in os.listdir(path)):
         return None
+    check_store_metadata(path, f"{option} {path}", kind)
     try:
         return zarr.open_group(str(path), mode="a")
     except Exception as exc:
         raise PathvizError(f"{option} {path}: not a store of pathviz {kind} ({exc})") from None
+
+
+# What a pathviz store's arrays hold: flags, indices and numbers. Any other type (an object
+# array needs unpickling to read; zarr has no reader for a foreign type) is refused unread.
+_NUMBER_TYPES = {"bool"} | {f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64)}
+_NUMBER_TYPES |= {"float16", "float32", "float64"}
+
+
+def check_store_metadata(path: Path, where: str, kind: str) -> None:
+    """Reads the metadata of a store's members (and the store's own) as plain JSON before zarr
+    does, refusing in one line naming ``where`` a file that is damaged or an array of a type no
+    pathviz store holds (a pickled object array, a foreign type)."""
+    for meta_path in _metadata_files(path):
+        member = meta_path.relative_to(path)
+        try:
+            meta = json.loads(meta_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+            raise PathvizError(
+                f"{where}: damaged store: {member} is unreadable ({reason}); "
+                "remove the store or choose another"
+            ) from None
+        if not isinstance(meta, dict):
+            raise PathvizError(f"{where}: damaged store: {member} is not a metadata object")
+        dtype = _stored_type(meta, meta_path.name)
+        if dtype is not None and dtype not in _NUMBER_TYPES:
+            raise PathvizError(
+                f"{where}: not a store of pathviz {kind}: {member.parent} holds {dtype!s:.40} "
+                "values (pathviz stores hold numbers only; an object array would need unpickling)"
+            )
+
+
+def _metadata_files(path: Path) -> list[Path]:
+    """zarr v3 and v2 metadata files of the store and its members (two levels: stores are flat)."""
+    names = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+    found = [path / n for n in names if (path / n).is_file()]
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            found += [Path(entry.path) / n for n in names if (Path(entry.path) / n).is_file()]
+    return found
+
+
+def _stored_type(meta: dict, name: str):
+    """An array's element type in zarr v3 names (None for a group or attributes)."""
+    if name == "zarr.json" and meta.get("node_type") == "array":
+        dtype = meta.get("data_type")
+        return dtype if isinstance(dtype, str) else json.dumps(dtype)
+    if name == ".zarray":
+        try:
+            return np.dtype(meta.get("dtype")).name
+        except (TypeError, ValueError):
+            return str(meta.get("dtype"))
+    return None
 
 
 def _unrecorded_store(path: Path) -> bool:

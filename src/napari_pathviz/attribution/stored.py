@@ -153,9 +153,12 @@ def open_attributions(path: str | os.PathLike) -> tuple[AttributionResult, pd.Da
     lazily, and the explained patches' keys (None when the store has none)."""
     import zarr
 
+    from ..store import check_store_metadata
+
     path = Path(path)
     if not path.is_dir():
         raise PathvizError(f"{path}: no attributions store (a folder written by pathviz)")
+    check_store_metadata(path, str(path), "attributions")
     try:
         root = zarr.open_group(str(path), mode="r")
     except Exception as exc:
