@@ -212,6 +212,9 @@ def _field_files(root: Path) -> dict[str, Path]:
     square = [[[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]]]
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}}
     out["geo_feature"].write_text(json.dumps(feature))
+    out["geo_deep"] = d / "geo_deep.geojson"  # coordinates nested 50000 arrays deep
+    deep = "[" * 50_000 + "]" * 50_000
+    out["geo_deep"].write_text('{"type": "FeatureCollection", "features": [' + deep + "]}")
     return out
 
 

@@ -363,6 +363,7 @@ CASES = [
     ("wsinfer-oblong-patch", RENDER + " --patches {oblong}", "oblong.csv"),
     ("annotate-not-collection", ANNOTATE, "geo_feature.geojson"),
     ("annotate-coverage-zero", ANNOTATE + " --min-coverage 0", "--min-coverage"),
+    ("annotate-geojson-nested-deeply", ANNOTATE.replace("geo_feature", "geo_deep"), "geo_deep"),
     (
         "annotate-h5-outside-slide",
         "annotate {h5_outside} --slide {slide} --geojson {geo_feature} -o {tmp}/l.csv",

@@ -109,16 +109,47 @@ def class_color(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
+# GeoJSON nests a MultiPolygon's numbers 8 levels deep; a GeometryCollection adds a few. Deeper
+# files are refused before parsing: Python's JSON parser recurses once per level.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
 def _load_json(path: str):
     if not os.path.exists(path):
         raise PathvizError(f"{path}: no such file or directory")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        depth = json_nesting_depth(raw)
+        if depth > MAX_JSON_DEPTH:
+            raise PathvizError(
+                f"{path}: JSON nested {depth} levels deep (GeoJSON needs fewer than "
+                f"{MAX_JSON_DEPTH}); not a GeoJSON file"
+            )
+        return json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise PathvizError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except RecursionError:  # the depth check counts brackets; this is its backstop
+        raise PathvizError(f"{path}: JSON nested too deeply; not a GeoJSON file") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise PathvizError(f"{path}: cannot read as JSON text ({exc})") from exc
+
+
+def json_nesting_depth(raw: bytes, block: int = 1 << 23) -> int:
+    """The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
+    count), counted without parsing, a block at a time."""
+    bare = _JSON_STRING.sub(b'""', raw)
+    deepest, level = 0, 0
+    for start in range(0, len(bare), block):
+        codes = np.frombuffer(bare, np.uint8, count=min(block, len(bare) - start), offset=start)
+        steps = np.zeros(len(codes), np.int32)
+        steps[(codes == ord("[")) | (codes == ord("{"))] = 1
+        steps[(codes == ord("]")) | (codes == ord("}"))] = -1
+        levels = np.cumsum(steps) + level
+        if len(levels):
+            deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
 
 
 def _feature_list(data, path: str) -> list:
