@@ -124,6 +124,8 @@ CASES = [
     ("embed-pca-zero", EMBED + " --pca 0", "--pca"),
     ("embed-pca-negative", EMBED + " --pca -3", "--pca"),
     ("embed-components-four", EMBED + " --components 4", "--components"),
+    ("embed-random-state-negative", EMBED + " --random-state -1", "--random-state"),
+    ("mosaic-random-state-negative", MOSAIC + " --random-state -1", "--random-state"),
     ("embed-unknown-annotation", EMBED + " --patches {patches} -a nope", "nope"),
     ("embed-unknown-background", EMBED + " --patches {patches} -rb nope", "nope"),
     # a patch table's column, named without --patches: asked for, before the UMAP runs
@@ -341,6 +343,7 @@ CASES = [
     ("shap-unknown-db-size", SHAP.replace("{patches}", "{db}") + " --patch-size 999", "999"),
     ("shap-explain-output-bogus", SHAP + " --explain-output odds", "--explain-output"),
     ("shap-p-bogus", SHAP + " -p odds", "-p"),
+    ("shap-seed-negative", SHAP + " --seed -1", "--seed"),
     # one patch: its only possible background is itself (all-zero maps): refused
     (
         "shap-one-row-table",
@@ -354,6 +357,7 @@ CASES = [
     ("sanity-target-each", SANITY + " --target each", "each"),
     ("sanity-png-output", SANITY.replace("sanity.csv", "sanity.png"), "sanity.png"),
     ("sanity-method-bogus", SANITY + " -mth lime", "--method"),
+    ("sanity-seed-too-big", SANITY + " --seed 4294967296", "--seed"),
     # --- other tools' files: CLAM/TRIDENT HDF5, WSInfer, QuPath GeoJSON ---
     ("h5-without-coords", "plot-embeddings -i {h5_nocoords} -o {tmp}/u.html", "h5_nocoords.h5"),
     ("h5-rows-differ", "plot-embeddings -i {h5_mismatch} -o {tmp}/u.html", "h5_mismatch.h5"),

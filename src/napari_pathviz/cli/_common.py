@@ -14,6 +14,18 @@ from ..io.zarr_io import LAYOUTS
 EXIT_BAD_INPUT = 2
 
 
+def seed_value(text: str) -> int:
+    """argparse type of a random seed: a whole number from 0 to 2**32 - 1, the range numpy's
+    and umap-learn's generators take (a negative seed was a ValueError traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
 def add_slide_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("slide", help="slide file or folder (zarr, OME-Zarr, SVS, TIFF, OME-TIFF, NDPI)")
     p.add_argument(

@@ -14,6 +14,7 @@ from ._common import (
     load_table_for,
     progress_bar,
     recipe_from_args,
+    seed_value,
     step,
 )
 from .cohort_explain import add_cohort_options, cmd_explain_cohort, is_cohort_args
@@ -129,7 +130,7 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
         help="class to explain: predicted (default), each (every class), a class name of "
         "the model card (or --class-names) or an output index",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the random draws")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--per-patch-scale",

@@ -9,7 +9,7 @@ import warnings
 
 from ..errors import PathvizError, PathvizWarning
 from ..io.zarr_io import LAYOUTS
-from ._common import stage_progress, step
+from ._common import seed_value, stage_progress, step
 
 
 def add_parsers(sub) -> None:
@@ -154,7 +154,9 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="PCA before UMAP: auto (to 50 dims above 50), a number, or off",
     )
-    p.add_argument("--random-state", type=int, help="seed (makes umap-learn single-threaded)")
+    p.add_argument(
+        "--random-state", type=seed_value, help="seed (makes umap-learn single-threaded)"
+    )
     p.add_argument(
         "--knn",
         choices=("auto", "nndescent", "torch"),
