@@ -290,6 +290,13 @@ CASES = [
         "extract " + MODEL + " --slide {tmp}/s.svs -o {tmp}/o.parquet",
         "s.svs",
     ),
+    # a tile with byte count 0 reads as black: refused unless --allow-missing-tiles
+    (
+        "extract-missing-tile",
+        "extract " + MODEL + " --slide {zero_tile} -o {tmp}/o.parquet --patch-size 64 "
+        "--min-tissue 0 --device cpu",
+        "--allow-missing-tiles",
+    ),
     (
         "extract-model-raises-later",
         EXTRACT.replace("build_demo_model", "raises_in_a_later_batch").replace(

@@ -56,6 +56,7 @@ class SlideOptions:
     device: str = "auto"
     bf16: bool = False
     embeddings: bool = True
+    allow_missing_tiles: bool = False  # patches on tiles a TIFF lacks: refused, or marked
 
     def check(self) -> None:
         """The one-line errors the single command gives for these options, before any work."""
@@ -80,6 +81,8 @@ class SlideOptions:
         """The options that change a number of a slide's table (the skip check compares them)."""
         numbers = asdict(self)
         del numbers["read_threads"], numbers["device"]
+        if not self.allow_missing_tiles:  # as before the option existed: old tables still match
+            del numbers["allow_missing_tiles"]
         return numbers
 
 

@@ -231,6 +231,7 @@ def run_chunk(
             level=level,
             bf16=options.bf16,
             embeddings=options.embeddings,
+            allow_missing_tiles=options.allow_missing_tiles,
         )
     write_parquet(result, Path(part))
     return len(result), time.perf_counter() - started

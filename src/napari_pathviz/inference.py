@@ -21,6 +21,7 @@ from .errors import Cancelled, PathvizError
 from .models import ModelSpec, check_model
 from .patches import KEY_COLUMNS, PatchTable, raise_on_non_finite
 from .slide import Slide
+from .slide_check import MISSING_TILES_COLUMN
 from .store import array_key, model_digest, open_job_store, slide_digest
 
 
@@ -116,6 +117,7 @@ def extract(
     level: int = 0,
     bf16: bool = False,
     embeddings: bool = True,
+    allow_missing_tiles: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> pd.DataFrame:
@@ -123,6 +125,8 @@ def extract(
     model's class names, from its card or options; ``prob_<i>`` without), ``y_pred`` (the
     predicted class's name; its index without names), ``y_pred_index`` and ``feat_{j}`` (with
     ``embeddings``): :func:`napari_pathviz.classes.prediction_frame`.
+    A patch on a TIFF tile the file does not hold is refused, or with ``allow_missing_tiles``
+    read as blank and marked in a boolean ``missing_tiles`` column (and a warning).
     ``progress(done, total, patches_per_second)``."""
     import torch
 
@@ -134,8 +138,9 @@ def extract(
         raise PathvizError(f"{table.source}: no patches to run the model on")
     table.check_inside(slide.height, slide.width)
     check_one_patch_size(slide, table, level)
-    device = resolve_device(device)
     df = table.df.reset_index(drop=True)
+    on_missing_tiles = _patches_on_missing_tiles(slide, df, level, allow_missing_tiles)
+    device = resolve_device(device)
     first = read_patch_batch(slide, df.iloc[:1], level)
     n_classes = check_model(spec, first.shape[1], device)
     model = spec.model.to(device).eval()
@@ -209,6 +214,8 @@ def extract(
         if embeddings:
             parts.append(pd.DataFrame(root["feats"][:], columns=[f"feat_{j}" for j in range(dim)]))
         result = pd.concat(parts, axis=1)
+        if allow_missing_tiles:
+            result[MISSING_TILES_COLUMN] = on_missing_tiles
         # What the columns are called, for the widget's heatmap and labels (pandas keeps
         # attrs through copies; a file does not, its column names say it).
         names = spec.class_names
@@ -219,6 +226,31 @@ def extract(
             hook.remove()
         if job is not None:
             job.release()  # the store's lock
+
+
+def _patches_on_missing_tiles(slide: Slide, df: pd.DataFrame, level: int, allow: bool):
+    """The rows on tiles missing from a TIFF: refused (before any store exists), or, when
+    allowed, a warning and the mask of the rows to mark."""
+    import warnings
+
+    from .errors import PathvizWarning
+    from .slide_check import ALLOW_MISSING_TILES, patches_on_missing_tiles
+
+    mask, first = patches_on_missing_tiles(slide, df, level)
+    if first is None:
+        return mask
+    if not allow:
+        raise PathvizError(
+            f"{first}; such a tile reads as black. {ALLOW_MISSING_TILES} reads it as blank "
+            f"and marks the rows in a column {MISSING_TILES_COLUMN!r}"
+        )
+    warnings.warn(
+        f"{slide.path}: {int(mask.sum())} of {len(mask)} patches lie on missing tiles, read as "
+        f"blank: marked True in the column {MISSING_TILES_COLUMN!r}",
+        PathvizWarning,
+        stacklevel=3,
+    )
+    return mask
 
 
 def _batch_failure(exc, batch, n_batches, keys, finished, store) -> PathvizError:

@@ -1,4 +1,5 @@
-"""Reads every stored chunk of a slide once, to find missing or corrupt chunks before a long job."""
+"""Finds missing or corrupt chunks before a long job: every stored chunk read once (`check`),
+or, for a patch table, the patches that lie on a TIFF tile the file does not hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from .errors import PathvizError
 from .io.source import CheckedArray
-from .io.tiff_io import decode_every_tile, tile_table_faults
+from .io.tiff_io import decode_every_tile, missing_tiles, tile_table_faults
 from .slide import Slide
 
 
@@ -53,3 +54,39 @@ def check_slide(
             if progress is not None and (done % 64 == 0 or done == total):
                 progress(done, total)
     return done
+
+
+ALLOW_MISSING_TILES = "--allow-missing-tiles"
+MISSING_TILES_COLUMN = "missing_tiles"
+
+
+def patches_on_missing_tiles(slide: Slide, df, level: int = 0) -> tuple[np.ndarray, str | None]:
+    """(a boolean per row of ``df``: the patch, read at ``level``, covers a TIFF tile whose
+    offset or byte count is zero, the first such tile and patch described in one line naming
+    the slide, level and tile, or None). tifffile reads such a tile as black without an error,
+    which silently changes a model's prediction; found from the tile tables, nothing decoded.
+    Levels built from level 0 are checked on level 0; zarr slides refuse missing chunks when
+    they are read (CheckedArray)."""
+    mask = np.zeros(len(df), dtype=bool)
+    if not slide.source.format.startswith("tiff"):
+        return mask, None
+    native = level if level < slide.n_native else 0
+    tiles = missing_tiles(slide.source, native)
+    if not tiles:
+        return mask, None
+    ds = slide.downsamples[native]
+    sides = np.maximum(1, np.round(df["patch_size"].to_numpy(float) / ds))
+    x0, y0 = np.round(df["x"].to_numpy(float) / ds), np.round(df["y"].to_numpy(float) / ds)
+    first = None
+    for what, (ty0, ty1, tx0, tx1) in tiles:
+        hit = (x0 < tx1) & (x0 + sides > tx0) & (y0 < ty1) & (y0 + sides > ty0)
+        if first is None and hit.any():
+            row = int(np.flatnonzero(hit)[0])
+            first = (
+                f"{slide.path}: level {native}: {what}, under {int(hit.sum())} patch(es), the "
+                f"first x={int(df['x'].iat[row])} y={int(df['y'].iat[row])}"
+            )
+        mask |= hit
+    if first is not None and mask.sum() > 0:
+        first += f" ({int(mask.sum())} patches in all lie on missing tiles)"
+    return mask, first

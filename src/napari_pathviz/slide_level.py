@@ -340,6 +340,8 @@ def extract_slide(
     features = encoded[outputs].to_numpy(np.float32)
     prediction = slide_outputs(model, features)
     parts = [encoded[list(KEY_COLUMNS)], prediction.columns()]
+    if "missing_tiles" in encoded.columns:  # --allow-missing-tiles: the rows read as blank
+        parts.append(encoded[["missing_tiles"]])
     if embeddings:
         parts.append(
             pd.DataFrame(features, columns=[f"feat_{j}" for j in range(features.shape[1])])

@@ -36,5 +36,6 @@ def extract_kwargs(args: argparse.Namespace, bar: Callable[[int, int], None]) ->
         "level": args.level,
         "bf16": args.bf16,
         "embeddings": not args.no_embeddings,
+        "allow_missing_tiles": args.allow_missing_tiles,
         "progress": lambda done, total, _rate: bar(done, total),
     }

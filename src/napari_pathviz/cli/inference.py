@@ -62,6 +62,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the GPU")
     p.add_argument("--no-embeddings", action="store_true", help="predictions only")
     p.add_argument(
+        "--allow-missing-tiles",
+        action="store_true",
+        help="run on patches over TIFF tiles the file does not hold (offset or byte count 0), "
+        "read as blank, and mark them True in a column missing_tiles (default: refused)",
+    )
+    p.add_argument(
         "--scheduler",
         help="cohort: address of an existing dask cluster "
         "(default: a LocalCluster on this machine)",
@@ -144,6 +150,7 @@ def extract_cohort(args: argparse.Namespace) -> int:
         device=args.device,
         bf16=args.bf16,
         embeddings=not args.no_embeddings,
+        allow_missing_tiles=args.allow_missing_tiles,
     )
     with progress_bar("slides", f"the model on {len(slides)} slides") as progress:
         summary = run_cohort(

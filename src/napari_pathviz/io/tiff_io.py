@@ -162,6 +162,35 @@ def tile_table_faults(source: PyramidSource) -> list[str]:
     return faults
 
 
+def missing_tiles(source: PyramidSource, level: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The tiles of native ``level`` whose offset or byte count is zero (tifffile reads them
+    as blank, with no error): (description, (y0, y1, x0, x1) in that level's pixels) each.
+    From the tile tables alone, nothing decoded; cached on the source."""
+    cache = source.metadata.setdefault("missing_tiles", {})
+    if level in cache:
+        return cache[level]
+    found = []
+    for page in level_pages(source)[level]:
+        key = page.keyframe
+        if not key.is_tiled:
+            continue
+        across = -(-key.imagewidth // key.tilewidth)
+        down = -(-key.imagelength // key.tilelength)
+        for i, (offset, count) in enumerate(
+            zip(page.dataoffsets, page.databytecounts, strict=True)
+        ):
+            if offset and count:
+                continue
+            row, col = divmod(i % (across * down), across)
+            y0, x0 = row * key.tilelength, col * key.tilewidth
+            what = (
+                f"{tile_position(key, i)} is missing ({'byte count' if not count else 'offset'} 0)"
+            )
+            found.append((what, (y0, y0 + key.tilelength, x0, x0 + key.tilewidth)))
+    cache[level] = found
+    return found
+
+
 def decode_every_tile(source: PyramidSource, progress=None) -> int:
     """Decodes every tile of every level and compares its decoded shape with the shape the
     page's tags promise; raises naming the first bad tile; returns the tiles decoded.
