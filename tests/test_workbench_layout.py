@@ -169,3 +169,99 @@ def test_fields_say_what_none_and_zero_mean_and_paths_have_pickers(make_napari_v
     for name, field in fields.items():
         assert isinstance(field, FileEdit), name
     assert attributions.store_path.mode.value == "d" and explorer.export_path.mode.value == "w"
+
+
+# --- opened from the Plugins menu, in any order ------------------------------------------------
+
+MENU_NAMES = (  # the display names in napari.yaml, as the Plugins menu lists them
+    "Slide & patches",
+    "Embedding explorer",
+    "Model inference",
+    "Attributions",
+    "Cohort explorer",
+    "QuPath annotations",
+)
+ORDERS = {
+    "menu order": MENU_NAMES,
+    "reversed": MENU_NAMES[::-1],
+    "tallest first": (
+        "Cohort explorer",
+        "Attributions",
+        "Slide & patches",
+        "QuPath annotations",
+        "Embedding explorer",
+        "Model inference",
+    ),
+}
+
+
+def _laptop_screen(window):
+    """The part of the screen a 1440 x 900 laptop shows, the window at its top left corner."""
+    from qtpy.QtCore import QRect, QSize
+
+    return QRect(window.frameGeometry().topLeft(), QSize(*SCREEN))
+
+
+def _global_rect(widget):
+    from qtpy.QtCore import QPoint, QRect
+
+    return QRect(widget.mapToGlobal(QPoint(0, 0)), widget.size())
+
+
+def _in_front(dock, window) -> bool:
+    """A shown dock, and the front tab of its tab group (Qt moves the others off the window)."""
+    return dock.isVisible() and window.rect().intersects(dock.geometry())
+
+
+def _assert_fits(viewer, window, docks: dict) -> None:
+    from qtpy.QtWidgets import QPushButton
+
+    frame = window.frameGeometry()
+    assert frame.width() <= SCREEN[0] and frame.height() <= SCREEN[1], frame
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
+    assert canvas.height() >= window.height() / 2, (canvas.height(), window.height())
+    screen = _laptop_screen(window)
+    front = [name for name, (dock, _widget) in docks.items() if _in_front(dock, window)]
+    assert len(front) == 1, front  # one tab group: one PathViz dock in front
+    for name in front:
+        widget = docks[name][1]
+        native = widget.native if hasattr(widget, "native") else widget
+        buttons = _action_buttons(native)
+        assert buttons, name
+        for text, button in buttons.items():
+            shown = button.visibleRegion().boundingRect()
+            # Visible, its whole height (a few px of its width may sit under a scroll bar).
+            assert button.isVisible() and shown.height() == button.height(), (name, text, shown)
+            assert screen.contains(_global_rect(button)), (name, text, _global_rect(button))
+    # napari's own buttons (layer list, viewer buttons) stay on the screen too.
+    pathviz = [docks[name][0] for name in docks]
+    for button in window.findChildren(QPushButton):
+        if button.isVisible() and not any(dock.isAncestorOf(button) for dock in pathviz):
+            assert screen.contains(_global_rect(button)), (button.text(), _global_rect(button))
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(make_napari_viewer, qtbot, order):
+    """Each widget opened as the Plugins menu opens it: the window never grows past 1440 x 900,
+    each new dock joins the PathViz tab group in front, every button of the front tab is on
+    the screen (napari's add_dock_widget stacks them: 1827 px tall for the six)."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*SCREEN)
+    _settle(qtbot)
+    docks: dict = {}
+    for name in ORDERS[order]:
+        docks[name] = viewer.window.add_plugin_dock_widget("napari-pathviz", name)
+        _settle(qtbot, 100)
+        _assert_fits(viewer, window, docks)
+        assert _in_front(docks[name][0], window), name  # the dock just opened is shown
+    groups = {name: set(window.tabifiedDockWidgets(dock)) for name, (dock, _w) in docks.items()}
+    for name in docks:
+        others = {other for other_name, (other, _w) in docks.items() if other_name != name}
+        assert groups[name] == others, name  # all six in one tab group
+    # Each tab in front in turn: every button of every widget can be reached on the screen.
+    for dock, _widget in docks.values():
+        dock.raise_()
+        _settle(qtbot, 50)
+        _assert_fits(viewer, window, docks)

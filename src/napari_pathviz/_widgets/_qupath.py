@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushBu
 
 from ..errors import PathvizError
 from ._compact import path_field, path_text, row, status_label
+from ._dock_layout import join_pathviz_tabs
 from ._notify import report_error
 
 
@@ -41,6 +42,7 @@ class QuPathWidget(Container):
                 self.status,
             ]
         )
+        join_pathviz_tabs(self.native)  # opened beside another PathViz dock: a tab
         self.export_button.changed.connect(self.export_selection)
         self.label_button.changed.connect(self.label_patches)
         viewer.layers.events.inserted.connect(self.reset_choices)

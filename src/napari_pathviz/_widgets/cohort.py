@@ -25,6 +25,7 @@ from ..errors import Cancelled, PathvizError
 from ._cohort_slides import LAYOUTS, CohortSlides
 from ._cohort_table import SlideCountTable, as_categories, category_colours, legend_html, plain
 from ._compact import DOCK_WIDTH, collapsed_section, path_field, path_text, row, status_label
+from ._dock_layout import join_pathviz_tabs
 from ._jobs import JobRunner
 from ._notify import report_error
 from .scatter import MODES, ScatterCanvas
@@ -40,6 +41,7 @@ HIDDEN_COLUMNS = ("x", "y", "patch_size", "linkable")
 class CohortWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
+        join_pathviz_tabs(self)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
         self.frame = None
         self.features = np.zeros((0, 0), np.float32)

@@ -21,6 +21,7 @@ from .._sample_data import META_EMBEDDINGS  # the embeddings file of a layer's p
 from ..errors import Cancelled, PathvizError
 from ..render import column_colors
 from ._compact import DOCK_WIDTH, path_text, row, status_label
+from ._dock_layout import join_pathviz_tabs
 from ._embedding_files import MOSAIC_LAYER, EmbeddingFiles
 from ._jobs import JobRunner
 from ._notify import report_error
@@ -45,6 +46,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
+        join_pathviz_tabs(self)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
         self._syncing = False  # re-entrancy guard between scatter and layer selections
         self._linked_layer = None

@@ -20,6 +20,7 @@ from .._layers import META_SLIDE
 from ..errors import PathvizError
 from ..patches import KEY_COLUMNS
 from ._compact import add_section, collapsed_section, narrow, row, status_label
+from ._dock_layout import join_pathviz_tabs
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
@@ -36,6 +37,7 @@ HEATMAP_SUFFIX = " heatmap"
 class InferenceWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        join_pathviz_tabs(self.native)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
         self.form = ModelForm()
         # The fields by name, as the demo and the tests reach them.

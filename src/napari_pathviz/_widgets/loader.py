@@ -38,6 +38,7 @@ from ._compact import (
     special_value_text,
     status_label,
 )
+from ._dock_layout import join_pathviz_tabs
 from ._lookup import layer_with
 from ._notify import report_error
 from ._patches_in_use import follow, patches_combo, patches_in_use
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 class SlideLoaderWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        join_pathviz_tabs(self.native)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
         self._worker: Any = None
         self.in_use = patches_in_use(viewer)
