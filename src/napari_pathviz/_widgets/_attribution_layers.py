@@ -271,6 +271,7 @@ def _maps_removed(viewer, _event=None) -> None:
     if orphans:
         from qtpy.QtCore import QTimer
 
+    viewer = real_viewer(viewer)  # once per viewer, whatever proxy of it a widget holds
         def remove_orphans() -> None:  # not from inside the layer list's own removal event
             for layer in orphans:
                 if layer in viewer.layers:

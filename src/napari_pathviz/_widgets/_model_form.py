@@ -1,4 +1,5 @@
-"""The model fields shared by the inference and attribution widgets."""
+"""The model fields of the inference and attribution widgets: one form per widget, the same
+values in both (the viewer's model in use, ``_model_in_use``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,27 @@ from magicgui.widgets import CheckBox, LineEdit, SpinBox
 from ..errors import PathvizError
 from ._compact import path_field, path_text, special_value_text
 
+from ._model_in_use import ModelInUse
+from ._patches_in_use import follow
+
+# The fields a form shares with the other forms of its viewer, by attribute name.
+SHARED_FIELDS = (
+    "model_path",
+    "class_names",
+    "trust_model",
+    "factory",
+    "factory_kwargs",
+    "mean",
+    "std",
+    "input_size",
+)
 
 class ModelForm:
-    """Model file, architecture, trust and preprocessing; ``arguments()`` feeds load_model.
-    Blank fields are filled from the model card beside the weights."""
+    """Model file, class names, architecture, trust and preprocessing; ``arguments()`` feeds
+    load_model. Blank fields are filled from the model card beside the weights. Given the
+    viewer's ``ModelInUse``, the form shows and changes the values every form of it shows."""
 
-    def __init__(self):
+    def __init__(self, shared: ModelInUse | None = None):
         self.model_path = path_field(
             "Model",
             tooltip="weights (safetensors or state dict) with a model card beside them "
@@ -51,11 +67,52 @@ class ModelForm:
     @property
     def widgets(self) -> list:
         return [*self.essential, *self.advanced]
+        self.class_names = LineEdit(
+            label="Classes",
+            tooltip="the model's output classes, comma-separated, e.g. background, tumour, "
+            "stroma (blank: the model card's, shown greyed)",
+        )
+        self.model_path.changed.connect(self._show_card_classes)
+        self.shared = shared
+        if shared is not None:
+            self._share(shared)
+
+    # -- one model per viewer --------------------------------------------------------------------
+    def _share(self, shared: ModelInUse) -> None:
+        for name in SHARED_FIELDS:
+            field = getattr(self, name)
+            if name in shared.values:
+                field.value = shared.values[name]
+            field.changed.connect(lambda value, name=name: shared.set_value(name, value))
+        follow(shared.changed, self._show_shared)
+        self._show_card_classes()
+
+    def _show_shared(self, name: str) -> None:
+        """Another form of the viewer changed field ``name``: show its value here too."""
+        field, value = getattr(self, name), self.shared.values[name]
+        if field.value != value:
+            field.value = value
+
+    def _show_card_classes(self, _value=None) -> None:
+        """The card's class names, greyed in the Classes field while it is blank."""
+        from ..model_card import find_card
+
+        names = None
+        path = path_text(self.model_path)
+        if path:
+            try:
+                card = find_card(path)
+            except (PathvizError, OSError):
+                card = None  # said when the model loads
+            if card is not None:
+                names = card.class_names or (card.head or {}).get("class_names")
+        placeholder = f"from the card: {', '.join(names)}" if names else "blank: class 0, 1…"
+        self.class_names.native.setPlaceholderText(placeholder)
 
     @property
     def essential(self) -> list:
-        """What a model with a card needs: the file."""
-        return [self.model_path]
+        """What a model with a card needs: the file; and the classes, as the card names them."""
+        return [self.model_path, self.class_names]
 
     @property
     def advanced(self) -> list:
@@ -95,11 +152,12 @@ class ModelForm:
 
     def prefill_demo(self) -> None:
         """The demo model: its weights; architecture and normalisation come from its card
+            "class_names": _class_names(self.class_names.value),
         (data/demo_model.json), so the other fields stay blank."""
         from importlib import resources
 
         self.model_path.value = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
-        for field in (self.factory, self.factory_kwargs, self.mean, self.std):
+        for field in (self.factory, self.factory_kwargs, self.mean, self.std, self.class_names):
             field.value = ""
         self.input_size.value = 0
 
@@ -108,6 +166,18 @@ def _three_numbers(text: str, name: str):
     text = text.strip()
     if not text:
         return None
+def _class_names(text: str) -> tuple[str, ...] | None:
+    """Comma-separated class names (a name may hold spaces); None when blank."""
+    if not text.strip():
+        return None
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise PathvizError(f"Classes: an empty class name in {text!r} (separate them by commas)")
+    if len(set(names)) != len(names):
+        raise PathvizError(f"Classes: a class is named twice in {text!r}")
+    return names
+
+
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:

@@ -17,19 +17,13 @@ from magicgui.widgets import ComboBox
 from psygnal import Signal
 
 from .._layers import META_COLOR_BY
-
-# By id(viewer), held weakly: the widgets keep their viewer's PatchesInUse alive, and it keeps
-# its viewer only weakly, so closing a viewer frees both (a WeakKeyDictionary would not: its
-# values reach the viewer through the widgets).
-_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+from ._viewer_state import per_viewer, unwrap
 
 
 def patches_in_use(viewer) -> PatchesInUse:
-    """The viewer's one PatchesInUse, made on first use."""
-    shared = _SHARED.get(id(viewer))
-    if shared is None or shared.viewer is not viewer:  # an id may be reused by a new viewer
-        shared = _SHARED[id(viewer)] = PatchesInUse(viewer)
-    return shared
+    """The viewer's one PatchesInUse, made on first use: the same for every widget, whatever
+    proxy of the viewer napari handed it (see ``_viewer_state``)."""
+    return per_viewer(viewer, PatchesInUse)
 
 
 def is_patches_layer(layer) -> bool:
@@ -46,6 +40,7 @@ class PatchesInUse:
     columns_changed = Signal()
 
     def __init__(self, viewer):
+        viewer = unwrap(viewer)  # events then carry real layers, and the list holds them
         self._viewer_ref = weakref.ref(viewer)
         self._layer = None
         # Widgets that hold a selection not yet on the layer (the scatter sets it lazily)
@@ -83,13 +78,17 @@ class PatchesInUse:
 
     def selected_rows(self) -> np.ndarray:
         """Sorted rows of the layer in use that are selected, wherever they were selected."""
+        self.flush_pending()
+        if self._layer is None:
+            return np.zeros(0, np.int64)
+        return np.sort(np.fromiter(self._layer.selected_data, np.int64))
+
+    def flush_pending(self) -> None:
+        """Puts every widget's pending selection on the layer (before anything reads it)."""
         for ref in list(self._pending_selections):
             flush = ref()
             if flush is not None:
                 flush()
-        if self._layer is None:
-            return np.zeros(0, np.int64)
-        return np.sort(np.fromiter(self._layer.selected_data, np.int64))
 
     def add_pending_selection(self, flush: Callable[[], None]) -> None:
         """``flush()`` puts a widget's pending selection on the layer; held weakly when it is a
@@ -102,7 +101,7 @@ class PatchesInUse:
     # -- changing ------------------------------------------------------------------------------
     def set(self, layer_or_name) -> None:
         """Makes a patches layer (or the one of that name) the layer in use, for every widget."""
-        layer = layer_or_name
+        layer = unwrap(layer_or_name)  # a widget's proxy of the layer: compared by ``is`` here
         if isinstance(layer_or_name, str):
             layer = next((ly for ly in self.layers() if ly.name == layer_or_name), None)
         if layer is not None and not is_patches_layer(layer):

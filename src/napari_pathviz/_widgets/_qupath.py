@@ -12,12 +12,16 @@ from ..errors import PathvizError
 from ._compact import path_field, path_text, row, status_label
 from ._dock_layout import join_pathviz_tabs
 from ._notify import report_error
+from ._patches_in_use import patches_combo, patches_in_use
 
 
 class QuPathWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         self.viewer = viewer
-        self.patches = ComboBox(label="Patches", choices=self._points_layers)
+        # The patches layer in use, shared with every PathViz widget of the viewer: its
+        # selection (a lasso in the embedding scatter too) is what Export selection writes.
+        self.in_use = patches_in_use(viewer)
+        self.patches = patches_combo(self.in_use)
         self.annotations = ComboBox(label="Annotations", choices=self._shapes_layers)
         self.object_type = ComboBox(
             label="Export as", choices=["annotation", "tile"], value="annotation"
@@ -48,9 +52,6 @@ class QuPathWidget(Container):
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
 
-    def _points_layers(self, _widget=None) -> list:
-        return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Points)]
-
     def _shapes_layers(self, _widget=None) -> list:
         return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Shapes)]
 
@@ -58,10 +59,11 @@ class QuPathWidget(Container):
         from .._qupath_layers import export_selected_patches
 
         try:
-            layer = self._chosen(self.patches, "a patches layer")
+            layer = self._patches_layer()
             path = path_text(self.out)
             if not path.lower().endswith(".geojson"):
                 raise PathvizError("GeoJSON: choose a .geojson file to write")
+            selected = len(self.in_use.selected_rows())  # a pending lasso reaches the layer
             n = export_selected_patches(
                 layer,
                 path,
@@ -72,12 +74,14 @@ class QuPathWidget(Container):
             report_error(self.status, err)
             return
         self.status.value = f"wrote {n} patches as {self.object_type.value}s to {path}"
+        if not selected:
+            self.status.value += " (none selected: all patches of the layer)"
 
     def label_patches(self) -> None:
         from .._qupath_layers import label_patches_layer
 
         try:
-            points = self._chosen(self.patches, "a patches layer")
+            points = self._patches_layer()
             shapes = self._chosen(self.annotations, "a QuPath annotations layer")
             added = label_patches_layer(points, shapes, min_coverage=self.min_coverage.value)
         except PathvizError as err:
@@ -87,6 +91,11 @@ class QuPathWidget(Container):
 
         recolor_patches_layer(points, added[-1])  # show the labels at once: by qupath_class
         self.status.value = f"{points.name}: added {', '.join(added)}"
+
+    def _patches_layer(self):
+        if self.in_use.layer is None:
+            raise PathvizError("open a patches layer first")
+        return self.in_use.layer
 
     @staticmethod
     def _chosen(combo: ComboBox, what: str):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PathvizError
+from ._viewer_state import real_viewer, same, unwrap
 
 HIGHLIGHT_LAYER = "scatter selection"
 # Where the viewer's canvas cannot be reached, an active layer's selection is set this long
@@ -39,6 +40,7 @@ class SelectionLink:
     _watching_active = False
 
     def _link(self, layer) -> None:
+        layer = unwrap(layer)  # the layer itself, not a widget's proxy of it
         if self._linked_layer is layer:
             return
         if self._linked_layer is not None:
@@ -61,7 +63,7 @@ class SelectionLink:
         layer_rows = self.rows[np.asarray(indices, np.int64)]
         self._draw_highlight_layer(layer, layer_rows)
         self._pending_rows = layer_rows
-        if self._viewer.layers.selection.active is layer:
+        if same(self._viewer.layers.selection.active, layer):
             _after_next_frame(self._viewer, self.flush_selection)
 
     def flush_selection(self) -> None:
@@ -70,8 +72,8 @@ class SelectionLink:
             self._apply_pending_selection()
 
     def _active_layer_changed(self, event=None) -> None:
-        if self._pending_rows is not None and self._viewer.layers.selection.active is (
-            self._linked_layer
+        if self._pending_rows is not None and same(
+            self._viewer.layers.selection.active, self._linked_layer
         ):
             self._apply_pending_selection()
 
@@ -197,7 +199,9 @@ def _after_next_frame(viewer, callback) -> None:
     canvas cannot be reached): the slide shows the highlight before napari's selection work."""
     from qtpy.QtCore import QTimer
 
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    # napari has no public "frame drawn" event; through the real viewer, as napari's proxy
+    # warns on private names. Where it is gone, the timer serves.
+    qt_viewer = getattr(getattr(real_viewer(viewer), "window", None), "_qt_viewer", None)
     scene = getattr(getattr(qt_viewer, "canvas", None), "_scene_canvas", None)
     if scene is None:
         QTimer.singleShot(AFTER_DRAW_MS, callback)

@@ -100,7 +100,8 @@ class UmapForm:
             random_state=None if self.seed.value < 0 else self.seed.value,
         )
 
-    def job(self, path: str, patches) -> UmapJob:
+    def job(self, path, patches) -> UmapJob:
+        """``path``: an embeddings file, or the layer's own RawEmbeddings (layer_embeddings)."""
         return UmapJob(
             path,
             path_text(self.keys_path) or None,
@@ -123,16 +124,32 @@ class UmapJob:
     def run(self, progress, cancelled):
         import warnings
 
-        from ..embedding import load_embeddings, remove_background, umap_embed
+        from ..embedding import join_embeddings, load_embeddings, remove_background, umap_embed
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the report carries them to the GUI
-            es = load_embeddings(
-                self.path, keys=self.keys, trust_pickle=self.trust, patches=self.patches
-            )
+            if isinstance(self.path, str):
+                es = load_embeddings(
+                    self.path, keys=self.keys, trust_pickle=self.trust, patches=self.patches
+                )
+            else:  # the feat_* columns of the patches layer (Model inference's embeddings)
+                es = join_embeddings(self.path, self.patches)
         if self.background:
             es = remove_background(es, self.background, self.max_area)
         coords = umap_embed(
             es.features, self.params, knn=self.knn, progress=progress, cancelled=cancelled
         )
         return es, coords
+
+
+def layer_embeddings(features, name: str):
+    """The embeddings a patches layer carries itself (``feat_*`` columns, as Model inference's
+    "Also embeddings" writes them) as RawEmbeddings, or None when it has none."""
+    from ..io.embeddings import RawEmbeddings, feature_columns
+
+    columns = [c for c in feature_columns(features.columns) if str(c).startswith("feat_")]
+    if not columns:
+        return None
+    rows = features.drop(columns=columns).reset_index(drop=True)
+    matrix = features[columns].to_numpy(dtype="float32")
+    return RawEmbeddings(rows, matrix, f"{name} (its feat_* columns)")

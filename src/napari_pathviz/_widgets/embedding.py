@@ -27,7 +27,7 @@ from ._jobs import JobRunner
 from ._notify import report_error
 from ._patches_in_use import follow, patches_combo, patches_in_use
 from ._selection_link import HIGHLIGHT_LAYER, SelectionLink
-from ._umap_form import UmapForm
+from ._umap_form import UmapForm, layer_embeddings
 from .scatter import MODES, ScatterCanvas
 
 if TYPE_CHECKING:
@@ -236,10 +236,17 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         if not self.run_button.enabled:
             return  # a run is under way: Cancel it first
         path = path_text(self.embeddings_path)
-        if not path:
-            self._report(PathvizError("Embeddings: give an embeddings file first"))
-            return
         layer = self.patches_layer()
+        if not path and layer is not None:  # no file: the layer's own feat_* columns
+            path = layer_embeddings(layer.features, layer.name)
+        if not path:  # neither a file nor feat_* columns
+            self._report(
+                PathvizError(
+                    "Embeddings: give an embeddings file first, or run Model inference with "
+                    "'Also embeddings' to put feat_* columns on the patches layer"
+                )
+            )
+            return
         patches = (
             None
             if layer is None

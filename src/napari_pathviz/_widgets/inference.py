@@ -24,6 +24,7 @@ from ._dock_layout import join_pathviz_tabs
 from ._jobs import JobRunner
 from ._lookup import layer_with
 from ._model_form import ModelForm
+from ._model_in_use import model_in_use
 from ._notify import report_error, report_warnings
 from ._patches_in_use import follow, patches_combo, patches_in_use
 from ._slide_level import TopAttendedExplainer
@@ -39,7 +40,7 @@ class InferenceWidget(Container):
         super().__init__(labels=True)
         join_pathviz_tabs(self.native)  # opened beside another PathViz dock: a tab
         self._viewer = viewer
-        self.form = ModelForm()
+        self.form = ModelForm(model_in_use(viewer))  # the same model as in Attributions
         # The fields by name, as the demo and the tests reach them.
         self.model_path, self.factory = self.form.model_path, self.form.factory
         self.mean, self.std = self.form.mean, self.form.std
@@ -133,6 +134,7 @@ class InferenceWidget(Container):
             self.device.value,
             self.level.value,
             self.embeddings.value,
+            load=self.form.shared.load,
         )
         self.status.value = "running the model…"
         self._jobs.start(job.run, lambda result: self._done(result, layer))
@@ -227,10 +229,11 @@ class InferenceWidget(Container):
 class _InferenceJob:
     """One Run, in a worker thread: load the model there (it may be slow), then extract."""
 
-    def __init__(self, model_args, slide, table, batch_size, device, level, embeddings):
+    def __init__(self, model_args, slide, table, batch_size, device, level, embeddings, load=None):
         self.model_args, self.slide, self.table = model_args, slide, table
         self.batch_size, self.device, self.level = batch_size, device, level
         self.embeddings = embeddings
+        self.load = load  # the viewer's model in use (loaded once), else load_model
 
     def run(self, progress, cancelled):
         from ..inference import extract
@@ -244,7 +247,7 @@ class _InferenceJob:
         )
         if two_stage is not None:  # encoder + slide-level head (a two-stage model card)
             return two_stage
-        spec = load_model(**self.model_args)
+        spec = self.load(self.model_args) if self.load else load_model(**self.model_args)
         result = extract(
             self.slide,
             self.table,
