@@ -203,7 +203,10 @@ def test_bad_inputs_notify(make_napari_viewer, qtbot, tmp_path, notifications):
     widget.embeddings_path.value = str(pickle_path)
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
-    assert any("embeddings.pkl: is a pickle" in m and "--trust-pickle" in m for m in notifications)
+    assert any(
+        "embeddings.pkl: is a pickle" in m and "tick 'Trust this pickle'" in m
+        for m in notifications
+    )
 
     np.save(tmp_path / "flat.npy", np.zeros(10))
     widget.embeddings_path.value = str(tmp_path / "flat.npy")

@@ -206,7 +206,10 @@ def test_widget_bad_input(make_napari_viewer, qtbot, notifications, tmp_path):
     widget.model_path.value = str(_weights_without_card(tmp_path))
     widget.run_button.clicked.emit()  # a state dict without its architecture
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
-    assert any("give its architecture with --factory" in m for m in notifications)
+    assert any(
+        "give its architecture as package.module:function in the Factory field" in m
+        for m in notifications
+    )
     assert "prob_0" not in viewer.layers[-1].features.columns  # nothing half-written
 
 

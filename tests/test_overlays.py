@@ -53,11 +53,13 @@ from napari_pathviz._layers import (  # noqa: E402
     recolor_patches_layer,
     slide_layer_data,
 )
+from napari_pathviz._widgets._colour_keys import keys_of  # noqa: E402
 from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
-    LABEL_MIN_PX,
+    LABEL_SPAN,
     LAYER_PREFIX,
     META_ATTRIBUTION,
     add_result_columns,
+    labels_shown,
     patch_screen_px,
     show_attributions,
 )
@@ -152,7 +154,7 @@ def test_one_titled_colorbar_per_method_and_class_names(slide_and_patches, qtbot
     assert pd.isna(features["gradcam_target"].iloc[1])
 
 
-def test_labels_show_only_when_zoomed_in_and_sit_off_the_outlines(slide_and_patches):
+def test_labels_show_only_when_the_whole_label_fits_and_sit_off_the_outlines(slide_and_patches):
     viewer, slide_layer, patches = slide_and_patches
     rows = np.array([0, 8])
     keys = patches.features.iloc[rows]
@@ -160,14 +162,16 @@ def test_labels_show_only_when_zoomed_in_and_sit_off_the_outlines(slide_and_patc
     show_attributions(viewer, result, keys, slide_layer, opacity=0.7, per_patch_scale=False)
     labels = viewer.layers[f"{LAYER_PREFIX}gradcam labels"]
     assert list(labels.text.values) == ["dab_positive: p=0.70"] * 2
-    # Zoomed out, a 100-px patch covers fewer screen pixels than a label needs: hidden.
-    _camera(viewer).zoom = 0.2 * LABEL_MIN_PX / P
-    assert patch_screen_px(viewer, P) < LABEL_MIN_PX
-    assert not labels.text.visible
-    _camera(viewer).zoom = 2.0 * LABEL_MIN_PX / P
-    assert labels.text.visible
-    _camera(viewer).zoom = 0.5 * LABEL_MIN_PX / P
-    assert not labels.text.visible
+    # The label needs more screen pixels than its text's width: a patch 100 px wide on screen
+    # (wider than the 64 px that once sufficed) is still narrower than its label.
+    need = labels.metadata[META_ATTRIBUTION]["min_px"]
+    assert need >= len("dab_positive: p=0.70") * 9 * 96 / 72 * 0.5 / LABEL_SPAN
+    _camera(viewer).zoom = 100 / P
+    assert not labels_shown(labels)
+    _camera(viewer).zoom = 1.05 * need / P
+    assert patch_screen_px(viewer, P) >= need and labels_shown(labels)
+    _camera(viewer).zoom = 0.95 * need / P
+    assert not labels_shown(labels) and not labels.text.visible and not labels.shown.any()
     # Each label is inside its patch, a quarter down, centred: clear of the outlines drawn on
     # the patch edges (the selection outline is 12 % of the side wide).
     f = patches.features
@@ -176,6 +180,143 @@ def test_labels_show_only_when_zoomed_in_and_sit_off_the_outlines(slide_and_patc
         np.testing.assert_allclose(point, (y + 0.25 * P, x + 0.5 * P))
         assert min(point[0] - y, point[1] - x, x + P - point[1]) >= 0.2 * P
     assert labels.text.anchor == "center"
+
+
+def _luminance(rgb) -> float:
+    """WCAG relative luminance of an sRGB colour on [0, 1]."""
+    c = np.asarray(rgb, float)[:3]
+    c = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(c @ [0.2126, 0.7152, 0.0722])
+
+
+def _contrast(a, b) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def test_labels_contrast_with_the_selection_outline_and_every_map_colour(slide_and_patches):
+    from napari.utils.colormaps import ensure_colormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer, slide_layer, patches = slide_and_patches
+    keys = patches.features.iloc[[5]]
+    result = _result("gradient", _signed_maps(1), [2], [[0.1, 0.2, 0.7]])
+    show_attributions(viewer, result, keys, slide_layer, opacity=0.7, per_patch_scale=False)
+    labels = viewer.layers[f"{LAYER_PREFIX}gradient labels"]
+    text = labels.text.color.constant if hasattr(labels.text.color, "constant") else None
+    text = transform_color(text)[0]
+    badge = np.asarray(labels.face_color[0])
+    assert badge[3] >= 0.8 and _luminance(badge) < 0.05  # a dark, nearly opaque badge
+    # What lies under a label: the yellow selection outline, viridis' yellow (the heatmap), the
+    # maps' reds and blues, white glass. The badge's colour over each, against the text.
+    viridis = ensure_colormap("viridis").map(np.array([1.0]))[0]
+    under = [(1, 1, 0), viridis[:3], (0.9, 0.05, 0.1), (0.0, 0.35, 0.9), (1, 1, 1)]
+    for colour in under:
+        seen = badge[3] * badge[:3] + (1 - badge[3]) * np.asarray(colour, float)
+        assert _contrast(text, seen) >= 4.5, (colour, _contrast(text, seen))
+
+
+def test_a_label_drawn_on_screen_stays_inside_its_patch(slide_and_patches, qtbot):
+    """On the canvas, at the first zoom that shows labels: the label's text pixels lie inside
+    its patch (only the label is bright: the slide, patches and colour key are hidden)."""
+    viewer, slide_layer, patches = slide_and_patches
+    row = 8
+    keys = patches.features.iloc[[row]]
+    result = _result("gradcam", np.zeros((1, 16, 16)), [2], [[0.1, 0.2, 0.7]])
+    show_attributions(viewer, result, keys, slide_layer, opacity=0.7, per_patch_scale=False)
+    labels = viewer.layers[f"{LAYER_PREFIX}gradcam labels"]
+    slide_layer.visible = patches.visible = False
+    for key in keys_of(viewer):  # the colour key's title is white text too
+        key.visible = False
+    viewer.show()
+    qtbot.wait(50)
+    x0, y0 = float(keys["x"].iat[0]), float(keys["y"].iat[0])
+    zoom = 1.02 * labels.metadata[META_ATTRIBUTION]["min_px"] / P
+    camera = _camera(viewer)
+    camera.center = (y0 + P / 2, x0 + P / 2)
+    camera.zoom = zoom
+    assert labels_shown(labels)
+    shot = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    h, w = shot.shape[:2]
+    bright = np.argwhere((shot[..., :3] > 200).all(axis=-1))
+    assert len(bright) > 20, "the label is drawn"
+    # The patch's rectangle on screen (the screenshot may be at the device pixel ratio).
+    ratio = w / viewer.canvas.size[1] if viewer.canvas.size[1] else 1.0
+    half = P / 2 * zoom * ratio
+    top, left, bottom, right = h / 2 - half, w / 2 - half, h / 2 + half, w / 2 + half
+    (r0, c0), (r1, c1) = bright.min(axis=0), bright.max(axis=0)
+    assert left <= c0 and c1 <= right and top <= r0 and r1 <= bottom, (
+        (r0, c0, r1, c1),
+        (top, left, bottom, right),
+    )
+
+
+def _drawn_boxes(viewer) -> dict:
+    """(left, top, right, bottom) on the canvas of each drawn colour key overlay, by layer
+    name and overlay ("colorbar", "name"), as napari's vispy canvas placed them."""
+    canvas = viewer.window._qt_viewer.canvas
+    boxes = {}
+    for layer, visuals in canvas._layer_overlay_to_visual.items():
+        if layer not in viewer.layers or not layer.visible:
+            continue
+        for overlay, visual in visuals.items():
+            if overlay is layer.colorbar or overlay is layer.name_overlay:
+                if overlay.visible:
+                    x, y = visual.node.transform.translate[:2]
+                    kind = "colorbar" if overlay is layer.colorbar else "name"
+                    boxes[layer.name, kind] = (x, y, x + visual.x_size, y + visual.y_size)
+    return boxes
+
+
+def test_colour_keys_stack_whole_one_per_visible_method(slide_and_patches, qtbot):
+    viewer, slide_layer, patches = slide_and_patches
+    viewer.show()
+    viewer.window._qt_window.resize(900, 700)  # a canvas narrower than three keys side by side
+    keys = patches.features.iloc[[0, 7, 14]]
+    probs = [[0.1, 0.2, 0.7]] * 3
+    grad = _result("gradient", _signed_maps(3), [2, 2, 2], probs)
+    deep = _result("deep", _signed_maps(3, 1), [2, 2, 2], probs)
+    cam = _result("gradcam", np.abs(_signed_maps(3, 2)), [2, 2, 2], probs)
+    shown = {}
+    for result in (grad, deep, cam):
+        shown[result.method] = show_attributions(
+            viewer, result, keys, slide_layer, opacity=0.7, per_patch_scale=False
+        )
+    qtbot.wait(100)
+    titles = {
+        "Expected gradients (dab_positive), signed",
+        "DeepLIFT (dab_positive), signed",
+        "Grad-CAM (dab_positive), non-negative",
+    }
+    assert {ly.name for ly in keys_of(viewer)} == titles
+    boxes = _drawn_boxes(viewer)
+    assert {name for name, _ in boxes} == titles  # a bar and a title each, no other bar
+    assert len(boxes) == 2 * len(titles)
+    height, width = viewer.canvas.size
+    for box in boxes.values():  # whole: inside the canvas
+        assert 0 <= box[0] and box[2] <= width and 0 <= box[1] and box[3] <= height, box
+    items = list(boxes.items())
+    for i, (a, box_a) in enumerate(items):  # stacked: no two overlap
+        for b, box_b in items[i + 1 :]:
+            apart = (
+                box_a[2] <= box_b[0]
+                or box_b[2] <= box_a[0]
+                or box_a[3] <= box_b[1]
+                or box_b[3] <= box_a[1]
+            )
+            assert apart, (a, box_a, b, box_b)
+    for title in titles:  # each title sits right above its own bar
+        name, bar = boxes[title, "name"], boxes[title, "colorbar"]
+        assert name[3] <= bar[1] and bar[1] - name[3] < 20
+    # Hiding a method's maps hides its key; showing them brings it back.
+    shown["deep"][0].visible = False
+    qtbot.wait(50)
+    assert {name for name, _ in _drawn_boxes(viewer)} == titles - {
+        "DeepLIFT (dab_positive), signed"
+    }
+    shown["deep"][0].visible = True
+    qtbot.wait(50)
+    assert {name for name, _ in _drawn_boxes(viewer)} == titles
 
 
 def test_patch_fill_is_hidden_under_maps_and_comes_back(slide_and_patches, qtbot):
@@ -310,3 +451,30 @@ def test_scatter_redraws_after_a_release(explorer, qtbot):
     _lasso(widget, screen[:3], pad=0.5)
     assert canvas.held  # held back so the slide's frame goes first
     qtbot.waitUntil(lambda: not canvas.held and bool(drawn), timeout=5000)
+
+
+def test_prediction_heatmap_key_is_titled_with_its_column(make_napari_viewer, qtbot):
+    """Opened as napari's Plugins menu does: the demo's heatmap has one colour key, titled with
+    the column shown, which follows the column and stacks with the attribution keys."""
+    from napari_pathviz._widgets._colour_keys import META_KEYED_BY
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-pathviz", "demo")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-pathviz", "Model inference")
+    widget.show_heatmap(widget.heatmap_column.value)
+    qtbot.wait(50)
+    heat = next(ly for ly in viewer.layers if "pathviz_heatmap_of" in ly.metadata)
+    column = heat.metadata["pathviz_heatmap_of"]
+    assert column == "prob_dab_positive"
+    assert not heat.colorbar.visible  # its key's bar stands for it
+    (key,) = keys_of(viewer)
+    assert key.name == column and heat.metadata[META_KEYED_BY] == key.metadata["pathviz_key_of"]
+    assert key.colorbar.visible and key.name_overlay.visible
+    assert tuple(key.contrast_limits) == tuple(heat.contrast_limits)
+    assert key.colormap.name == heat.colormap.name
+    assert {name for name, _ in _drawn_boxes(viewer)} == {column}
+    widget.heatmap_column.value = "prob_background"
+    qtbot.wait(50)
+    assert [ly.name for ly in keys_of(viewer)] == ["prob_background"]
+    viewer.layers.remove(heat)
+    qtbot.waitUntil(lambda: not keys_of(viewer))

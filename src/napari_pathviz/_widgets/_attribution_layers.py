@@ -1,9 +1,11 @@
 """How attribution results appear on the slide: one lazy red/blue layer per method (and per
 class when every class was explained), all on one colour scale per method shown by one titled
-colorbar (a "key" layer per method), a text label in each explained patch that shows only
-when the patch is large enough on screen, and the explained class and its probability as
-columns of the patches layer (so hovering a patch shows them). While maps are shown, the
-patches layers keep their outlines but lose their fill, which would tint the maps."""
+colour key per method (see _colour_keys: stacked, shown while the method's maps are), a label
+in each explained patch (white on a dark badge, readable over the yellow selection outline and
+any map) that shows only when the patch is wide enough on screen for the whole label, and the
+explained class and its probability as columns of the patches layer (so hovering a patch shows
+them). While maps are shown, the patches layers keep their outlines but lose their fill, which
+would tint the maps."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from ..attribution.gallery import shared_limit
 from ..attribution.layer import attribution_pyramid, smooth_maps
 from ..attribution.result import AttributionResult
 from ..classes import class_label, class_labels
+from ._colour_keys import show_key
+from ._viewer_state import real_viewer
 
 LAYER_PREFIX = "attributions: "
 META_ATTRIBUTION = "pathviz_attribution"
@@ -28,9 +32,16 @@ METHOD_TITLES = {
     "rollout": "Attention rollout",
     "chefer": "Chefer relevance",
 }
-# A label shows when its patch covers at least this many screen pixels: below, the labels of
-# neighbouring patches run into each other.
-LABEL_MIN_PX = 64.0
+# Labels: white text on a dark badge, so they read over the yellow selection outline, viridis'
+# yellow and the red/blue maps alike. A label shows only while its badge fits LABEL_SPAN of its
+# patch's width on screen: wider, it ran over the neighbouring patches' labels.
+LABEL_FONT_SIZE = 9.0  # pt, as napari's text size
+LABEL_COLOUR = "white"
+LABEL_BADGE = (0.0, 0.0, 0.0, 0.85)  # RGBA of the badge behind the text
+LABEL_SPAN = 0.7  # of the patch's width, at most
+PX_PER_PT = 96 / 72  # vispy draws text sizes in points at 96 dpi
+GLYPH_EM = 0.75  # a glyph's mean advance in font sizes, generous: vispy draws ~0.7
+LABEL_PAD_PX = 12.0
 DEFAULT_SMOOTHING = 1.5  # px: spreads expected gradients' 2-px dot lattice into structure
 _WATCHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewers with our callbacks
 
@@ -129,11 +140,18 @@ def show_attributions(
                 else np.asarray(result.completeness_error)[rows]
             ),
         }
-        if hasattr(heat, "colorbar"):
-            heat.colorbar.visible = False  # one colorbar per method: the key layer's
         layers.append(heat)
     title = map_title(result, np.asarray(maps), per_patch_scale)
-    _show_key(viewer, result.method, title, limit, slide_layer)
+    key = show_key(
+        viewer,
+        f"attributions: {result.method}",
+        title,
+        diverging_colormap(),
+        (-limit, limit),
+        layers,
+        scale=tuple(slide_layer.scale[:2]),
+    )
+    key.metadata[META_ATTRIBUTION] = {"key_of": result.method}
     _show_labels(viewer, result, keys, slide_layer)
     for layer in viewer.layers:
         if META_COLOR_BY in layer.metadata:
@@ -174,59 +192,55 @@ def map_title(result: AttributionResult, maps: np.ndarray, per_patch_scale: bool
     return f"{method} ({explained}), {sign}" + (", per-patch scale" if per_patch_scale else "")
 
 
-def _show_key(viewer, method: str, title: str, limit: float, slide_layer) -> None:
-    """The method's one colorbar, titled: a one-pixel transparent layer named by the title,
-    with the maps' colormap and limits (napari draws a colorbar per layer, untitled)."""
-    for layer in list(viewer.layers):
-        if layer.metadata.get(META_ATTRIBUTION, {}).get("key_of") == method:
-            viewer.layers.remove(layer)
-    key = viewer.add_image(
-        np.zeros((1, 1), np.float32),
-        name=title,
-        colormap=diverging_colormap(),
-        contrast_limits=(-limit, limit),
-        scale=tuple(slide_layer.scale[:2]),
-    )
-    key.metadata[META_ATTRIBUTION] = {"key_of": method}
-    if hasattr(key, "colorbar"):
-        key.colorbar.visible = True
-        key.name_overlay.position = key.colorbar.position
-        key.name_overlay.visible = True
-
-
 def _show_labels(viewer, result: AttributionResult, keys: pd.DataFrame, slide_layer) -> None:
-    """One points layer of invisible points in the explained patches whose text gives the
-    explained class and its probability: centred a quarter down the patch, clear of the
-    patch and selection outlines, and shown only while patches are large enough on screen."""
+    """One points layer in the explained patches whose text gives the explained class and its
+    probability: white on a dark badge (a bar marker held at the label's width on screen),
+    centred a quarter down the patch, clear of the patch and selection outlines, and shown only
+    while the patch is wide enough on screen for the whole label."""
     targets, probability = explained_class_and_probability(result)
     size = keys["patch_size"].to_numpy(float)
     top_left = np.column_stack([keys["y"].to_numpy(float), keys["x"].to_numpy(float)])
     name = f"{LAYER_PREFIX}{result.method} labels"
     if name in viewer.layers:
         viewer.layers.remove(name)
+    features = pd.DataFrame(
+        {
+            "target": class_labels(result.metadata.get("class_names"), targets),
+            "probability": probability,
+        }
+    )
+    template = "{target}: p={probability:.2f}"
+    badge = badge_px([template.format(**row) for row in features.to_dict("records")])
     labels = viewer.add_points(
         top_left + size[:, None] * np.array([0.25, 0.5]),
         name=name,
-        features=pd.DataFrame(
-            {
-                "target": class_labels(result.metadata.get("class_names"), targets),
-                "probability": probability,
-            }
-        ),
+        features=features,
         text={
-            "string": "{target}: p={probability:.2f}",
-            "size": 9,
-            "color": "yellow",
+            "string": template,
+            "size": LABEL_FONT_SIZE,
+            "color": LABEL_COLOUR,
             "anchor": "center",
         },
-        size=1,
-        face_color="transparent",
+        symbol="hbar",  # a bar three times as wide as high: the badge
+        size=size * LABEL_SPAN,
+        canvas_size_limits=(0, badge),  # zoomed in, the badge stays the label's width
+        face_color=list(LABEL_BADGE),
         border_width=0,
         scale=tuple(slide_layer.scale[:2]),
     )
-    patch_world = float(np.median(size)) * float(abs(slide_layer.scale[-1]))
-    labels.metadata[META_ATTRIBUTION] = {"labels_of": result.method, "patch_world": patch_world}
+    patch_world = float(np.min(size)) * float(abs(slide_layer.scale[-1]))
+    labels.metadata[META_ATTRIBUTION] = {
+        "labels_of": result.method,
+        "patch_world": patch_world,
+        "min_px": badge / LABEL_SPAN,
+    }
     _toggle_labels(viewer)
+
+
+def badge_px(texts: list[str]) -> float:
+    """Screen width of the badge behind the longest of ``texts``."""
+    longest = max((len(t) for t in texts), default=0)
+    return longest * GLYPH_EM * LABEL_FONT_SIZE * PX_PER_PT + LABEL_PAD_PX
 
 
 def patch_screen_px(viewer, patch_world: float) -> float:
@@ -238,13 +252,20 @@ def _camera(viewer):
     return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
 
+def labels_shown(layer) -> bool:
+    """Whether a labels layer's labels (text and badges) are drawn at the current zoom."""
+    return bool(layer.text.visible and layer.shown.all())
+
+
 def _toggle_labels(viewer, _event=None) -> None:
     for layer in viewer.layers:
         meta = layer.metadata.get(META_ATTRIBUTION, {})
         if "labels_of" in meta:
-            wanted = patch_screen_px(viewer, meta.get("patch_world", 0.0)) >= LABEL_MIN_PX
-            if layer.text.visible != wanted:
+            px = patch_screen_px(viewer, meta.get("patch_world", 0.0))
+            wanted = px >= meta.get("min_px", 0.0)
+            if labels_shown(layer) != wanted:
                 layer.text.visible = wanted
+                layer.shown = wanted
 
 
 def _watch(viewer) -> None:
@@ -259,25 +280,10 @@ def _watch(viewer) -> None:
 
 
 def _maps_removed(viewer, _event=None) -> None:
-    """A method's key goes with its last map layer; the patches' fill comes back with the last
-    map of any method."""
+    """The patches' fill comes back with the last map of any method (its key goes with it:
+    see _colour_keys)."""
     metas = [ly.metadata.get(META_ATTRIBUTION, {}) for ly in viewer.layers]
     shown = {m.get("method") for m in metas if "rows" in m}
-    orphans = [  # layer objects, not names: a rerun makes a new key of the same name
-        ly
-        for ly, m in zip(list(viewer.layers), metas, strict=True)
-        if "key_of" in m and m["key_of"] not in shown
-    ]
-    if orphans:
-        from qtpy.QtCore import QTimer
-
-    viewer = real_viewer(viewer)  # once per viewer, whatever proxy of it a widget holds
-        def remove_orphans() -> None:  # not from inside the layer list's own removal event
-            for layer in orphans:
-                if layer in viewer.layers:
-                    viewer.layers.remove(layer)
-
-        QTimer.singleShot(0, remove_orphans)
     if shown:
         return
     for layer in viewer.layers:

@@ -17,6 +17,7 @@ _PHRASES: list[tuple[str, str]] = [
     # The core's own GUI hint, "--factory X or --trust-model (widgets: ...)": keep the hint.
     (r"--[\w-]+(?: [^\s()]+)?(?: or --[\w-]+)? \(widgets: ([^)]*)\)", r"\1"),
     (r"pass --trust-model \(or tick ('[^']*') in the GUI\)", r"tick \1"),
+    (r"(pass --[\w-]+) \(or (?:confirm|tick)[^)]* in the GUI\)", r"\1"),
     (r"(?:pass|with) --trust-model", f"tick {TRUST_MODEL}"),
     (r"\(or --trust-model\)", f"(or tick {TRUST_MODEL})"),
     (r"(?:pass|with) --trust-pickle", f"tick {TRUST_PICKLE}"),

@@ -188,9 +188,11 @@ class InferenceWidget(Container):
             report_error(self.status, err)
 
     def show_heatmap(self, column: str | None):
-        """An image layer with one pixel per patch, aligned with the slide, with a colorbar."""
+        """An image layer with one pixel per patch, aligned with the slide, with a colour key
+        titled with the column."""
         from ..heatmap import patch_value_grid
         from ..patches import PatchTable
+        from ._colour_keys import show_key
 
         layer = self.patches_layer()
         if layer is None or not column:
@@ -221,8 +223,8 @@ class InferenceWidget(Container):
                 interpolation2d="nearest",
             )
         heat.metadata["pathviz_heatmap_of"] = column
-        if hasattr(heat, "colorbar"):
-            heat.colorbar.visible = True
+        # Its colour key, titled with the column, stacked with the attribution methods' keys.
+        show_key(self._viewer, name, column, "viridis", limits, [heat], scale=layer.scale[-2:])
         return heat
 
 
