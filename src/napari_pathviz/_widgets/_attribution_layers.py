@@ -271,6 +271,7 @@ def _toggle_labels(viewer, _event=None) -> None:
 def _watch(viewer) -> None:
     """Once per viewer: labels follow the zoom, the patches' fill comes back with the last map,
     and hovering shows the patches' features (class, probability) in a tooltip."""
+    viewer = real_viewer(viewer)  # once per viewer, whatever proxy of it a widget holds
     if viewer in _WATCHED:
         return
     _WATCHED[viewer] = True
