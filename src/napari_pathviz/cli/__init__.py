@@ -7,6 +7,7 @@ one line on stderr and exit status 2; nothing here imports napari unless the dem
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pathviz {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # a file system refusal the writers did not name themselves
-        print(f"pathviz {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
+        print(f"pathviz {args.command}: error: {_os_error_line(err, args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"pathviz {args.command}: interrupted", file=sys.stderr)
@@ -119,9 +120,19 @@ class _quiet_library_logs:
         logging.disable(self.previous)
 
 
-def _os_error_line(err: OSError) -> str:
-    where = err.filename if err.filename is not None else "a file"
-    return f"{where}: {err.strerror or err}"
+def _os_error_line(err: OSError, args: argparse.Namespace) -> str:
+    """The file an OSError names; a full disk met by a writer that names no file (zarr's chunk
+    writes in a results store) names the command's outputs."""
+    reason = err.strerror or str(err)
+    if err.filename is not None:
+        return f"{err.filename}: {reason}"
+    if err.errno == errno.ENOSPC:
+        outputs = [str(getattr(args, d)) for d in _OUTPUT_DESTS if getattr(args, d, None)]
+        return f"cannot write {' and '.join(outputs) or 'the output'}: no space left on the device"
+    return f"a file: {reason}"
+
+
+_OUTPUT_DESTS = ("out", "attributions_out", "store")
 
 
 if __name__ == "__main__":
