@@ -114,8 +114,7 @@ class CohortSlides:
         size = float(np.atleast_1d(shown.points.size)[layer_row])
         camera = camera_of(self.viewer)
         camera.center = (y, x + shown.offset_x)
-        pixels = min(getattr(self.viewer, "_canvas_size", (600, 600)) or (600, 600))
-        camera.zoom = pixels / (8 * max(size, 1.0))
+        camera.zoom = min(canvas_size(self.viewer)) / (8 * max(size, 1.0))
 
     def forget(self) -> None:
         """A new cohort: close its slides and forget the opened files."""
@@ -128,6 +127,14 @@ class CohortSlides:
                 if layer in self.viewer.layers:
                     self.viewer.layers.remove(layer)
         self.opened.clear()
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """The canvas's (height, width) in screen pixels, through napari's public canvas model
+    (``viewer.canvas.size``, napari 0.6+; the private ``_canvas_size`` warned on every slide
+    opened); 600 x 600 where there is none."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    return (int(size[0]), int(size[1])) if size is not None and min(size) > 0 else (600, 600)
 
 
 def camera_of(viewer):
