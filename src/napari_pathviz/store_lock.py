@@ -1,4 +1,5 @@
-"""An exclusive lock on a results store while it is written: ``{store}/.lock``.
+"""An exclusive lock on a results store while it is written: ``{store}/.lock``; and the same
+lock as a claim on any output while a command writes it: ``.{name}.claim`` beside it.
 
 The lock file is created atomically (``O_CREAT | O_EXCL``) and holds the holder's pid, host,
 process start time and a random token. While it is held, a second writer is refused with one
@@ -49,11 +50,13 @@ def _alive(pid: int, started: str | None) -> bool:
 
 
 class StoreLock:
-    """``with StoreLock(folder):`` holds ``folder/.lock`` (the folder must exist)."""
+    """``with StoreLock(folder):`` holds ``folder/.lock`` (the folder must exist); ``name``
+    another lock file in that folder, ``what`` the locked thing as messages name it."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, name: str = LOCK_NAME, what: str = ""):
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
+        self.what = what or f"store {self.folder}"
         self.token = uuid.uuid4().hex
         self.held = False
 
@@ -90,7 +93,7 @@ class StoreLock:
             self.held = True
             return self
         raise PathvizError(
-            f"store {self.folder} is being locked and unlocked by other processes; try again"
+            f"{self.what} is being locked and unlocked by other processes; try again"
         )
 
     def release(self) -> None:
@@ -140,7 +143,7 @@ class StoreLock:
         """Removes the lock file when it still holds the stale record ``seen``."""
         if seen is None:
             return  # gone already
-        guard = self.folder / (LOCK_NAME + ".recover")
+        guard = self.path.with_name(self.path.name + ".recover")
         try:
             fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -162,6 +165,67 @@ class StoreLock:
         pid, host = holder.get("pid", "?"), holder.get("host", "?")
         where = "" if host == socket.gethostname() else f" on host {host}"
         return (
-            f"store {self.folder} is being written by process {pid}{where}; "
+            f"{self.what} is being written by process {pid}{where}; "
             f"wait or remove {self.path} if that process is gone"
         )
+
+
+CLAIM_SUFFIX = ".claim"
+
+
+def claim_path(output: str | os.PathLike) -> Path:
+    """The claim file of an output: hidden, beside it (same folder, same file system)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
+
+
+class OutputClaim:
+    """One writer per output: ``.{name}.claim`` beside ``output``, created atomically with
+    the holder's pid and host (a :class:`StoreLock`), held while the command runs. Checking
+    that an output does not exist and replacing it at the end is not enough: two commands
+    started together both pass the check and both write. A second writer is refused in one
+    line naming the output; a claim left by a dead process is taken over. Folders made to hold
+    the claim are removed again on release when nothing else was put in them."""
+
+    def __init__(self, output: str | os.PathLike, label: str = ""):
+        self.output = Path(os.path.abspath(output))
+        self.claim = claim_path(self.output)
+        what = f"{label} {output}" if label else str(output)
+        self.lock = StoreLock(self.output.parent, name=self.claim.name, what=what)
+        self._made: list[Path] = []
+
+    def __enter__(self) -> OutputClaim:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> OutputClaim:
+        missing, parent = [], self.output.parent
+        while not parent.exists() and parent != parent.parent:
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for folder in reversed(missing):
+                folder.mkdir(exist_ok=True)
+                self._made.append(folder)
+            self.lock.acquire()
+        except OSError as exc:
+            self._remove_made()
+            raise PathvizError(f"cannot write {self.output}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._remove_made()
+            raise
+        return self
+
+    def release(self) -> None:
+        self.lock.release()
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in reversed(self._made):  # innermost first; one in use stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []

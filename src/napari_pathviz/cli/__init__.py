@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import PathvizError, PathvizWarning
 from . import attributions, demo, embeddings, inference, qupath, slides
 from ._common import EXIT_BAD_INPUT, add_progress_option, configure_progress
-from ._guards import check_numbers, check_paths, install
+from ._guards import check_numbers, claimed_outputs, install
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
 
@@ -76,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(), _quiet_library_logs(verbose):
             warnings.showwarning = _one_line_warnings(args.command, verbose)
             check_numbers(args)
-            check_paths(args)  # before any computation: outputs never replace inputs
-            return int(args.func(args) or 0)
+            # Before any computation: outputs never replace inputs; each output is claimed.
+            with claimed_outputs(args):
+                return int(args.func(args) or 0)
     except PathvizError as err:
         print(f"pathviz {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,6 +10,9 @@ inputs and against what is already on disk.
   resume, and the store itself refuses another job's results.
 - An output whose suffix the writer cannot produce (``render -o table.csv``), or whose folder
   cannot be created or written, is refused.
+- Every output is then claimed for the command's run (:class:`..store_lock.OutputClaim`, a
+  ``.NAME.claim`` file beside it created atomically): a second command writing the same output
+  at the same time is refused, and the checks run again under the claim.
 
 Every refusal is one line naming the option(s) and the path. Which arguments of a command are
 inputs and outputs is declared once, in :data:`COMMAND_PATHS`.
@@ -21,6 +24,8 @@ import argparse
 import math
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,12 +165,30 @@ def install(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(_path_labels=labels)
 
 
-def check_paths(args: argparse.Namespace) -> None:
+@contextmanager
+def claimed_outputs(args: argparse.Namespace) -> Iterator[None]:
+    """:func:`check_paths`, then a claim on each output held while the command runs, then the
+    checks again: an output another command finished writing meanwhile exists now."""
+    from ..store_lock import OutputClaim
+
+    claims = []
+    try:
+        for label, path in check_paths(args):
+            claims.append(OutputClaim(path, label).acquire())
+        check_paths(args)
+        yield
+    finally:
+        for claim in reversed(claims):
+            claim.release()
+
+
+def check_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Refuses, in one line, any output of ``args.command`` that would replace an input, another
-    output or (without ``--overwrite``) an existing file. Runs before the command does."""
+    output or (without ``--overwrite``) an existing file. Runs before the command does.
+    Returns every output (files, folders, resumable stores) as (option, path)."""
     spec = COMMAND_PATHS.get(args.command)
     if spec is None:
-        return
+        return []
     labels = getattr(args, "_path_labels", {})
     inputs = _named_paths(args, spec.inputs, labels)
     collections = _named_paths(args, spec.collections, labels)
@@ -199,6 +222,7 @@ def check_paths(args: argparse.Namespace) -> None:
     for label, path in folders:
         if Path(path).exists() and not overwrite:
             raise PathvizError(f"{label}: {path} already exists; pass --overwrite to replace it")
+    return every_output
 
 
 def db_table_of(args: argparse.Namespace) -> str | None:
