@@ -4,9 +4,10 @@ shift, with site confounded with diagnosis, and against a brute-force numpy comp
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from napari_pathviz.batch_effect import batch_space, knn_purity
+from napari_pathviz.batch_effect import batch_space, check_k, knn_purity
 from napari_pathviz.errors import PathvizError
 
 
@@ -152,3 +153,46 @@ def test_pca_fitted_on_a_sample_spans_the_full_fit():
     full = PCA(n_components=5).fit_transform(features)
     for j in range(5):  # the same components, up to sign
         assert abs(np.corrcoef(sampled[:, j], full[:, j])[0, 1]) > 0.99
+
+
+def test_k_not_smaller_than_a_group_is_refused():
+    """Two groups far apart: a real batch effect. With k at least the smaller group's size its
+    patches cannot have k neighbours of their own, and with k >= n - 1 every patch is everyone's
+    neighbour: the score was exactly 0.000, 'mixed as random'. Refused, naming --batch-k."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(0, 1, (12, 3)), rng.normal(50, 1, (30, 3))])
+    site = np.array(["small"] * 12 + ["big"] * 30)
+    assert knn_purity(x, site, k=11, column="site").score == pytest.approx(1.0)
+    for k in (12, 41, 100):
+        with pytest.raises(PathvizError, match=r"--batch-k \d+: site group 'small' has only 12"):
+            knn_purity(x, site, k=k, column="site")
+        with pytest.raises(PathvizError, match="at most 11"):
+            check_k(k, site, column="site")
+    # Within a class, the groups of that class count: 'small' has 6 patches in class 'a'.
+    cls = np.array((["a", "b"] * 6) + ["a"] * 15 + ["b"] * 15)
+    assert knn_purity(x, site, k=5, within=cls, column="site").score == pytest.approx(1.0)
+    with pytest.raises(PathvizError, match="'small' within a has only 6 patches"):
+        knn_purity(x, site, k=6, within=cls, column="site")
+    check_k(5, site, cls, column="site")  # accepted: below every group of every class
+
+
+def test_plot_embeddings_refuses_a_batch_k_above_a_group_before_the_umap(tmp_path, capsys):
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.cli import main
+
+    patches = ensure_demo_data()["patches"]
+    keys = pd.read_parquet(patches)[["ID", "x", "y", "patch_size"]]
+    features = np.random.default_rng(0).normal(size=(len(keys), 8)).astype(np.float32)
+    emb = tmp_path / "emb.parquet"
+    pd.concat([keys, pd.DataFrame(features).add_prefix("feat_")], axis=1).to_parquet(emb)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["plot-embeddings", "-i", str(emb), "--patches", str(patches), "-o", str(out / "u.html")]
+    smallest = pd.read_parquet(patches)["annotation"].value_counts().min()
+    code = main([*argv, "--batch-score", "annotation", "--batch-k", str(smallest), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "--batch-k" in errors[0] and "annotation group" in errors[0]
+    assert "UMAP" not in err  # refused before the UMAP started
+    assert list(out.iterdir()) == []

@@ -147,6 +147,12 @@ CASES = [
     ("embed-batch-unknown-column", EMBED + " --batch-score site", "site"),
     ("embed-batch-within-alone", EMBED + " --batch-within ID", "--batch-score"),
     ("embed-batch-k-zero", EMBED + " --batch-score ID --batch-k 0", "--batch-k"),
+    # k >= a group's patches: score 0.000 "mixed as random" whatever the embedding
+    (
+        "embed-batch-k-above-group",
+        EMBED + " --patches {patches} --batch-score annotation --batch-k 250",
+        "--batch-k",
+    ),
     ("embed-batch-sample-zero", EMBED + " --batch-score ID --batch-sample 0", "--batch-sample"),
     ("embed-cohort-folder-empty", "plot-embeddings -i {empty_dir} -o {tmp}/u.html", "empty_dir"),
     ("embed-coords-over-input", EMBED + " --coords-out {emb}", "emb.parquet"),

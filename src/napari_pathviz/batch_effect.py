@@ -174,6 +174,7 @@ def knn_purity(
     points, group_codes, class_codes = points[keep], group_codes[keep], class_codes[keep]
     if len(np.unique(group_codes)) < 2:
         raise PathvizError(f"{column}: one group only ({group_names[0]}), nothing to compare")
+    _refuse_k_beyond_a_group(k, group_codes, class_codes, group_names, class_names, column, within)
     rng = np.random.default_rng(random_state)
     queries = _pick_queries(len(points), sample, rng)
     parts = [
@@ -195,6 +196,41 @@ def knn_purity(
     )
     score.query_index = keep[score.query_index]  # rows of the caller's embedding
     return score
+
+
+def check_k(k: int, groups, within=None, *, column: str = "group") -> None:
+    """:func:`knn_purity`'s refusal of a ``k`` no smaller than some group, from the labels
+    alone (cheap: the CLI checks it before a UMAP of minutes)."""
+    group_codes, group_names = _codes(groups, column)
+    labelled = group_codes >= 0
+    class_codes, class_names = np.zeros(len(group_codes), dtype=np.int64), np.array(["all"])
+    if within is not None and len(within) == len(group_codes):
+        class_codes, class_names = _codes(within, "within")
+        labelled &= class_codes >= 0
+    _refuse_k_beyond_a_group(
+        k, group_codes[labelled], class_codes[labelled], group_names, class_names, column, within
+    )
+
+
+def _refuse_k_beyond_a_group(k, group_codes, class_codes, group_names, class_names, column, within):
+    """A patch of a group of n_g patches has at most n_g - 1 neighbours of its own group: with
+    k >= n_g even a fully separated group scores below 1, and with k >= n - 1 every patch is
+    everyone's neighbour and the score is exactly 0, "mixed as random", whatever the embedding.
+    Refused, naming the smallest group (within each class that is scored)."""
+    for c in range(len(class_names)):
+        counts = np.bincount(group_codes[class_codes == c], minlength=len(group_names))
+        present = np.flatnonzero(counts)
+        if len(present) < 2:
+            continue  # a class holding one group is not scored
+        smallest = present[np.argmin(counts[present])]
+        size = int(counts[smallest])
+        if k >= size:
+            where = f" within {class_names[c]}" if within is not None else ""
+            raise PathvizError(
+                f"--batch-k {k}: {column} group {group_names[smallest]!r}{where} has only "
+                f"{size} patches; k must be smaller than every group (at most {size - 1}), or "
+                "the score cannot tell separated groups from mixed ones"
+            )
 
 
 def _class_part(points, group_codes, members: np.ndarray, queries: np.ndarray, k: int) -> dict:

@@ -296,12 +296,25 @@ def check_batch_options(args: argparse.Namespace) -> None:
         raise PathvizError(f"--batch-sample must be positive, got {args.batch_sample}")
 
 
+def check_batch_groups(args: argparse.Namespace, df) -> None:
+    """--batch-k against the groups' sizes, before the UMAP."""
+    from ..batch_effect import check_k
+
+    if not args.batch_score:
+        return
+    for within in [None] + ([args.batch_within] if args.batch_within else []):
+        groups = df[args.batch_score].to_numpy()
+        classes = None if within is None else df[within].to_numpy()
+        check_k(args.batch_k, groups, classes, column=args.batch_score)
+
+
 def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     from ..embedding import embedding_quality
     from ..embedding_plot import plot_embeddings_html, write_coords
 
     check_batch_options(args)
     es = embeddings_from_args(args, args.input)
+    check_batch_groups(args, es.table.df)
     coords = umap_from_args(args, es, args.components)
     annotations = [a for group in args.annotations or [] for a in group]
     title = "UMAP of patch embeddings"
