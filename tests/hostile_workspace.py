@@ -206,6 +206,9 @@ def _field_files(root: Path) -> dict[str, Path]:
         f.create_dataset("features", shape=(10**8, 1024), chunks=(1024, 64), dtype="f4")
         f.create_dataset("coords", shape=(10**8, 2), chunks=(4096, 2), dtype="i8")
     out.update(_damaged_stores(d))
+    out["bad_safetensors"] = d / "bad_header.safetensors"  # its JSON header cut short
+    header = b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]'
+    out["bad_safetensors"].write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
     out["oblong"] = d / "oblong.csv"
     out["oblong"].write_text("minx,miny,width,height,prob_Tumor\n0,0,64,64,0.5\n64,0,64,32,0.5\n")
     out["geo_feature"] = d / "geo_feature.geojson"

@@ -82,7 +82,7 @@ CASES = [
     ("render-unknown-column", RENDER + " --patches {patches} --color-by nope", "nope"),
     ("render-unknown-db-size", RENDER + " --patches {db} --patch-size 999", "999"),
     ("render-garbage-parquet", RENDER + " --patches {garbage_parquet}", "garbage.parquet"),
-    ("render-header-only", RENDER + " --patches {header_only}", "header_only.csv"),
+    ("render-header-only", RENDER + " --patches {header_only}", "header_only.csv: the table is"),
     ("render-unknown-slide-id", RENDER + " --patches {patches} --slide-id nope", "nope"),
     ("render-over-input", "render {slide} -o {png} --patches {patches}", "--overwrite"),
     # --- plot-predictions ---
@@ -357,6 +357,9 @@ CASES = [
     ("shap-explain-output-bogus", SHAP + " --explain-output odds", "--explain-output"),
     ("shap-p-bogus", SHAP + " -p odds", "-p"),
     ("shap-seed-negative", SHAP + " --seed -1", "--seed"),
+    ("shap-empty-table", SHAP.replace("{patches}", "{header_only}"), "table is empty"),
+    ("shap-damaged-safetensors", SHAP.replace("{weights}", "{bad_safetensors}"), "is damaged"),
+    ("extract-damaged-safetensors", EXTRACT.replace("{weights}", "{bad_safetensors}"), "header"),
     # one patch: its only possible background is itself (all-zero maps): refused
     (
         "shap-one-row-table",

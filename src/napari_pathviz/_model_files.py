@@ -94,6 +94,9 @@ def read_weights(path: str, kind: str) -> dict:
             raise PathvizError(
                 f"{path}: not a readable safetensors file ({_first_line(exc)})"
             ) from exc
+    damage = safetensors_damage(path) if kind == "unknown" else None
+    if damage:  # not "not a state dict readable without unpickling code": say what it is
+        raise PathvizError(f"{path}: the safetensors header is damaged ({damage})")
     _require_safe_weights_only(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,6 +112,34 @@ def read_weights(path: str, kind: str) -> dict:
     if not isinstance(state, dict):
         raise PathvizError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state_dict_of(state)
+
+
+def safetensors_damage(path: str) -> str | None:
+    """What is wrong with the header of a file that is named or starts like a safetensors
+    file (8-byte length, then JSON) but whose header cannot be read; None for other files."""
+    import json
+    import os
+    import struct
+
+    from .model_card import MAX_SAFETENSORS_HEADER
+
+    with open(path, "rb") as f:
+        head = f.read(9)
+    named = path.lower().endswith(".safetensors")
+    if len(head) < 9 or not (named or head[8:9] == b"{"):
+        return "shorter than its 8-byte header length" if named else None
+    (length,) = struct.unpack("<Q", head[:8])
+    size = os.path.getsize(path)
+    if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+        return f"it declares a {length}-byte header in a {size}-byte file"
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"not valid JSON: {exc}"
+    return None if isinstance(header, dict) else "not a JSON object"
 
 
 def state_dict_of(obj: dict) -> dict:

@@ -136,6 +136,8 @@ def patches_for_slide(
     A table without an ``ID`` column is taken to be this slide's and labelled with its ID.
     Every patch must lie inside the slide.
     """
+    if df.empty:  # not "the table's IDs are ;": there are none
+        raise PathvizError(f"{source}: the table is empty (no patch rows)")
     if slide_id is None:
         if "ID" in df.columns and not (df["ID"].astype(str) == slide.slide_id).any():
             raise PathvizError(
