@@ -150,6 +150,19 @@ def test_picking_a_layer_in_any_widget_moves_every_widget(make_napari_viewer, tm
     combos["QuPath annotations"].value = second.name
     assert widgets["Embedding explorer"].hint.visible
 
+    # One colour column: picked in Slide & patches, the explorer shows it; picked in the
+    # explorer, the patches on the slide take it.
+    combos["Attributions"].value = first.name
+    loader, explorer = widgets["Slide & patches"], widgets["Embedding explorer"]
+    by_annotation = np.array(first.face_color)
+    assert loader.color_by.value == explorer.color_by.value == "annotation"
+    loader.color_by.value = "prob_dab_positive"
+    assert explorer.color_by.value == "prob_dab_positive"
+    assert not np.array_equal(first.face_color, by_annotation)
+    explorer.color_by.value = "annotation"
+    assert loader.color_by.value == first.metadata["pathviz_color_by"] == "annotation"
+    np.testing.assert_array_equal(first.face_color, by_annotation)
+
 
 def test_one_model_for_inference_and_attributions(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()

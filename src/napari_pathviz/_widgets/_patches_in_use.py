@@ -38,6 +38,7 @@ class PatchesInUse:
     changed = Signal(object)
     choices_changed = Signal()
     columns_changed = Signal()
+    color_changed = Signal(object)  # the colour column, picked in any widget
 
     def __init__(self, viewer):
         viewer = unwrap(viewer)  # events then carry real layers, and the list holds them
@@ -72,6 +73,22 @@ class PatchesInUse:
     def layers(self) -> list:
         viewer = self._viewer_ref()
         return [] if viewer is None else [ly for ly in viewer.layers if is_patches_layer(ly)]
+
+    @property
+    def color_column(self) -> str | None:
+        """The column the patches (on the slide and in the scatter) are coloured by."""
+        return None if self._layer is None else self._layer.metadata.get(META_COLOR_BY)
+
+    def set_color(self, column: str | None) -> None:
+        """Colours the patches layer in use by ``column``, for every widget (the slide's
+        squares here, the scatter and the Colour by combos through ``color_changed``)."""
+        from .._layers import recolor_patches_layer
+
+        layer = self._layer
+        if layer is None or not column:
+            return  # (the same column again recolours: its values may have changed)
+        recolor_patches_layer(layer, column)
+        self.color_changed.emit(column)
 
     def names(self) -> list[str]:
         return [ly.name for ly in self.layers()]

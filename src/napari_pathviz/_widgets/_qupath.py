@@ -87,9 +87,7 @@ class QuPathWidget(Container):
         except PathvizError as err:
             report_error(self.status, err)
             return
-        from .._layers import recolor_patches_layer
-
-        recolor_patches_layer(points, added[-1])  # show the labels at once: by qupath_class
+        self.in_use.set_color(added[-1])  # the labels at once, on the slide and in the scatter
         self.status.value = f"{points.name}: added {', '.join(added)}"
 
     def _patches_layer(self):

@@ -91,11 +91,12 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.color_by.changed.connect(self._recolour)
+        self.color_by.changed.connect(self._colour_picked)
         self.mode.changed.connect(self.scatter.set_mode)
         self.centre_button.changed.connect(self.centre_on_selection)
         follow(self.in_use.changed, self._in_use_changed)
         follow(self.in_use.columns_changed, self._refresh_choices)
+        follow(self.in_use.color_changed, self._colour_from_state)
         self._in_use_changed(self.in_use.layer)
 
     def _layout(self, files_section) -> None:
@@ -226,6 +227,8 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         with self.color_by.changed.blocked():
             for widget in (self.color_by, self.background_column, self.sort_col):
                 widget.reset_choices()
+            if self.in_use.color_column in self.color_by.choices:  # the one colour column
+                self.color_by.value = self.in_use.color_column
 
     # -- UMAP ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -337,6 +340,21 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         mapping = column_colors(layer.features.iloc[self.rows], column)
         self.legend.value = _legend_html(mapping)
         return mapping.rgba
+
+    def _colour_picked(self, column: str | None) -> None:
+        """The user's colour column: the scatter's, and the slide's patches' for every widget."""
+        self._recolour(column)
+        try:
+            self.in_use.set_color(column)
+        except PathvizError as err:
+            self._report(err)
+
+    def _colour_from_state(self, column) -> None:
+        """Another widget coloured the patches in use by ``column``: the scatter follows."""
+        if column != self.color_by.value and column in self.color_by.choices:
+            with self.color_by.changed.blocked():
+                self.color_by.value = column
+            self._recolour(column)
 
     def _recolour(self, column: str | None) -> None:
         layer = self._linked_layer

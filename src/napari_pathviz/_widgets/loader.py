@@ -23,7 +23,6 @@ from .._layers import (
     META_COLOR_BY,
     META_SLIDE,
     patches_layer_data,
-    recolor_patches_layer,
     slide_layer_data,
 )
 from ..errors import PathvizError
@@ -132,6 +131,7 @@ class SlideLoaderWidget(Container):
         self.color_by.changed.connect(self._recolor)
         follow(self.in_use.choices_changed, self._refresh_colors)
         follow(self.in_use.columns_changed, self._refresh_colors)
+        follow(self.in_use.color_changed, self._refresh_colors)
         self._refresh_colors()
         from qtpy.QtCore import QTimer
 
@@ -263,7 +263,7 @@ class SlideLoaderWidget(Container):
         layer = self.patches_layer()
         if layer is None or not column or column == layer.metadata.get(META_COLOR_BY):
             return
-        self._guarded(lambda: recolor_patches_layer(layer, column))
+        self._guarded(lambda: self.in_use.set_color(column))  # for every widget
 
     # -- helpers -------------------------------------------------------------------------------
     def _color_choices(self, _widget=None) -> list[str]:
