@@ -51,7 +51,11 @@ def add_parsers(sub) -> None:
             _add_shapley_options(p)
         else:
             p.add_argument(
-                "--method", choices=("gradcam", "gradcampp", *ATTENTION_METHODS), default="gradcam"
+                "--method",
+                choices=("gradcam", "gradcampp", *ATTENTION_METHODS),
+                default="gradcam",
+                help="gradcam, gradcampp (Grad-CAM++), or for a vision transformer rollout "
+                "(attention rollout) or chefer (Chefer relevance)",
             )
             p.add_argument(
                 "--layer",
@@ -66,6 +70,16 @@ def add_parsers(sub) -> None:
             )
             p.add_argument(
                 "--chunk-size", type=int, default=16, help="patches per stored chunk (resume unit)"
+            )
+            p.add_argument(
+                "--smooth",
+                type=float,
+                default=0.0,
+                metavar="SIGMA",
+                help="Gaussian sigma (map px) blurring each gallery map on its own, as the "
+                "napari widget's Map smoothing; 1.5 turns expected gradients' 2-px dot lattice "
+                "into the structure it marks (default 0: the maps as computed; the store keeps "
+                "them so)",
             )
             p.set_defaults(func=cmd_explain)
 
@@ -83,7 +97,13 @@ def _add_shared_options(p: argparse.ArgumentParser, name: str) -> None:
             "or a slides table (ID, path) (then --top N COL, and -o is an output folder)",
         )
         add_cohort_options(p)
-    p.add_argument("--layout", choices=LAYOUTS, default="auto")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="axis order of a zarr slide's array (auto: from the file's metadata; xyc: "
+        "PathFlowAI's (x, y, C))",
+    )
     p.add_argument(
         "--patches",
         required=True,
@@ -157,9 +177,17 @@ def _add_sanity_options(p: argparse.ArgumentParser) -> None:
         "--method",
         choices=METHODS,
         default="gradient",
+        help="the attribution method tested: gradient (expected gradients), deep (DeepLIFT), "
+        "gradcam, gradcampp, rollout or chefer",
     )
     p.add_argument("-ns", "--n_samples", type=int, default=100, help="samples per patch (gradient)")
-    p.add_argument("-l", "--local_smoothing", type=float, default=0.0)
+    p.add_argument(
+        "-l",
+        "--local_smoothing",
+        type=float,
+        default=0.0,
+        help="std of the noise added to each sample (gradient)",
+    )
     p.add_argument(
         "--layer", help="Grad-CAM layer (default: the last conv block, or a ViT's last norm1)"
     )
@@ -167,7 +195,13 @@ def _add_sanity_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_shapley_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-mth", "--method", choices=("gradient", "deep"), default="gradient")
+    p.add_argument(
+        "-mth",
+        "--method",
+        choices=("gradient", "deep"),
+        default="gradient",
+        help="gradient: SHAP expected gradients; deep: DeepLIFT (PathFlowAI's -mth)",
+    )
     p.add_argument("-ns", "--n_samples", type=int, default=400, help="samples per patch (gradient)")
     p.add_argument(
         "-l",
@@ -218,12 +252,18 @@ def explanation_inputs(args: argparse.Namespace):
             raise PathvizError(f"--top: column {column!r} of {args.patches} holds no numbers")
         # NaN ranks last: a patch without a value is never among the highest. The top patches
         # that show different tissue: no overlapping tiles, no flipped or turned copies.
-        from ..attribution.gallery import distinct_rows
-
         ranked = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
-        chosen = distinct_rows(
-            df, ranked, count, image_of=lambda i: read_patch_batch(slide, df.iloc[[i]])[0]
+        chosen = _top_distinct(
+            df, ranked, count, lambda i: read_patch_batch(slide, df.iloc[[i]])[0]
         )
+        if len(chosen) < count:  # never fewer than asked without saying so
+            warnings.warn(
+                f"--top {count} {column}: only {len(chosen)} of the {len(df)} patches of "
+                f"{args.patches} show different tissue (the others overlap a chosen patch or "
+                "repeat one flipped or turned); explaining those",
+                PathvizWarning,
+                stacklevel=1,
+            )
     else:
         chosen = rng.choice(len(df), size=min(args.batch_size, len(df)), replace=False)
     if not len(chosen):
@@ -248,6 +288,25 @@ def explanation_inputs(args: argparse.Namespace):
         check_same_size(references, images)
         background = spec.preprocess(references, device)
     return model, inputs, background, target, images, df.iloc[chosen]
+
+
+def _top_distinct(df, ranked, count: int, image_of):
+    """The ``count`` best rows of ``ranked`` at distinct places: first apart from each other
+    (no neighbouring tiles); when too few are, the next best that only touch a pick fill up
+    (still no overlapping tile, no flipped or turned copy). Best first."""
+    import numpy as np
+
+    from ..attribution.gallery import distinct_rows
+
+    chosen = distinct_rows(df, ranked, count, image_of=image_of)
+    if len(chosen) < count:
+        rest = ranked[~np.isin(ranked, chosen)]
+        both = np.concatenate([chosen, rest])
+        chosen = distinct_rows(df, both, count, image_of=image_of, spacing=0.0)
+        rank = np.empty(len(df), np.int64)
+        rank[ranked] = np.arange(len(ranked))
+        chosen = chosen[np.argsort(rank[chosen], kind="stable")]
+    return chosen
 
 
 def background_size(args: argparse.Namespace) -> int:
@@ -282,6 +341,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..attribution.gallery import render_gallery
     from ..attribution.stored import explain
 
+    if args.smooth < 0:  # said before any work
+        raise PathvizError(f"--smooth must be 0 or more (map px), got {args.smooth:g}")
     if is_cohort_args(args):
         return cmd_explain_cohort(args)
     args.slide = args.slide[0]
@@ -309,7 +370,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(
         render_gallery(
             images,
-            result,
+            smoothed_for_gallery(result, args.smooth),
             args.out,
             titles=titles,
             per_patch_scale=args.per_patch_scale,
@@ -320,6 +381,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     report_completeness(result, rows)
     print(f"attributions store: {result.metadata['store']}")
     return 0
+
+
+def smoothed_for_gallery(result, sigma: float):
+    """``result`` with each map blurred by ``sigma`` map px (the napari widget's smoothing),
+    for drawing only; sigma 0 returns it as is."""
+    import dataclasses
+
+    from ..attribution.layer import smooth_maps
+
+    if sigma == 0:
+        return result
+    return dataclasses.replace(result, maps=smooth_maps(result.maps, sigma))
 
 
 def report_completeness(result, rows) -> None:
