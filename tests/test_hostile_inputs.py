@@ -143,6 +143,12 @@ CASES = [
     ("embed-slides-without-path", EMBED + " --slides {csv}", "no path column"),
     ("embed-slides-duplicate-ids", EMBED + " --slides {csv} --slides-dir {empty_dir}", "duplicate"),
     ("embed-slides-dir-alone", EMBED + " --slides-dir {empty_dir}", "--slides"),
+    ("embed-slides-no-rows", EMBED + " --slides {header_only} --slides-dir {empty_dir}", "no rows"),
+    (
+        "extract-cohort-out-is-slides-folder",
+        "extract " + MODEL + " --slide {empty_dir}/.. -o {empty_dir}/..",
+        "slides' folder",
+    ),
     ("embed-slides-dir-missing", EMBED + " --slides {csv} --slides-dir {tmp}/nodir", "nodir"),
     ("embed-batch-unknown-column", EMBED + " --batch-score site", "site"),
     ("embed-batch-within-alone", EMBED + " --batch-within ID", "--batch-score"),

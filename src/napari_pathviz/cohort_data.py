@@ -78,7 +78,7 @@ def read_slides_table(
     ID: ``{ID}.svs``, ``{ID}.zarr``, ... (the suffixes ``pathviz extract`` knows); one that is
     not there keeps no path (a warning counts them). A path that does not exist is kept: the
     viewer reports it when the slide is opened. Errors, one line naming the file: no ``ID``
-    column, no ``path`` column and no ``slides_dir``, empty or duplicate IDs (named).
+    column, no ``path`` column and no ``slides_dir``, no rows, empty or duplicate IDs (named).
     """
     source = str(path)
     if slides_dir is not None and not Path(slides_dir).expanduser().is_dir():
@@ -94,6 +94,8 @@ def read_slides_table(
             f"{source}: no path column; add one, or give the folder of the slides "
             "(--slides-dir) to find each slide by its ID"
         )
+    if not len(frame):  # nothing to join or run on: not a silent success
+        raise PathvizError(f"{source}: the slides table has no rows (no slides)")
     ids = frame["ID"].astype("string").str.strip()
     empty = np.flatnonzero(ids.isna().to_numpy() | (ids == "").fillna(True).to_numpy())
     if len(empty):

@@ -276,7 +276,22 @@ def _extract_paths(args, labels, inputs, outputs, resumable):
     collections = [(slide_label, s) for s in args.slide if Path(s).is_dir() and s not in slides]
     written = ["summary.csv", WORKER_LOG, "stores", *(f"{slide_key(s)}.parquet" for s in slides)]
     resumable = [(out_label, str(folder / name)) for name in written]
+    refuse_folder_holding(out_label, folder, inputs + collections, slide_label)
     return inputs, collections, [], [], resumable
+
+
+def refuse_folder_holding(label: str, folder, sources, source_label: str) -> None:
+    """A cohort's output folder is reused on purpose (a rerun resumes), so it is not among the
+    folders refused for existing; it must still never be, or hold, the slides (or feature
+    files) it is made from: tables, stores and logs would land among them."""
+    for in_label, source in sources:
+        if in_label == source_label and (
+            _same_file(str(folder), source) or _inside(source, folder)
+        ):
+            raise PathvizError(
+                f"{label} {folder} would hold the input {in_label} {source}: a cohort's output "
+                "folder is never its slides' folder; choose another output folder"
+            )
 
 
 def _head_paths(args, labels, inputs, outputs, resumable):
@@ -292,6 +307,7 @@ def _head_paths(args, labels, inputs, outputs, resumable):
     inputs = [i for i in inputs if i[0] != label] + [(label, f) for f in files]
     collections = [(label, s) for s in args.features if Path(s).is_dir()]
     written = ["summary.csv", *(table_name(f) for f in files)]
+    refuse_folder_holding(out_label, folder, inputs + collections, label)
     return inputs, collections, [], [], [(out_label, str(folder / name)) for name in written]
 
 

@@ -36,6 +36,7 @@ def guarded_paths(args, labels, inputs, collections, outputs, resumable):
     inputs, and the slides (each, and their folders) are inputs."""
     from ..cohort import WORKER_LOG, slide_key
     from ..cohort_explain import cohort_slides
+    from ._guards import refuse_folder_holding
 
     slide_label = labels.get("slide", "--slide")
     out_label = labels.get("out", "-o/--out")
@@ -48,6 +49,7 @@ def guarded_paths(args, labels, inputs, collections, outputs, resumable):
     written = ["summary.csv", "cohort.png", "cohort_top.csv", WORKER_LOG, "stores"]
     written += [f"{slide_key(s)}.png" for s in slides]
     resumable = resumable + [(out_label, str(folder / name)) for name in written]
+    refuse_folder_holding(out_label, folder, inputs + collections, slide_label)
     return inputs, collections, [], resumable
 
 
