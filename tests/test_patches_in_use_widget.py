@@ -1,4 +1,5 @@
-"""One patches layer in use, shared by the four dock widgets of a viewer: a selection made in the
+"""One patches layer in use, shared by the four dock widgets of a viewer (opened as napari's
+Plugins menu opens them, each with its own proxy of the viewer): a selection made in the
 embedding scatter is what Explain acts on, whatever layers were added since (a tissue grid, a
 umap_coords.csv opened with File > Open), and picking a layer in one widget picks it for all."""
 
@@ -13,19 +14,33 @@ from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     LAYER_PREFIX,
     META_ATTRIBUTION,
 )
-from napari_pathviz._widgets.attribution import AttributionWidget  # noqa: E402
-from napari_pathviz._widgets.embedding import EMPTY_HINT, EmbeddingWidget  # noqa: E402
-from napari_pathviz._widgets.inference import InferenceWidget  # noqa: E402
-from napari_pathviz._widgets.loader import SlideLoaderWidget  # noqa: E402
+from napari_pathviz._widgets.embedding import EMPTY_HINT  # noqa: E402
+
+PLUGIN = "napari-pathviz"
+NAMES = {
+    "loader": "Slide & patches",
+    "explorer": "Embedding explorer",
+    "inference": "Model inference",
+    "attributions": "Attributions",
+}
 
 
 def _widgets(viewer) -> dict:
+    """The four widgets as napari's Plugins menu opens them."""
     return {
-        "loader": SlideLoaderWidget(viewer),
-        "explorer": EmbeddingWidget(viewer),
-        "inference": InferenceWidget(viewer),
-        "attributions": AttributionWidget(viewer),
+        key: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for key, name in NAMES.items()
     }
+
+
+def _lasso(scatter, corner_a, corner_b) -> None:
+    """A left-button drag around a rectangle through vispy's mouse events, as a mouse makes it."""
+    (x0, y0), (x1, y1) = corner_a, corner_b
+    path = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    canvas = scatter.canvas
+    press = canvas.events.mouse_press(pos=path[0], button=1, modifiers=())
+    for pos in path[1:]:
+        canvas.events.mouse_move(pos=pos, button=1, buttons=[1], press_event=press, modifiers=())
+    canvas.events.mouse_release(pos=path[-1], button=1, press_event=press, modifiers=())
 
 
 def _shown(widgets) -> set:
@@ -62,11 +77,13 @@ def test_a_scatter_selection_is_what_explain_acts_on(make_napari_viewer, qtbot, 
     assert explorer.in_use.layer is patches and _shown(widgets) == {patches.name}
     viewer.layers.selection.active = grid  # the active layer does not decide either
 
-    # A lasso (the scatter's selection API): the left third of the slide.
+    # A lasso: the left third of the slide.
     screen = explorer.scatter.screen_positions()
-    cut = np.quantile(screen[:, 0], 1 / 3)
-    chosen = explorer.scatter.select_rectangle((-10, -10), (cut, 10_000))
-    wanted = np.sort(explorer.rows[chosen])
+    xs = np.unique(screen[:, 0])
+    cut = float(xs[len(xs) // 3 - 1] + xs[len(xs) // 3]) / 2  # between two columns of points
+    lo, hi = screen.min(axis=0) - 4, screen.max(axis=0) + 4
+    _lasso(explorer.scatter, (lo[0], lo[1]), (cut, hi[1]))
+    wanted = np.sort(explorer.rows[screen[:, 0] < cut])
     assert 20 <= len(wanted) < len(patches.data)
     attributions.form.prefill_demo()
     attributions.method.value = "gradcam"
@@ -98,8 +115,7 @@ def test_open_sample_fills_the_explorer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-pathviz", "demo")
     patches = viewer.layers[-1]
-    explorer = EmbeddingWidget(viewer)
-    viewer.window.add_dock_widget(explorer)
+    _dock, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Embedding explorer")
     assert explorer.embeddings_path.value.name == "embeddings.parquet"
     done = f"UMAP of {len(patches.data)} patches"
     qtbot.waitUntil(lambda: explorer.status.value == done, timeout=300_000)
