@@ -66,6 +66,7 @@ CASES = [
     ("convert-onto-slide", "convert {slide} {slide}", "demo_ihc.ome.zarr"),
     ("convert-inside-slide", "convert {slide} {slide}/copy.zarr", "demo_ihc.ome.zarr"),
     ("convert-chunk-tiny", "convert {slide} {tmp}/c.zarr --chunk 8", "--chunk"),
+    ("convert-chunk-slow", "convert {slide} {tmp}/c.zarr --chunk 16", "at least 64"),
     ("convert-chunk-negative", "convert {slide} {tmp}/c.zarr --chunk -512", "--chunk"),
     ("convert-missing", "convert {tmp}/nothing.tif {tmp}/c.zarr", "nothing.tif"),
     # --- render ---

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -30,8 +31,47 @@ def write_error(path: str | os.PathLike, exc: OSError) -> PathvizError:
 
 def temporary_sibling(path: Path, tag: str = "partial") -> Path:
     """A hidden name next to ``path`` that keeps its suffix, so that writers which choose the
-    format by suffix (matplotlib, PIL, numpy) still choose the right one."""
-    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    format by suffix (matplotlib, PIL, numpy) still choose the right one. It carries the
+    writer's pid, so that a later write can tell a killed writer's leftover
+    (:func:`remove_stale_partials`)."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def partial_folder(path: Path) -> Path:
+    """A hidden sibling folder to build ``path`` in, named as :func:`temporary_sibling` does."""
+    return path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_PARTIAL_PID = re.compile(r"\.partial-(\d+)-[0-9a-f]{8}")
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Removes the hidden partial files and folders a killed writer of ``path`` left beside it
+    (kill -9 runs no cleanup): those whose every writer pid is no longer running. A live
+    writer's are kept."""
+    prefix = f"{path.name.lstrip('.')}.partial-"
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.lstrip(".").startswith(prefix)):
+            continue
+        pids = [int(pid) for pid in _PARTIAL_PID.findall(entry.name)]
+        if pids and not any(_running(pid) for pid in pids):
+            _remove(Path(entry.path))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or one we cannot ask about: keep its files
+    return True
 
 
 def make_parent(path: Path) -> None:
@@ -56,6 +96,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise PathvizError(f"cannot write {path}: it is a folder")
     make_parent(path)
+    remove_stale_partials(path)
     tmp = temporary_sibling(path)
     try:
         yield tmp
@@ -81,7 +122,8 @@ def atomic_folder(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     if path.exists() and not overwrite:
         raise PathvizError(f"{path}: already exists; pass --overwrite to replace it")
     make_parent(path)
-    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    remove_stale_partials(path)
+    partial = partial_folder(path)
     try:
         yield partial
         if not partial.exists():

@@ -200,13 +200,15 @@ def write_ome_zarr(
     sibling folder and renamed to ``out`` at the end: a failure or a cancel leaves no output.
     """
     import shutil
-    import uuid
+
+    from .atomic import partial_folder, remove_stale_partials
 
     out = Path(out)
     if out.exists():
         raise PathvizError(f"{out}: already exists; choose another output path or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale_partials(out)  # a killed write's leftover (kill -9 runs no cleanup)
+    partial = partial_folder(out)
     try:
         n_native = len(levels) if n_native is None else n_native
         datasets = _write_levels(levels, partial, n_native, mpp, chunk, progress, cancelled)
