@@ -101,6 +101,33 @@ def test_coverage_fractions_are_the_overlapping_areas(tmp_path):
     assert strict["qupath_class"].tolist() == ["NA", "NA", "Tumor"]
 
 
+def test_a_class_named_like_a_column_keeps_its_coverage(tmp_path, capsys):
+    """A QuPath class called "class" had its coverage column qupath_class overwritten by the
+    label column of the same name. Each class keeps its coverage, in a column a warning names."""
+    table = pd.DataFrame({"ID": "s", "x": [0, 64, 128], "y": 0, "patch_size": 64})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    features = [
+        _feature([[[0, 0], [48, 0], [48, 64], [0, 64], [0, 0]]], "class"),  # 3/4 of patch 0
+        _feature([[[64, 0], [80, 0], [80, 64], [64, 64], [64, 0]]], "class_coverage"),  # 1/4
+        _feature([[[128, 0], [192, 0], [192, 64], [128, 64], [128, 0]]], "Tumor"),
+    ]
+    geojson = _write(tmp_path / "q.geojson", features)
+    out = tmp_path / "labelled.csv"
+    argv = ["annotate", str(tmp_path / "t.csv"), "--geojson", str(geojson), "-o", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    labelled = pd.read_csv(out, keep_default_na=False)
+    assert labelled["qupath_class"].tolist() == ["class", "NA", "Tumor"]
+    np.testing.assert_allclose(labelled["qupath_class_coverage"], [0.75, 0.0, 0.0])
+    np.testing.assert_allclose(labelled["qupath_class_coverage_coverage"], [0.0, 0.25, 0.0])
+    np.testing.assert_allclose(labelled["qupath_Tumor"], [0.0, 0.0, 1.0])
+    assert "'qupath_class_coverage' ('qupath_class' is taken)" in err
+    # Labelling the labelled table again replaces the same columns: none is added.
+    again = tmp_path / "again.csv"
+    assert main([*argv[:1], str(out), *argv[2:5], str(again)]) == 0
+    assert list(pd.read_csv(again).columns) == list(labelled.columns)
+
+
 def test_old_qupath_measurements_and_packed_colours(tmp_path):
     feature = _feature([[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]])
     feature["properties"]["classification"] = {"name": "Necrosis", "colorRGB": -16711936}

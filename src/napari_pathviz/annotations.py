@@ -36,8 +36,9 @@ def label_patches(
     table: PatchTable, annotations: list[GeoFeature], *, min_coverage: float = 0.5
 ) -> pd.DataFrame:
     """``table.df`` with a column ``qupath_<class>`` per annotation class (the fraction of each
-    patch it covers, 0..1) and ``qupath_class``: the class covering the largest fraction of the
-    patch when that fraction is at least ``min_coverage``, else "NA" (PathFlowAI's "none")."""
+    patch it covers, 0..1; named by :func:`coverage_columns`) and ``qupath_class``: the class
+    covering the largest fraction of the patch when that fraction is at least
+    ``min_coverage``, else "NA" (PathFlowAI's "none")."""
     import shapely
 
     if not 0.0 < min_coverage <= 1.0:
@@ -62,12 +63,40 @@ def label_patches(
         if edge.size:
             shared = shapely.area(shapely.intersection(boxes[edge], region))
             coverage[edge, j] = np.clip(shared / areas[edge], 0.0, 1.0)
+    columns = coverage_columns(classes)
     for j, name in enumerate(classes):
-        df[COLUMN_PREFIX + name] = coverage[:, j]
+        df[columns[name]] = coverage[:, j]
     best = coverage.argmax(axis=1)
     covered = coverage[np.arange(len(df)), best] >= min_coverage - 1e-12
     df[CLASS_COLUMN] = np.where(covered, np.asarray(classes, dtype=object)[best], NO_ANNOTATION)
     return df
+
+
+def coverage_columns(classes: list[str]) -> dict[str, str]:
+    """Class name -> its coverage column, ``qupath_<class>``. A class whose column would be the
+    class column (a class named "class") or another class's gets ``_coverage`` appended (then
+    a number), so that no class's coverage is lost; a warning names the column it got."""
+    import warnings
+
+    from .errors import PathvizWarning
+
+    taken, columns = {CLASS_COLUMN}, {}
+    for name in classes:
+        column = base = COLUMN_PREFIX + name
+        if column in taken:
+            column = base = f"{column}_coverage"
+            k = 2
+            while column in taken:
+                column, k = f"{base}_{k}", k + 1
+            warnings.warn(
+                f"QuPath class {name!r}: its coverage is in the column {column!r} "
+                f"({COLUMN_PREFIX + name!r} is taken)",
+                PathvizWarning,
+                stacklevel=3,
+            )
+        taken.add(column)
+        columns[name] = column
+    return columns
 
 
 def select_rows(df: pd.DataFrame, *, rows: pd.DataFrame | None = None, where: str | None = None):
