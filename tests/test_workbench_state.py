@@ -303,3 +303,17 @@ def test_a_lasso_at_100k_patches_reaches_the_layer_when_a_widget_asks(
     assert qupath.status.value.startswith("wrote 2000 patches")
     np.testing.assert_array_equal(np.sort(list(patches.selected_data)), np.arange(2000))
     assert _geojson_corners(tmp_path / "cluster.geojson") == _corners(patches, np.arange(2000))
+
+
+def test_the_loader_says_which_layer_is_in_use(make_napari_viewer, tmp_path):
+    table = pd.DataFrame({"ID": "s", "x": [0, 64, 128], "y": 0, "patch_size": 64})
+    table.to_csv(tmp_path / "three.csv", index=False)
+    viewer = make_napari_viewer()
+    loader = _open(viewer, "Slide & patches")
+    loader.table_path.value = tmp_path / "three.csv"
+    loader.load_table_button.clicked.emit()
+    first = viewer.layers[-1]
+    assert loader.in_use.layer is first
+    assert "Patches in use" not in loader.status.value  # the first table is the one in use
+    loader.load_table_button.clicked.emit()
+    assert loader.status.value.endswith(f"Patches in use: {first.name} (change it above)")

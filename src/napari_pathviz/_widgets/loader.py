@@ -41,6 +41,7 @@ from ._dock_layout import join_pathviz_tabs
 from ._lookup import layer_with
 from ._notify import report_error
 from ._patches_in_use import follow, patches_combo, patches_in_use
+from ._viewer_state import same
 
 if TYPE_CHECKING:
     import napari
@@ -283,7 +284,7 @@ class SlideLoaderWidget(Container):
 
         layer = self._viewer.add_layer(Layer.create(*layer_data))
         self.status.value = f"added {layer.name}"
-        if META_COLOR_BY in layer.metadata and layer is not self.in_use.layer:
+        if META_COLOR_BY in layer.metadata and not same(layer, self.in_use.layer):
             # A new table does not take over the selection the other widgets act on.
             self.status.value += f"; Patches in use: {self.in_use.name} (change it above)"
         if META_SLIDE in layer.metadata and len(self._viewer.layers) == 1:
