@@ -42,6 +42,7 @@ def test_widgets_are_in_the_plugins_menu(make_napari_viewer):
         f"{PLUGIN}.attributions",
         f"{PLUGIN}.cohort_explorer",
         f"{PLUGIN}.qupath_annotations",
+        f"{PLUGIN}.workbench",
     }
     # The QuPath widget opens from its menu entry's name.
     from napari_pathviz._widgets._qupath import QuPathWidget

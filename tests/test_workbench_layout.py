@@ -265,3 +265,126 @@ def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(make_napari_viewer,
         dock.raise_()
         _settle(qtbot, 50)
         _assert_fits(viewer, window, docks)
+
+
+# --- Plugins > PathViz > Workbench: the demo's three columns on the viewer's own data -----------
+
+
+def _area(window, dock) -> str:
+    from qtpy.QtCore import Qt
+
+    areas = {
+        Qt.DockWidgetArea.LeftDockWidgetArea: "left",
+        Qt.DockWidgetArea.RightDockWidgetArea: "right",
+    }
+    return areas.get(window.dockWidgetArea(dock), "elsewhere")
+
+
+def _assert_three_columns(viewer, window, docks: dict, canvas_width: float = 0.5) -> None:
+    qt_viewer = viewer.window._qt_viewer
+    explorer = docks["Embedding explorer"][0]
+    assert _area(window, explorer) == "left" and _in_front(explorer, window)
+    assert {qt_viewer.dockLayerList, qt_viewer.dockLayerControls} <= set(
+        window.tabifiedDockWidgets(explorer)
+    )
+    right = [dock for name, (dock, _w) in docks.items() if name != "Embedding explorer"]
+    for dock in right:
+        assert _area(window, dock) == "right", dock.windowTitle()
+        assert set(window.tabifiedDockWidgets(dock)) == set(right) - {dock}, dock.windowTitle()
+    assert _in_front(docks["Slide & patches"][0], window)
+    frame = window.frameGeometry()
+    assert frame.width() <= SCREEN[0] and frame.height() <= SCREEN[1], frame
+    canvas = qt_viewer.canvas.native
+    left = canvas.mapTo(window, canvas.rect().topLeft()).x()
+    assert explorer.geometry().right() < left  # the canvas between the two columns
+    assert left + canvas.width() <= docks["Slide & patches"][0].geometry().left()
+    assert canvas.width() >= window.width() * canvas_width, (canvas.width(), window.width())
+    assert canvas.height() >= window.height() * 0.9, (canvas.height(), window.height())
+
+
+def test_workbench_entry_lays_out_the_demo_columns_on_the_viewers_data(
+    make_napari_viewer, qtbot, pathflowai_project
+):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*SCREEN)
+    viewer.open(pathflowai_project["zarr"], plugin="napari-pathviz")
+    viewer.open(pathflowai_project["db"], plugin="napari-pathviz")
+    patches = viewer.layers[-1].name
+    _settle(qtbot)
+    workbench_dock, _workbench = viewer.window.add_plugin_dock_widget("napari-pathviz", "Workbench")
+    _settle(qtbot)
+    docks = {  # open already: add_plugin_dock_widget hands them back as they are
+        name: viewer.window.add_plugin_dock_widget("napari-pathviz", name)
+        for name in ("Slide & patches", "Model inference", "Attributions", "Embedding explorer")
+    }
+    _assert_three_columns(viewer, window, docks)
+    assert not workbench_dock.isVisible()  # it only lays the docks out
+    # The widgets work on the data the viewer holds.
+    for name, (_dock, widget) in docks.items():
+        assert widget.patches_layer().name == patches, name
+    # Docks opened later, and one torn off, join the columns when the entry is chosen
+    # again (napari's menu shows the hidden Workbench dock).
+    for name in ("Cohort explorer", "QuPath annotations"):
+        docks[name] = viewer.window.add_plugin_dock_widget("napari-pathviz", name)
+        _settle(qtbot, 100)
+    attributions = docks["Attributions"][0]
+    attributions.setFloating(True)  # torn off the window
+    _settle(qtbot)
+    assert attributions.isFloating()
+    workbench_dock.setVisible(True)
+    _settle(qtbot)
+    # The Cohort explorer needs a wider right column (398 px): the canvas keeps 47% of the
+    # width, and its full height.
+    _assert_three_columns(viewer, window, docks, canvas_width=0.45)
+
+
+# --- interactive `pathviz demo`: the screen's size, progress from the first moment -------------
+
+
+def test_demo_window_fills_the_screen_and_shows_progress_from_the_start(make_napari_viewer, qtbot):
+    """`pathviz demo` opened at 1089 x 1063 on a 1600 x 1000 screen (its bottom off-screen),
+    behind napari's welcome screen, which hid the loading line for the minute a cold start
+    takes; the explorer said 0% and the status bar "Ready"."""
+    from functools import partial
+
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QLabel
+
+    from napari_pathviz._demo_viewer import start_demo_window, text_overlay
+    from napari_pathviz._widgets._dock_layout import fit_to_screen
+
+    viewer, _started, worker = start_demo_window(make_viewer=partial(make_napari_viewer, show=True))
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    window = viewer.window._qt_window
+    qtbot.wait(100)
+    available = window.screen().availableGeometry()  # Xvfb's whole screen: no task bar
+    assert window.frameGeometry() == available, (window.frameGeometry(), available)
+    # From the start: the canvas (no welcome screen over it) with its loading line, napari's
+    # activity dock with the demo's bar, the explorer's status and the status bar.
+    qt_viewer = viewer.window._qt_viewer
+    assert not qt_viewer._welcome_widget.isVisible() and qt_viewer.canvas.native.isVisible()
+    overlay = text_overlay(viewer)
+    assert overlay.visible and overlay.text.startswith("Loading the demo")
+    activity = window._activity_dialog
+    assert activity.isVisible()
+    bars = [label.text() for label in activity.findChildren(QLabel) if label.isVisible()]
+    assert any(text.startswith(("Loading the demo", "Demo: ")) for text in bars), bars
+    explorer = viewer.window.dock_widgets["Embedding explorer (napari-pathviz)"]
+    assert explorer.status.value.startswith("loading the demo"), explorer.status.value
+    assert viewer.status.startswith("Loading the demo"), viewer.status
+    # The steps move the bars on.
+    qtbot.waitUntil(lambda: explorer.progress.value > 0, timeout=300_000)
+    assert viewer.status.startswith("Loading the demo (")
+    worker.quit()  # cancelled at its next step: the bar and the loading line go
+    qtbot.waitUntil(lambda: bool(finished), timeout=300_000)
+    qtbot.wait(50)
+    assert not overlay.visible
+    # Cancelled, unless the (cached) data had all loaded first.
+    assert explorer.status.value == "demo loading cancelled" or len(viewer.layers) == 2
+    # A smaller screen (a laptop's, less its task bar): the window takes it, no more.
+    laptop = QRect(0, 0, 1440, 860)
+    fit_to_screen(window, laptop)
+    qtbot.wait(50)
+    assert window.frameGeometry() == laptop, window.frameGeometry()

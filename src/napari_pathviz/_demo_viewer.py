@@ -6,69 +6,34 @@ from ._layers import patches_layer_data, slide_layer_data
 
 PLUGIN = "napari-pathviz"
 DOCK_WIDGETS = ("Slide & patches", "Model inference", "Attributions", "Embedding explorer")
-TABBED = ("Model inference", "Attributions")  # share a tab group with the widget before them
 EXPLORER = "Embedding explorer"
-COLUMN_WIDTH = 360  # each side column at 1440 px: 360 + 720 (the canvas) + 360
+RIGHT_COLUMN = ("Slide & patches", "Model inference", "Attributions")  # one tab group
 
 
 def dock_pathviz_widgets(viewer) -> dict:
     """The plugin's dock widgets (by name), laid out for a 1440 x 900 screen: Slide & patches,
-    Model inference and Attributions share one tab group on the right, the Embedding explorer
-    has the left column to itself, full height, so its scatter is about square; the slide
-    canvas keeps the middle half of the window."""
-    docks = {
-        name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in TABBED)
-        for name in DOCK_WIDGETS
-    }
-    _explorer_on_the_left(viewer, docks[EXPLORER][0])
-    docks[DOCK_WIDGETS[0]][0].raise_()  # the tab to start from: open a slide
+    Model inference and Attributions (and the Cohort explorer and QuPath annotations when
+    open) share one tab group on the right, the Embedding explorer has the left column to
+    itself, full height, so its scatter is about square; the slide canvas keeps the middle
+    half of the window. Docks already open are moved there (Plugins > PathViz > Workbench)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from ._widgets._dock_layout import is_pathviz_dock, three_columns
+
+    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name) for name in DOCK_WIDGETS}
+    explorer = docks[EXPLORER][0]
+    right = [docks[name][0] for name in RIGHT_COLUMN]
+    window = viewer.window._qt_window
+    right += [  # the other PathViz docks open: Cohort explorer, QuPath annotations
+        dock
+        for dock in window.findChildren(QDockWidget)
+        if is_pathviz_dock(dock) and not dock.isHidden() and dock not in (explorer, *right)
+    ]
+    qt_viewer = viewer.window._qt_viewer
+    three_columns(window, explorer, right, [qt_viewer.dockLayerControls, qt_viewer.dockLayerList])
     widgets = {name: widget for name, (_dock, widget) in docks.items()}
     widgets["Slide & patches"].show_ampersand_in_tab()
-    columns = [docks[EXPLORER][0], docks[DOCK_WIDGETS[0]][0]]
-    _keep_column_widths(viewer, columns)
     return widgets
-
-
-def _explorer_on_the_left(viewer, dock) -> None:
-    """Moves the explorer's dock to the left column, in a tab group with napari's layer
-    controls and layer list, the explorer in front.
-
-    Why tabs: stacked under napari's two docks the scatter would again be a strip (the issue
-    with the old layout), and a third column would take the canvas' half. The layer list and
-    controls stay one click away (their tabs sit under the explorer); a user of the workbench
-    mostly works in the scatter and on the slide, and File > Window lists every dock."""
-    from qtpy.QtCore import Qt
-
-    window = viewer.window._qt_window
-    window.removeDockWidget(dock)
-    dock.area, dock.qt_area = "left", Qt.DockWidgetArea.LeftDockWidgetArea
-    window.addDockWidget(dock.qt_area, dock)
-    dock.show()
-    qt_viewer = viewer.window._qt_viewer
-    napari_docks = [qt_viewer.dockLayerControls, qt_viewer.dockLayerList]
-    window.tabifyDockWidget(napari_docks[0], napari_docks[1])
-    window.tabifyDockWidget(napari_docks[1], dock)
-    dock.raise_()
-
-
-def _keep_column_widths(viewer, docks) -> None:
-    """Sets the two columns' widths now and once Qt has laid the docks out (it may undo the
-    first)."""
-    from qtpy.QtCore import QTimer
-
-    _column_widths(viewer, docks)
-    QTimer.singleShot(0, lambda: _column_widths(viewer, docks))
-
-
-def _column_widths(viewer, docks) -> None:
-    from qtpy.QtCore import Qt
-
-    try:
-        window = viewer.window._qt_window
-        width = min(COLUMN_WIDTH, window.width() // 4)
-        window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
-    except (RuntimeError, AttributeError):
-        pass  # the viewer was closed first
 
 
 def populate_demo_viewer(
@@ -168,9 +133,12 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
     from .errors import Cancelled
 
     bar = napari_progress(total=100, desc="Loading the demo")
+    show_activity(viewer)  # napari's bar, open from the start, not behind the status bar button
     overlay = text_overlay(viewer)
     overlay.visible = True
     overlay.text = "Loading the demo…"
+    say_in_explorer(widgets, 0.0, "loading the demo…")
+    viewer.status = "Loading the demo…"
     signal = _ProgressSignal()
     cancel = []
 
@@ -181,6 +149,8 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
         if on_progress is not None:
             on_progress(fraction, message)
         overlay.text = f"Loading the demo: {message}"
+        say_in_explorer(widgets, fraction, f"loading the demo: {message}")
+        viewer.status = f"Loading the demo ({round(100 * fraction)}%): {message}"
         bar.n = round(100 * fraction)
         bar.set_description(f"Demo: {message}")
 
@@ -197,7 +167,10 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
 
     def failed(error: Exception) -> None:
         finish()
-        if not isinstance(error, Cancelled):
+        if isinstance(error, Cancelled):
+            say_in_explorer(widgets, 0.0, "demo loading cancelled")
+        else:
+            say_in_explorer(widgets, 0.0, f"the demo could not load: {error}")
             show_error(f"The demo could not load: {error}")
 
     signal.changed.connect(show)
@@ -216,6 +189,21 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
     return worker
 
 
+def show_activity(viewer) -> None:
+    """Opens napari's activity dock (its progress bars) in the corner of the canvas."""
+    toggle = getattr(viewer.window._qt_window.statusBar(), "_toggle_activity_dock", None)
+    if toggle is not None:  # napari >= 0.5
+        toggle(True)
+
+
+def say_in_explorer(widgets: dict, fraction: float, message: str) -> None:
+    """The demo's loading in the Embedding explorer's bar and status (its UMAP is a part)."""
+    explorer = widgets.get(EXPLORER)
+    if explorer is not None:
+        explorer.progress.value = round(100 * fraction)
+        explorer.status.value = message
+
+
 def text_overlay(viewer):
     """The canvas's text overlay (napari >= 0.9 keeps it under ``viewer.canvas.overlays``)."""
     canvas = getattr(viewer, "canvas", None)
@@ -228,20 +216,48 @@ def open_demo_viewer(directory=None, screenshot: str | None = None, on_progress=
     message)`` hears it too), then SHAP maps on the most DAB-positive patches."""
     import napari
 
-    viewer = napari.Viewer(title="napari-pathviz demo")
+    viewer, started, _worker = start_demo_window(
+        directory, on_progress, size=SCREENSHOT_SIZE if screenshot else None
+    )
+    if screenshot:
+        return _save_screenshot(viewer, started, screenshot)
+    napari.run()
+    return 0
+
+
+SCREENSHOT_SIZE = (1440, 900)  # a laptop screen: all docks fit (issue 11)
+
+
+def start_demo_window(
+    directory=None, on_progress=None, size=None, available=None, make_viewer=None
+):
+    """The demo's viewer, sized to the screen's available geometry (or ``available``, a QRect;
+    or to ``size``), its docks laid out, the data loading with progress shown from the start.
+    Returns (viewer, started, worker): ``started`` receives the Attributions widget once its
+    first run has begun. ``make_viewer`` makes the viewer (napari.Viewer)."""
+    import napari
+
+    from ._widgets._dock_layout import fit_to_screen
+
+    # No welcome screen: it would hide the canvas, and with it the loading line and napari's
+    # activity dock, for the minute a cold start takes.
+    make_viewer = make_viewer or napari.Viewer
+    viewer = make_viewer(title="napari-pathviz demo", show_welcome_screen=False)
+    window = viewer.window._qt_window
+    if size is None:
+        fit_to_screen(window, available)
+    else:
+        window.resize(*size)
     widgets = dock_pathviz_widgets(viewer)
     started: list = []
-    load_demo_into(
+    worker = load_demo_into(
         viewer,
         widgets,
         directory,
         on_progress=on_progress,
         on_loaded=lambda w: started.append(explain_top_patches(w["Attributions"])),
     )
-    if screenshot:
-        return _save_screenshot(viewer, started, screenshot)
-    napari.run()
-    return 0
+    return viewer, started, worker
 
 
 def _save_screenshot(viewer, started: list, path: str) -> int:
@@ -250,7 +266,6 @@ def _save_screenshot(viewer, started: list, path: str) -> int:
 
     from qtpy.QtWidgets import QApplication
 
-    viewer.window._qt_window.resize(1440, 900)  # a laptop screen: all docks fit (issue 11)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not (started and started[0].run_button.enabled):
         QApplication.processEvents()  # the loading and the attributions run in threads

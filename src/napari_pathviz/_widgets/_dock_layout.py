@@ -58,10 +58,10 @@ class _JoinTabsOnShow(QObject):
         if self._dock is not None:
             self._dock.removeEventFilter(self)
         if tabify_with_pathviz_docks(self._native):
-            _give_back_height(self._dock.parentWidget(), self._size_before)
+            give_back_height(self._dock.parentWidget(), self._size_before)
 
 
-def _give_back_height(window: QMainWindow, size) -> None:
+def give_back_height(window: QMainWindow, size) -> None:
     """The window's height before the dock came (Qt keeps it above the window's minimum)."""
     if size is not None and window.height() > size.height():
         window.layout().activate()  # the minimum as tabbed, not the one as stacked
@@ -133,6 +133,7 @@ def three_columns(window: QMainWindow, explorer, right, napari_docks) -> None:
     Why tabs on the left: stacked under napari's two docks the scatter would be a strip, and a
     fourth column would take the canvas' half. The layer list and controls stay one click away
     (their tabs sit under the explorer); File > Window lists every dock."""
+    size_before = window.size()  # moving docks stacks them for a moment: the window grows
     for dock in right:
         _move_to(window, dock, "right")
     for dock in right[1:]:
@@ -144,6 +145,7 @@ def three_columns(window: QMainWindow, explorer, right, napari_docks) -> None:
     window.tabifyDockWidget(napari_docks[1], explorer)
     explorer.raise_()
     right[0].raise_()  # the tab to start from: open a slide
+    give_back_height(window, size_before)
     keep_column_widths(window, [explorer, right[0]])
 
 
@@ -165,7 +167,7 @@ _AREAS = {
 
 
 def keep_column_widths(window: QMainWindow, docks) -> None:
-    """Sets the side columns' widths now and once Qt has laid the docks out (it may undo the
+    """Sets the side columns' widths (``docks``: a dock of each, left and right) now and once Qt has laid the docks out (it may undo the
     first)."""
     from qtpy.QtCore import QTimer
 
@@ -174,11 +176,19 @@ def keep_column_widths(window: QMainWindow, docks) -> None:
 
 
 def _column_widths(window: QMainWindow, docks) -> None:
+    """A quarter of the window each, at most COLUMN_WIDTH; where the right column needs more
+    (the Cohort explorer is wider), the left one gives it up: the canvas keeps half."""
     try:
+        left, right = docks
         width = min(COLUMN_WIDTH, window.width() // 4)
-        window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
+        right_width = max(width, right.minimumSizeHint().width())
+        left_width = min(width, window.width() // 2 - right_width - SPLITTERS)
+        window.resizeDocks(docks, [left_width, right_width], Qt.Orientation.Horizontal)
     except RuntimeError:
         pass  # the window was closed first
+
+
+SPLITTERS = 12  # the two dock separators' width, px
 
 
 def fit_to_screen(window: QWidget, available=None) -> None:
