@@ -188,7 +188,10 @@ class OutputClaim:
     the claim are removed again on release when nothing else was put in them."""
 
     def __init__(self, output: str | os.PathLike, label: str = ""):
-        self.output = Path(os.path.abspath(output))
+        # The folder's real path (one folder reached by two names has one claim), the output's
+        # own name: a symlinked output is replaced as a name, so its name is what is claimed.
+        absolute = Path(os.path.abspath(output))
+        self.output = absolute.parent.resolve() / absolute.name
         self.claim = claim_path(self.output)
         what = f"{label} {output}" if label else str(output)
         self.lock = StoreLock(self.output.parent, name=self.claim.name, what=what)
