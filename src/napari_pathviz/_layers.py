@@ -29,8 +29,11 @@ def slide_scale(slide: Slide, use_mpp: bool) -> tuple[float, float]:
 
 
 def slide_layer_data(slide: Slide, use_mpp: bool = False) -> tuple[Any, dict, str]:
-    """One multiscale RGB image layer; no pixel is read here."""
-    levels = slide.levels if slide.rgb else [lv[..., 0] for lv in slide.levels]
+    """One multiscale RGB image layer; no pixel is read here. A chunk that cannot be read
+    (corrupt, or missing from the file) is shown blank with one warning, so that one bad tile
+    does not stop the whole slide from opening; analyses read the slide itself and refuse it."""
+    levels = [_shown_despite_bad_chunks(level) for level in slide.levels]
+    levels = levels if slide.rgb else [lv[..., 0] for lv in levels]
     kwargs: dict[str, Any] = {
         "name": slide.slide_id,
         "rgb": slide.rgb,
@@ -42,6 +45,44 @@ def slide_layer_data(slide: Slide, use_mpp: bool = False) -> tuple[Any, dict, st
         # Given explicitly so napari never scans a dask pyramid to guess them.
         kwargs["contrast_limits"] = (0, 255)
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
+def _shown_despite_bad_chunks(level):
+    """``level`` (a dask array) read chunk by chunk, a chunk that fails read as zeros and
+    reported once per level (a napari warning; a Python warning outside napari)."""
+    import dask.array as da
+
+    from .errors import PathvizError
+
+    reported: list[str] = []
+
+    def read(block_info=None):
+        where = block_info[None]["array-location"]
+        region = level[tuple(slice(start, stop) for start, stop in where)]
+        try:
+            return np.asarray(region.compute(scheduler="synchronous"))
+        except PathvizError as err:
+            if not reported:
+                reported.append(str(err))
+                _warn(f"{err}; shown blank (the slide's other chunks are shown)")
+            return np.zeros(region.shape, level.dtype)
+
+    return da.map_blocks(
+        read, chunks=level.chunks, dtype=level.dtype, meta=np.empty((0,) * level.ndim, level.dtype)
+    )
+
+
+def _warn(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:
+        import warnings
+
+        from .errors import PathvizWarning
+
+        warnings.warn(message, PathvizWarning, stacklevel=2)
+    else:
+        show_warning(message)
 
 
 def default_color_column(table: PatchTable) -> str:
