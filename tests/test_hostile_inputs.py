@@ -399,6 +399,8 @@ CASES = [
     ("export-geojson-bad-where", GEOJSON + " --where nope>1", "nope"),
     ("export-geojson-bad-suffix", "export-geojson {patches} -o {tmp}/x.json", "x.json"),
     ("export-geojson-empty", GEOJSON + " --where dab_positive>2", "empty"),
+    # --- demo: its data folder must be its own (a user's project is never overwritten) ---
+    ("demo-data-dir-of-user-files", "demo --headless --data-dir {slide} --out {tmp}/d", ".pathviz"),
     # --- the whole command line ---
     ("unknown-command", "explain-everything {slide}", "explain-everything"),
     ("missing-required", "shapley-plot --slide {slide}", "required"),
