@@ -16,6 +16,7 @@ from .errors import PathvizError
 from .patches import PatchTable
 from .slide import Slide, open_slide
 
+MARGIN = 0.02  # of the mosaic's extent, empty canvas around it in the figure
 SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".ndpi")
 
 
@@ -29,6 +30,7 @@ class Mosaic:
     order: np.ndarray  # drawing order (last on top)
     extent: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # UMAP x0, x1, y0, y1
     colours: object = None  # render.ColorMapping of the thumbnail borders, when coloured
+    background: int = 255  # grey level of the empty canvas
 
 
 def find_slides(source: str | os.PathLike, ids, layout: str = "auto") -> dict[str, Slide]:
@@ -132,7 +134,7 @@ def umap_mosaic(
     # Canvas edges in UMAP units (thumbnail centres span the usable part).
     half = thumb / 2 / usable * span
     extent = (lo[0] - half[0], hi[0] + half[0], lo[1] - half[1], hi[1] + half[1])
-    return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order, extent, colours)
+    return Mosaic(image, np.stack([rows, cols], axis=1), thumb, order, extent, colours, background)
 
 
 def mosaic_thumb(table: PatchTable, zoom: float) -> int:
@@ -186,6 +188,12 @@ def mosaic_figure(mosaic: Mosaic, title: str | None = None, n_patches: int | Non
     ax = fig.add_subplot()
     x0, x1, y0, y1 = mosaic.extent
     ax.imshow(mosaic.image, extent=(x0, x1, y0, y1), interpolation="antialiased")
+    # The outermost thumbnails touch the canvas's edges: a margin of empty canvas keeps their
+    # frames clear of the axes' lines, which hid (cut) them.
+    pad = MARGIN * max(x1 - x0, y1 - y0)
+    ax.set_xlim(x0 - pad, x1 + pad)
+    ax.set_ylim(y0 - pad, y1 + pad)
+    ax.set_facecolor(np.full(3, mosaic.background / 255.0))
     ax.set_xlabel("UMAP 1", fontsize=7)
     ax.set_ylabel("UMAP 2", fontsize=7)
     ax.tick_params(labelsize=6)
