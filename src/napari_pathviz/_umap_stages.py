@@ -13,12 +13,19 @@ To name them without changing a single coordinate:
   hook for subclasses) for the layout: the subclass below reports the spectral initialisation
   there, and the epoch bar, written to a file of ours, reports the epochs.
 
+NN-descent reports nothing unless verbose, and then prints (from numba, through ``sys.stdout``) a
+line when it builds its random-projection trees and one per iteration: :class:`NeighbourLines`
+turns those lines into progress within the neighbours stage (the search stops once its graph
+settles, mostly after a few of at most log2(N) iterations, hence the estimate in
+:func:`iteration_share`).
+
 Under 4,096 patches umap-learn computes all pairwise distances instead of NN-descent (exact, and
 fast): neighbours and fuzzy set are then one stage, and the layout is left to ``fit`` as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -67,6 +74,15 @@ class StageReporter:
 
     def begin(self, name: str, detail: str = "") -> None:
         self.report(stage_start(name), f"{name}: {detail}" if detail else name)
+
+    def within(self, name: str, fraction: float, detail: str) -> None:
+        """Progress ``fraction`` (0..1) through stage ``name``. Never raises :class:`Cancelled`
+        (it is called from inside numba's print, which would swallow it): the next stage
+        checks."""
+        start, end = stage_start(name), STAGE_END[name]
+        self.fraction = max(self.fraction, min(1.0, start + (end - start) * fraction))
+        if self.progress is not None:
+            self.progress(self.fraction, f"{name}: {detail}")
 
     def epochs_stream(self) -> EpochStream:
         return EpochStream(self, stage_start("epochs"), STAGE_END["epochs"])
@@ -140,25 +156,82 @@ def searches_alone(umap, metric: str) -> bool:
     return metric in umap.umap_.pynn_named_distances
 
 
-def nndescent_neighbours(data, n_neighbors: int, metric: str, random_state: int | None):
+def nndescent_neighbours(
+    data,
+    n_neighbors: int,
+    metric: str,
+    random_state: int | None,
+    progress: Callable[[float, str], None] | None = None,
+):
     """umap-learn's neighbour search with the arguments ``UMAP.fit`` passes it: returns
     ((indices, distances, index), random_state object) for ``UMAP(precomputed_knn=...,
     random_state=...)``. With a seed umap-learn runs single-threaded (n_jobs 1), else n_jobs -1;
-    without one, both draw from numpy's global state, as ``fit`` alone would."""
+    without one, both draw from numpy's global state, as ``fit`` alone would.
+    ``progress(fraction, detail)``: how far the search is (see :class:`NeighbourLines`);
+    reporting changes nothing in the result."""
     from sklearn.utils import check_random_state
     from umap.umap_ import nearest_neighbors
 
     state = check_random_state(random_state)
-    found = nearest_neighbors(
-        data,
-        n_neighbors,
-        metric,
-        {},
-        metric in _ANGULAR,
-        state,
-        True,  # low_memory: UMAP's default
-        use_pynndescent=True,
-        n_jobs=1 if random_state is not None else -1,
-        verbose=False,
-    )
+    lines = NeighbourLines(progress, sys.stdout) if progress is not None else None
+    with contextlib.redirect_stdout(lines) if lines else contextlib.nullcontext():
+        found = nearest_neighbors(
+            data,
+            n_neighbors,
+            metric,
+            {},
+            metric in _ANGULAR,
+            state,
+            True,  # low_memory: UMAP's default
+            use_pynndescent=True,
+            n_jobs=1 if random_state is not None else -1,
+            verbose=lines is not None,
+        )
     return found, (state if random_state is not None else None)
+
+
+FOREST_SHARE = 0.15  # of the neighbours stage: the random-projection trees (measured ~10-20%)
+
+
+def iteration_share(iteration: int, most: int) -> float:
+    """The estimated share of NN-descent's iterations done when ``iteration`` (1-based) of at
+    most ``most`` begins. Each iteration finds fewer updates than the one before and the search
+    mostly stops at a third to a half of ``most``: the estimate halves what is left at every
+    iteration, and never reaches 1 before the search ends."""
+    return (1.0 - 0.6 ** (iteration - 1)) * min(1.0, 3.0 * iteration / max(most, 1))
+
+
+class NeighbourLines:
+    """``sys.stdout`` while a verbose NN-descent runs: its lines become ``progress(fraction
+    within the search, detail)``; any other line goes on to ``passthrough``."""
+
+    _forest = re.compile(r"Building RP forest with (\d+) trees")
+    _iteration = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+    _own = re.compile(
+        r"Finding Nearest Neighbors|Finished Nearest Neighbor|NN descent for|Stopping threshold"
+    )
+
+    def __init__(self, progress: Callable[[float, str], None], passthrough):
+        self.progress, self.passthrough = progress, passthrough
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        # numba prints a line in pieces (each item, the spaces, the newline): whole lines only
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if match := self._forest.search(line):
+            self.progress(0.0, f"random projection trees ({match.group(1)})")
+        elif match := self._iteration.match(line):
+            done, most = int(match.group(1)), int(match.group(2))
+            share = FOREST_SHARE + (1.0 - FOREST_SHARE) * iteration_share(done, most)
+            self.progress(share, f"NN-descent iteration {done} (at most {most})")
+        elif line.strip() and not self._own.search(line):
+            self.passthrough.write(line + "\n")
+
+    def flush(self) -> None:
+        pass

@@ -70,8 +70,7 @@ def umap_fit_sample_transform(
     from .embedding import _fit_umap
 
     rows = sample_rows(len(features), size, params.random_state)
-    fit_stages = StageReporter(_scaled(stages, 0.0, FIT_SHARE, f"fit on {size:,} sampled"), None)
-    fit_stages.check = stages.check  # one cancel flag for both halves
+    fit_stages = part_of(stages, 0.0, FIT_SHARE, f"fit on {size:,} sampled")
     data = _pca_projection(features, rows, params, fit_stages)
     reducer = _fit_umap(data[rows], params, "nndescent", fit_stages)
     return _place_the_rest(data, rows, reducer, stages)
@@ -121,10 +120,18 @@ def _place_the_rest(data, rows, reducer, stages: StageReporter) -> np.ndarray:
     return coords
 
 
+def part_of(stages: StageReporter, start: float, end: float, label: str) -> StageReporter:
+    """A reporter for a part of the work: its 0..1 on ``start..end`` of ``stages``, its stages
+    named "<label>: <stage>" (as they are without a label), the same cancel flag."""
+    part = StageReporter(_scaled(stages, start, end, label), None)
+    part.check = stages.check
+    return part
+
+
 def _scaled(stages: StageReporter, start: float, end: float, label: str):
     """A progress callback mapping a sub-task's 0..1 onto ``start..end`` of ``stages``."""
 
     def progress(fraction: float, stage: str) -> None:
-        stages.report(start + (end - start) * fraction, f"{label}: {stage}")
+        stages.report(start + (end - start) * fraction, f"{label}: {stage}" if label else stage)
 
     return progress

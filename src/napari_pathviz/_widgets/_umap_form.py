@@ -1,5 +1,5 @@
 """The embedding explorer's UMAP run form: the embeddings file first, the UMAP parameters in a
-collapsed "Advanced" section, and the job that runs in a worker thread."""
+collapsed "Advanced" section, and the job that runs in a worker thread and a child process."""
 
 from __future__ import annotations
 
@@ -115,16 +115,34 @@ class UmapForm:
 
 
 class UmapJob:
-    """The work of one Run, done in a worker thread: load, join, filter, UMAP."""
+    """The work of one Run, done in a worker thread: load, join, filter, UMAP. The UMAP itself
+    runs in a child process (numba holds the GIL for seconds: in a thread it froze the GUI),
+    started first so that it loads umap while the embeddings are read here; its first look
+    (fitted on a sample) goes out as a third progress value, a :class:`FirstLook`."""
 
     def __init__(self, path, keys, trust, patches, background, max_area, params, knn):
         self.path, self.keys, self.trust, self.patches = path, keys, trust, patches
         self.background, self.max_area, self.params, self.knn = background, max_area, params, knn
 
     def run(self, progress, cancelled):
+        from ..umap_process import UmapProcess
+
+        with UmapProcess() as child:
+            es = self._load()
+            coords = None
+            for update in child.run(es.features, self.params, knn=self.knn, cancelled=cancelled):
+                if update.final:
+                    coords = update.coords
+                elif update.coords is not None:
+                    progress(update.fraction, update.stage, FirstLook(es, update.coords))
+                else:
+                    progress(update.fraction, update.stage)
+        return es, coords
+
+    def _load(self):
         import warnings
 
-        from ..embedding import join_embeddings, load_embeddings, remove_background, umap_embed
+        from ..embedding import join_embeddings, load_embeddings, remove_background
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the report carries them to the GUI
@@ -136,10 +154,15 @@ class UmapJob:
                 es = join_embeddings(self.path, self.patches)
         if self.background:
             es = remove_background(es, self.background, self.max_area)
-        coords = umap_embed(
-            es.features, self.params, knn=self.knn, progress=progress, cancelled=cancelled
-        )
-        return es, coords
+        return es
+
+
+class FirstLook:
+    """A first look at the UMAP (see :mod:`napari_pathviz.umap_first_look`): the embeddings
+    and their coordinates, the same rows as the full result that replaces it."""
+
+    def __init__(self, es, coords):
+        self.es, self.coords = es, coords
 
 
 def layer_embeddings(features, name: str):

@@ -52,6 +52,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self._linked_layer = None
         self.rows = np.zeros(0, np.int64)  # scatter point i is row rows[i] of the patches layer
         self._pending_rows: np.ndarray | None = None  # a scatter selection not yet on the layer
+        self._umap_layer = None  # the patches layer a UMAP run writes to
         self.in_use = patches_in_use(viewer)
         # A lasso's selection reaches the layer lazily (see _selection_link); a widget that
         # reads the selection of the patches in use gets it put there first.
@@ -262,27 +263,44 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         )
         job = self.umap_form.job(path, patches)
         self.status.value = "running UMAP…"
-        self._jobs.start(job.run, lambda result: self._umap_done(result, layer))
+        self._umap_layer = layer  # where the first look and the result go
+        self._jobs.start(job.run, self._umap_done)
 
     def cancel(self) -> None:
         self._jobs.cancel()
         self.status.value = "cancelling…"
 
-    def _show_progress(self, fraction: float, stage: str) -> None:
+    def _show_progress(self, fraction: float, stage: str, first_look=None) -> None:
         self.progress.value = int(round(100 * fraction))
         self.status.value = stage
+        if first_look is not None:
+            self._show_umap(first_look.es, first_look.coords)
+            self.status.value = stage  # e.g. "first look: UMAP of 4,000 sampled patches, ..."
 
-    def _umap_done(self, result, layer) -> None:
+    def _umap_done(self, result) -> None:
         from napari.utils.notifications import show_warning
 
         es, coords = result
         for message in es.report.messages():
             show_warning(message)
-        if layer is None:
-            layer = self._add_patches_layer(es.table)
-        self.write_coords_to_layer(layer, es.table.df, coords)
+        self._show_umap(es, coords)
+        self._umap_layer = None
         self.status.value = f"UMAP of {len(coords)} patches"
         self.progress.value = 100
+
+    def _show_umap(self, es, coords) -> None:
+        """A run's layout (its first look, then the full result) in the layer and the scatter.
+        Both have the same rows: a selection made in the first look stays selected."""
+        layer = self._umap_layer
+        if layer is None:
+            layer = self._umap_layer = self._add_patches_layer(es.table)
+        rows, selected, pending = self.rows, self.scatter.selected, self._pending_rows
+        self.write_coords_to_layer(layer, es.table.df, coords)
+        if len(selected) and np.array_equal(rows, self.rows):
+            self.scatter.set_highlight(selected)
+            if pending is not None:  # a lasso not yet put on the layer (see _selection_link)
+                self._pending_rows = pending
+                self._draw_highlight_layer(self._linked_layer, pending)
 
     def _add_patches_layer(self, table):
         """A patches layer for embeddings or coordinates given before any patches; it becomes

@@ -1,0 +1,272 @@
+"""UMAP in a child process, its progress, first look and result streamed back.
+
+numba's long kernels (NN-descent, the optimisation epochs) hold the GIL: run in a thread of the
+napari process they freeze the GUI for seconds at a time. A child process has a GIL of its own;
+the calling thread only waits on a pipe, so the GUI thread never waits for it.
+
+- The child is a fresh interpreter (``python -c``: forking a process that has Qt loaded is
+  unsafe, and multiprocessing's "spawn" would re-run the parent's main script, which in a napari
+  script without a ``__main__`` guard opens a second viewer). It imports umap at once (numba's
+  cached kernels load for seconds) while the caller is still reading the features. Messages
+  are pickles on the child's stdin and stdout; its prints go to stderr.
+- The features go through a temporary ``.npy`` file, private to the user, that the child maps
+  read-only: no pickled copy of a 200 MB matrix travels through the pipe.
+- The child runs :func:`.embedding.umap_embed` (same cache, same result as in the calling
+  process for the same seed) and sends back ``("progress", fraction, stage)``, ``("first look",
+  note, coords)`` and ``("done", coords)`` or ``("error", exception)``.
+- numba caches in the folder :mod:`._numba_cache` checks; the child inherits it through
+  ``NUMBA_CACHE_DIR``, set here before it starts.
+- Stopping (a cancel, an error, the caller going away) kills the child and waits for it, and
+  removes the temporary folder: nothing is left behind. A child whose parent died exits too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import Cancelled, PathvizError
+
+PROCESS_NAME = "pathviz-umap"
+POLL_S = 0.05  # how often the waiting thread looks for a cancel
+STOP_WAIT_S = 5.0  # how long a killed child may take to be reaped
+NICENESS = 5  # the child yields the cores to the GUI when both want them
+
+
+@dataclass(frozen=True)
+class Update:
+    """One message from the child: progress, or a layout with it (``coords``): the first look
+    (``final`` False, fitted on a sample) or the result (``final`` True)."""
+
+    fraction: float
+    stage: str
+    coords: np.ndarray | None = None
+    final: bool = False
+
+
+class UmapProcess:
+    """One child process for one UMAP. Start it early (the child loads umap meanwhile), then
+    iterate :meth:`run`; :meth:`stop` (or leaving the ``with`` block) kills it if still alive."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        from ._numba_cache import configure_numba_cache
+
+        configure_numba_cache()  # the checked folder, handed on in NUMBA_CACHE_DIR
+        self._folder = tempfile.mkdtemp(prefix="pathviz-umap-")  # mode 0700
+        env = dict(os.environ)
+        # the package's own folder first: the child finds this copy of it, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,  # the child's messages; its prints go to stderr
+            env=env,
+        )
+        self._messages: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name=f"{PROCESS_NAME}-read").start()
+        _RUNNING.add(self)
+
+    def __enter__(self) -> UmapProcess:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    def _read(self) -> None:
+        """Reads the child's messages into a queue (blocking reads, the GIL released); None
+        when the child has gone."""
+        stream = self.process.stdout
+        try:
+            while True:
+                self._messages.put(pickle.load(stream))
+        except Exception:  # noqa: BLE001 (EOF, a broken pipe, a torn message: it has gone)
+            self._messages.put(None)
+
+    def run(
+        self,
+        features: np.ndarray,
+        params,
+        *,
+        knn: str = "auto",
+        use_cache: bool = True,
+        first_look: bool = True,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[Update]:
+        """The updates of the child's :func:`umap_embed`, ending with the result (``final``).
+
+        Raises the child's error, :class:`Cancelled` as soon as ``cancelled()`` says so (the
+        child is killed), or a PathvizError when the child dies."""
+        path = os.path.join(self._folder, "features.npy")
+        # np.save writes a contiguous array with the GIL released (numpy's tofile).
+        np.save(path, np.ascontiguousarray(features, dtype=np.float32))
+        try:
+            pickle.dump(("job", path, params, knn, use_cache, first_look), self.process.stdin)
+            self.process.stdin.flush()
+        except OSError:
+            raise self._died() from None
+        fraction = 0.0
+        while True:
+            if cancelled is not None and cancelled():
+                self.stop()
+                raise Cancelled("UMAP cancelled")
+            try:
+                message = self._messages.get(timeout=POLL_S)  # waits with the GIL released
+            except queue.Empty:
+                continue
+            if message is None:
+                raise self._died()
+            kind = message[0]
+            if kind == "progress":
+                fraction = message[1]
+                yield Update(fraction, message[2])
+            elif kind == "first look":
+                yield Update(fraction, message[1], message[2])
+            elif kind == "done":
+                yield Update(1.0, "done", message[1], final=True)
+                return
+            else:  # "error"
+                raise message[1]
+
+    def _died(self) -> PathvizError:
+        code = self.process.wait(STOP_WAIT_S)
+        return PathvizError(
+            f"UMAP: its worker process ended unexpectedly (exit code {code}; out of memory?)"
+        )
+
+    def stop(self) -> None:
+        """Kills the child if it still runs, waits for it and removes the temporary files."""
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            self.process.wait(STOP_WAIT_S)  # waitpid, with the GIL released
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+        _RUNNING.discard(self)
+
+
+def running_pids() -> list[int]:
+    """Process ids of the UMAP children started here and not yet stopped."""
+    return [child.process.pid for child in list(_RUNNING)]
+
+
+_RUNNING: set[UmapProcess] = set()
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# -c, not multiprocessing's spawn: spawn re-runs the parent's main script in the child, and a
+# napari script without an ``if __name__ == "__main__"`` guard would open a second viewer there.
+_CHILD_CODE = "import sys; from napari_pathviz.umap_process import child_main; child_main()"
+
+
+def umap_embed_in_child(
+    features: np.ndarray,
+    params,
+    *,
+    knn: str = "auto",
+    use_cache: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+    first_look: Callable[[np.ndarray, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """:func:`.embedding.umap_embed` computed in a child process: the same coordinates, with
+    ``progress(fraction, stage)`` and ``first_look(coords, note)`` called in this thread."""
+    with UmapProcess() as child:
+        for update in child.run(
+            features,
+            params,
+            knn=knn,
+            use_cache=use_cache,
+            first_look=first_look is not None,
+            cancelled=cancelled,
+        ):
+            if update.final:
+                return update.coords
+            if update.coords is not None:
+                first_look(update.coords, update.stage)
+            elif progress is not None:
+                progress(update.fraction, update.stage)
+    raise PathvizError("UMAP: its worker process sent no result")  # not reached
+
+
+# -- in the child --------------------------------------------------------------------------------
+
+
+def child_main() -> None:
+    """The child: takes one job from stdin, sends its messages on stdout (see the module
+    docstring). Anything else printed goes to stderr."""
+    import sys
+
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # numba's and C's prints too
+    sys.stdout = sys.stderr
+    _lower_priority()
+    _exit_with_parent(int(sys.argv[1]))
+
+    def send(*message) -> None:
+        pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
+        channel.flush()
+
+    try:
+        from .embedding import _import_umap, umap_embed
+
+        _import_umap()  # numba's kernels load while the parent reads the features
+        _, path, params, knn, use_cache, first_look = pickle.load(sys.stdin.buffer)
+    except (EOFError, OSError, KeyboardInterrupt):
+        return  # the parent stopped before sending a job
+    try:
+        coords = umap_embed(
+            np.load(path, mmap_mode="r"),
+            params,
+            knn=knn,
+            use_cache=use_cache,
+            progress=lambda fraction, stage: send("progress", fraction, stage),
+            first_look=(lambda coords, note: send("first look", note, coords))
+            if first_look
+            else None,
+        )
+        send("done", coords)
+    except OSError:
+        return  # the parent has gone
+    except Exception as exc:  # noqa: BLE001 (each error goes back whole, to be shown there)
+        send("error", _picklable(exc))
+
+
+def _picklable(exc: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return PathvizError(f"UMAP: {type(exc).__name__}: {exc}")
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(AttributeError, OSError):  # no nice() on this platform
+        os.nice(NICENESS)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A thread that ends this process when its parent has gone (killed without a chance to
+    stop it): then the child is handed to another parent process."""
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if hasattr(os, "getppid"):
+        threading.Thread(target=watch, daemon=True, name="pathviz-umap-watch").start()
