@@ -123,3 +123,50 @@ def test_allowed_missing_tiles_are_marked(holed_tiff, grid, tmp_path, capsys):
     result = pd.read_parquet(out)
     assert result["missing_tiles"].dtype == bool
     np.testing.assert_array_equal(result["missing_tiles"].to_numpy(), _on_tile_1(table))
+
+
+def test_a_cohort_slide_on_a_missing_tile_fails_alone_or_is_marked(
+    holed_tiff, grid, tmp_path, capsys
+):
+    """In a cohort the refusal is that slide's failure (its summary row names the tile); with
+    allow_missing_tiles its table carries the column, as the single-slide command's does."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from napari_pathviz.cohort import ModelRecipe, run_cohort
+
+    table, csv = grid
+    recipe = ModelRecipe(path=str(resources.files("napari_pathviz") / "data" / "demo_model.pt"))
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+    ) as cluster:
+        options = {"patches": csv, "scheduler": cluster.scheduler_address, "device": "cpu"}
+        refused = run_cohort([holed_tiff], recipe, tmp_path / "refused", **options)
+        marked = run_cohort(
+            [holed_tiff], recipe, tmp_path / "marked", allow_missing_tiles=True, **options
+        )
+        # The CLI says so on stderr: workers' warnings go to their log, so it counts the rows.
+        other = tmp_path / "holed2.tif"
+        other.write_bytes(holed_tiff.read_bytes())
+        both = tmp_path / "both.csv"
+        pd.concat([table, table.assign(ID="holed2")]).to_csv(both, index=False)
+        argv = _extract_argv(other, both, tmp_path / "cli", "--allow-missing-tiles")
+        argv[argv.index("--slide") + 1 : argv.index("--slide") + 2] = [str(holed_tiff), str(other)]
+        capsys.readouterr()
+        code = main([*argv, "--scheduler", cluster.scheduler_address])
+    (row,) = refused.itertuples()
+    assert row.status == "failed" and "level 0: tile 1 at x=128, y=0 is missing" in row.error
+    assert not list((tmp_path / "refused").glob("*.parquet"))
+    (row,) = marked.itertuples()
+    assert row.status == "done", row.error
+    result = pd.read_parquet(tmp_path / "marked" / row.output)
+    np.testing.assert_array_equal(result["missing_tiles"].to_numpy(), _on_tile_1(table))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    for slide in (holed_tiff, other):
+        assert f"{slide}: 4 of 64 patches lie on missing tiles" in err, err

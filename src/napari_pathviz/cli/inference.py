@@ -166,4 +166,32 @@ def extract_cohort(args: argparse.Namespace) -> int:
             progress=lambda done, total, _message: progress(done, total),
         )
     print(summary.to_string(index=False))
+    if args.allow_missing_tiles:
+        warn_missing_tiles(summary, Path(args.out))
     return report_failed_slides("extract", summary, args.out)
+
+
+def warn_missing_tiles(summary, folder: Path) -> None:
+    """The workers' warnings go to their log: the patches read from missing tiles are counted
+    again here, from each finished table's missing_tiles column, one stderr line a slide."""
+    import warnings
+
+    import pandas as pd
+
+    from ..errors import PathvizWarning
+
+    for row in summary.itertuples():
+        if row.status not in ("done", "skipped") or not isinstance(row.output, str):
+            continue
+        try:
+            marked = pd.read_parquet(folder / row.output, columns=["missing_tiles"])
+        except (OSError, ValueError, KeyError):
+            continue
+        count = int(marked["missing_tiles"].sum())
+        if count:
+            warnings.warn(
+                f"{row.slide}: {count} of {len(marked)} patches lie on missing tiles, read as "
+                "blank: marked True in the column 'missing_tiles'",
+                PathvizWarning,
+                stacklevel=2,
+            )
