@@ -98,3 +98,25 @@ def test_a_cohort_output_folder_is_never_its_slides_folder(tmp_path, capsys, com
         assert _tree(slides) == before
         assert sorted(p.name for p in slides.iterdir()) == ["a.ome.zarr", "b.ome.zarr"]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["slides"]
+
+
+def test_the_cohort_explorer_refuses_an_empty_slides_table(
+    make_napari_viewer, qtbot, tmp_path, notifications
+):
+    pytest.importorskip("napari")
+    patches = ensure_demo_data()["patches"]
+    keys = pd.read_parquet(patches)[["ID", "x", "y", "patch_size"]]
+    features = np.random.default_rng(0).normal(size=(len(keys), 8)).astype(np.float32)
+    emb = tmp_path / "emb.parquet"
+    pd.concat([keys, pd.DataFrame(features).add_prefix("feat_")], axis=1).to_parquet(emb)
+    table = tmp_path / "slides.csv"
+    table.write_text("ID,path,site\n")
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-pathviz", "Cohort explorer")
+    widget.embeddings_path.value = str(emb)
+    widget.slides_table_path.value = str(table)
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.load_button.enabled and "no rows" in widget.status.value)
+    assert widget.status.value == f"{table}: the slides table has no rows (no slides)"
+    assert any(m == widget.status.value for m in notifications)
+    assert widget.frame is None
