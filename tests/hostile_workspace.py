@@ -4,6 +4,7 @@ hostile file a user can hand us. Built once per test module; no test may change 
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import sqlite3
@@ -165,6 +166,15 @@ def _models(root: Path) -> dict[str, Path]:
     torch.jit.save(torch.jit.script(model), out["scripted_model"])
     out["wrong_keys"] = m / "wrong_keys.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, out["wrong_keys"])
+    # Cards naming code that is not a registered architecture (PIL.__main__ prints a report
+    # when imported): refused by name, nothing imported.
+    out["foreign_card"] = m / "foreign_card.json"
+    out["foreign_card"].write_text(json.dumps({"factory": "PIL.__main__:Net"}))
+    stage = {"factory": "napari_pathviz.mil:GatedAttentionMIL", "weights": "demo_weights.pt"}
+    out["foreign_two_stage"] = m / "foreign_two_stage.json"
+    out["foreign_two_stage"].write_text(
+        json.dumps({"encoder": {**stage, "factory": "PIL.__main__:Net"}, "head": stage})
+    )
     return out
 
 

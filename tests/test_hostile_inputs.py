@@ -246,6 +246,22 @@ CASES = [
     ("extract-factory-kwargs-list", EXTRACT + " --factory-kwargs [1]", "--factory-kwargs"),
     ("extract-factory-kwargs-unknown", EXTRACT + ' --factory-kwargs {{"depth":9}}', "depth"),
     (
+        "extract-card-unregistered-factory",
+        "extract -m {weights} --model-card {foreign_card} --slide {slide} -o {tmp}/o.parquet",
+        "factory 'PIL.__main__:Net' is not a registered architecture",
+    ),
+    (
+        "extract-two-stage-unregistered-encoder",
+        "extract -m {foreign_two_stage} --slide {slide} -o {tmp}/o.parquet",
+        "encoder factory 'PIL.__main__:Net' is not a registered architecture",
+    ),
+    (
+        "shap-card-unregistered-factory",
+        SHAP.replace("--factory napari_pathviz._demo_model:build_demo_model", "")
+        + " --model-card {foreign_card}",
+        "module PIL.__main__ was not imported",
+    ),
+    (
         "extract-wrong-keys",
         "extract -m {wrong_keys} --factory napari_pathviz._demo_model:build_demo_model --slide {slide} -o {tmp}/o.parquet",
         "wrong_keys.pt",

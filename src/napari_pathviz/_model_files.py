@@ -4,8 +4,8 @@ Data, read without trust:
 - safetensors: a JSON header and raw tensor bytes; nothing in it is executed.
 - a state dict saved by ``torch.save``, read with ``torch.load(weights_only=True)`` (torch >= 2.6:
   an unpickler that builds tensors and plain containers only, and refuses TorchScript archives).
-Both need the architecture from an installed package (a factory), named by the user
-(``--factory``) or by the model card (an ``nn.Module`` class only: see :func:`card_factory`).
+Both need the architecture (a factory), named by the user (``--factory``: their choice) or by
+the model card (a registered architecture only, unless the user consents: :func:`card_factory`).
 
 Code, read only with trust (``--trust-model``):
 - a pickle (``torch.save`` of a whole module, PathFlowAI's extracted model, ``pickle.dump``):
@@ -18,22 +18,15 @@ Code, read only with trust (``--trust-model``):
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pickle
-import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 from .errors import PathvizError
 
-TRUST_HINT = (
-    "pass --trust-model (or tick 'Trust this model' in the GUI) only if you trust its origin"
-)
+TRUST_BOX = "Trust this model's code"  # the widgets' checkbox (_widgets/_model_form.py)
+TRUST_HINT = f"pass --trust-model (or tick {TRUST_BOX!r} in the GUI) only if you trust its origin"
 SAFE_WEIGHTS_ONLY_TORCH = (2, 6)  # torch.load(weights_only=True) could run code before 2.6
-# Builder functions a card may name without confirmation (other callables must be nn.Module
-# classes): napari_pathviz's other functions include the CLI, which writes files.
-CARD_BUILDERS = frozenset({"napari_pathviz._demo_model:build_demo_model"})
 
 
 def file_kind(path: str) -> str:
@@ -227,41 +220,42 @@ def import_factory(spec: str, label: str = "--factory"):
     return factory
 
 
-def card_factory(spec: str, card_source: str, weights: str) -> None:
-    """Refuses a factory named by a model card unless calling it is safe without asking.
+def user_factory(spec: str) -> str:
+    """The ``module:attr`` of a factory the user typed (``--factory``, the widget's Factory
+    field): a registered alias stands for its target; anything else is the user's choice."""
+    from .architectures import resolve
 
-    A card travels with downloaded weights, so its author, not the user, chose the factory; an
-    arbitrary callable with JSON arguments is arbitrary code (``subprocess:run`` with
-    ``{"args": ..., "shell": true}``). A card may therefore name, without confirmation, only an
-    ``nn.Module`` class from an installed package (or a builder in CARD_BUILDERS): not from the
-    standard library, not from a file beside the model. Anything else is confirmed by giving it
-    with ``--factory`` (or ``--trust-model``)."""
-    from torch import nn
+    found = resolve(spec)
+    return found.target if found is not None else spec
 
-    label = f"{card_source}: factory"
-    confirm = f"confirm it with --factory {spec} (or --trust-model) if you trust it"
-    if spec in CARD_BUILDERS:
-        import_factory(spec, label)
-        return
-    top = spec.partition(":")[0].split(".")[0]
-    if top in sys.stdlib_module_names or top == "__main__":
-        raise PathvizError(f"{label} {spec!r} is not a model architecture; {confirm}")
-    found = importlib.util.find_spec(top) if top.isidentifier() else None
-    if found is None:
-        raise PathvizError(f"{label} {spec!r}: no installed package {top}")
-    places = [found.origin] if found.origin else []
-    places += list(found.submodule_search_locations or [])
-    folders = {Path(weights).resolve().parent, Path(card_source).resolve().parent}
-    if any(folder in Path(place).resolve().parents for place in places for folder in folders):
-        raise PathvizError(
-            f"{label} {spec!r}: {top} lies beside the model, not in an installed package; {confirm}"
-        )
-    built = import_factory(spec, label)
-    if not (isinstance(built, type) and issubclass(built, nn.Module)):
-        raise PathvizError(
-            f"{label} {spec!r} is not an nn.Module class, and a card cannot choose other code "
-            f"to run; {confirm}"
-        )
+
+def card_factory(spec: str, where: str, trust: bool, typed: bool = True) -> str:
+    """The ``module:attr`` to import for a factory a model card names; ``where`` names it in
+    messages (``card.json: factory``). Decided by name, before anything is imported.
+
+    A card travels with downloaded weights, so its author, not the user, chose the factory, and
+    importing a module runs it. Without consent (``trust``) a card may name only a registered
+    architecture (:mod:`.architectures`); anything else is refused naming the card and the
+    module. ``typed``: whether the user may consent by typing the factory (``--factory``; not
+    for a two-stage card, whose stages name their own)."""
+    from .architectures import resolve, unregistered_hint
+
+    found = resolve(spec)
+    if found is not None:
+        return found.target
+    if trust:
+        return spec
+    module = spec.partition(":")[0]
+    confirm = (
+        f"--factory {spec} or --trust-model (widgets: the Factory field or {TRUST_BOX!r})"
+        if typed
+        else f"--trust-model (widgets: {TRUST_BOX!r})"
+    )
+    raise PathvizError(
+        f"{where} {spec!r} is not a registered architecture{unregistered_hint(spec)}, and its "
+        f"module {module} was not imported for it; register it (README: Safety) or, only if you trust "
+        f"it, confirm it with {confirm}"
+    )
 
 
 def load_pickle(path: str, kind: str, trust: bool):

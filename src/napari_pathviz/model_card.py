@@ -4,8 +4,10 @@ A card says what the weights alone cannot: the architecture (``factory`` and ``f
 the input size, the resolution the model was trained at (``mpp``), the normalisation, the class
 names and which output is explained. Every command and widget reads it through
 :func:`napari_pathviz.models.load_model`; options given there (CLI flags, widget fields) override
-it. A card is data: it is parsed as JSON and checked field by field, never executed. Where it
-names a factory, :mod:`napari_pathviz.models` decides whether that code may be called.
+it. A card is data: it is parsed as JSON and checked field by field, never executed. Its factory
+is a registered architecture (:mod:`napari_pathviz.architectures`: by alias, such as
+``demo_model``, or by its exact ``module:attr``); any other is imported only with the user's
+consent (:func:`napari_pathviz._model_files.card_factory`).
 
 Where a card is looked for, first found wins: the ``card`` given explicitly; ``<weights stem>.json``
 beside the weights; ``model_card.json`` in the same folder; a ``model_card`` entry in a safetensors
@@ -39,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, fields
@@ -226,11 +229,20 @@ def _text(value) -> str:
     return value
 
 
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # an entry point's name
+
+
 def _factory(value) -> str:
+    """A registered architecture's name or ``package.module:function``; whether it may be
+    imported is decided when the model is loaded (``_model_files.card_factory``)."""
     module, sep, attr = _text(value).partition(":")
-    if not sep or not module or not attr:
-        raise _Invalid(f"must be package.module:function, got {value!r}")
-    return value
+    if sep and module and attr:
+        return value
+    if not sep and _ALIAS.fullmatch(value):
+        return value
+    raise _Invalid(
+        f"must be a registered architecture's name or package.module:function, got {value!r}"
+    )
 
 
 def _kwargs(value) -> dict:

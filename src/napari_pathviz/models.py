@@ -1,9 +1,10 @@
 """Loading a patch classifier safely, and the preprocessing that belongs to it.
 
 Safe without trust (data): weights in safetensors, or a state dict read with
-``torch.load(weights_only=True)``, with the architecture from an installed package
-(``package.module:factory`` and keyword arguments, given as options or by the model card beside
-the weights: :mod:`.model_card`). Code, loaded ONLY when the user trusts the file
+``torch.load(weights_only=True)``, with the architecture typed by the user (``--factory
+package.module:factory`` and keyword arguments) or named by the model card beside the weights
+(:mod:`.model_card`): a registered architecture (:mod:`.architectures`), anything else only with
+``trust_model``. Code, loaded ONLY when the user trusts the file
 (``trust_model``): pickles (PathFlowAI's extracted model ``dict(model=..., transform_opts=...)``,
 any pickled module) and TorchScript archives. :mod:`._model_files` reads each kind.
 """
@@ -331,18 +332,21 @@ def _read_model(path: str, card, factory, factory_kwargs, trust: bool):
             )
         return files.load_torchscript(path, trust), {"kind": "TorchScript"}
     card_factory = getattr(card, "factory", None)
-    if factory:
-        if factory_kwargs is None:
-            factory_kwargs = (card.factory_kwargs or {}) if card_factory == factory else {}
+    if factory:  # typed by the user: their choice (a registered alias stands for its target)
+        target = files.user_factory(factory)
+        if factory_kwargs is None:  # the card's, when it names the same architecture
+            same = card_factory is not None and files.user_factory(card_factory) == target
+            factory_kwargs = (card.factory_kwargs or {}) if same else {}
         state = files.read_weights(path, kind)
-        return _built(path, kind, factory, factory_kwargs, state, "--factory")
+        return _built(path, kind, target, factory_kwargs, state, "--factory")
     held = None if kind == "safetensors" else files.probe_torch_file(path, kind)
     if card_factory and (kind == "safetensors" or files.is_state_dict(held)):
-        if not trust:
-            files.card_factory(card_factory, card.source, path)
+        label = f"{card.source}: factory"
+        # Resolved by name before anything is imported: a card's author chose it, not the user.
+        target = files.card_factory(card_factory, label, trust)
         state = files.read_weights(path, kind) if held is None else files.state_dict_of(held)
         kwargs = (card.factory_kwargs or {}) if factory_kwargs is None else factory_kwargs
-        return _built(path, kind, card_factory, kwargs, state, f"{card.source}: factory")
+        return _built(path, kind, target, kwargs, state, label)
     if kind == "safetensors":
         raise PathvizError(
             f"{path}: safetensors holds weights only; give the architecture with --factory "

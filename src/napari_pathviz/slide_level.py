@@ -88,11 +88,9 @@ def _build_stage(card: ModelCard, stage: dict, path: str, name: str, trust: bool
             f"{path}: the {name} of a two-stage model must be weights (safetensors or a state "
             f"dict), found {'a TorchScript archive' if kind == 'torchscript' else 'neither'}"
         )
-    factory = stage["factory"]
-    if not trust:
-        files.card_factory(factory, card.source, path)
-    state = files.read_weights(path, kind)
     label = f"{card.source}: {name} factory"
+    factory = files.card_factory(stage["factory"], label, trust, typed=False)  # before importing
+    state = files.read_weights(path, kind)
     model = files.build_from_state_dict(
         path, factory, dict(stage.get("factory_kwargs") or {}), state, label
     )

@@ -73,7 +73,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--factory",
-        help="architecture for the weights: package.module:function (default: the card's)",
+        help="architecture for the weights: package.module:function or a registered "
+        "architecture's name; typing it allows importing it (default: the card's)",
     )
     p.add_argument(
         "--factory-kwargs", help="JSON keyword arguments of --factory (default: the card's)"
@@ -83,8 +84,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--trust-pickle",
         dest="trust_model",
         action="store_true",
-        help="allow a pickled (PathFlowAI's) or TorchScript model: both are code, and can "
-        "read and write any file when loaded or run",
+        help="allow a pickled (PathFlowAI's) or TorchScript model, or a model card's factory "
+        "that is not a registered architecture: all are code, and can read and write any "
+        "file when loaded or run",
     )
     p.add_argument("--input-size", type=int, help="resize (or crop) patches to this side")
     p.add_argument(
