@@ -31,6 +31,7 @@ CORE = [
     "napari_pathviz.heatmap",
     "napari_pathviz.model_card",
     "napari_pathviz._model_files",
+    "napari_pathviz.architectures",
     "napari_pathviz._numba_cache",
     "napari_pathviz.store_lock",
     "napari_pathviz.io.atomic",
