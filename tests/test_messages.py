@@ -45,7 +45,9 @@ def test_core_errors_are_worded_with_gui_fields(tmp_path):
     assert "Factory field" in worded[0]
     assert worded[1].startswith("Device must be")
     assert worded[2].startswith("Samples must be positive")
-    # A path is left alone, flags in it or not.
+    # A command to run, quoted, stays whole; a path is left alone, flags in it or not.
+    quoted = "x.tif: not tiled; convert it with `pathviz convert --allow-untiled`"
+    assert gui_wording(quoted) == quoted
     assert gui_wording("/data/--odd/x.svs: no such file") == "/data/--odd/x.svs: no such file"
 
 

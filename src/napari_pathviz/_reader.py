@@ -65,7 +65,9 @@ def _has_patch_columns(path: str) -> bool:
 def _notify(err: PathvizError) -> list:
     from napari.utils.notifications import show_error
 
-    show_error(str(err))
+    from ._widgets._notify import gui_wording
+
+    show_error(gui_wording(str(err)))  # in the GUI's words: no CLI flags
     return _NOTHING
 
 

@@ -65,10 +65,15 @@ _FLAG = re.compile(r"(?<![\w./-])(?:-\w+/)?--([A-Za-z][\w-]*)(?:/--([A-Za-z][\w-
 
 def gui_wording(message: str) -> str:
     """``message`` with the CLI flags it names replaced by the GUI fields that set the same
-    thing ("--factory" -> "the Factory field"); a flag without a field becomes plain words."""
-    for pattern, replacement in _PHRASES:
-        message = re.sub(pattern, replacement, message)
-    return _FLAG.sub(lambda m: "/".join(_field(f) for f in m.groups() if f), message)
+    thing ("--factory" -> "the Factory field"); a flag without a field becomes plain words. A
+    command quoted in backticks (`pathviz convert --allow-untiled`) is left whole: it is one
+    to run."""
+    parts = message.split("`")
+    for i in range(0, len(parts), 2):  # outside backticks
+        for pattern, replacement in _PHRASES:
+            parts[i] = re.sub(pattern, replacement, parts[i])
+        parts[i] = _FLAG.sub(lambda m: "/".join(_field(f) for f in m.groups() if f), parts[i])
+    return "`".join(parts)
 
 
 def _field(flag: str) -> str:

@@ -27,7 +27,7 @@ from ._cohort_table import SlideCountTable, as_categories, category_colours, leg
 from ._compact import DOCK_WIDTH, collapsed_section, path_field, path_text, row, status_label
 from ._dock_layout import join_pathviz_tabs
 from ._jobs import JobRunner
-from ._notify import report_error
+from ._notify import notify_warnings, report_error
 from .scatter import MODES, ScatterCanvas
 
 if TYPE_CHECKING:
@@ -201,10 +201,7 @@ class CohortWidget(QWidget):
 
     def set_cohort(self, cohort) -> None:
         """Shows a LoadedCohort (the load job's result)."""
-        from napari.utils.notifications import show_warning
-
-        for message in cohort.messages:
-            show_warning(message)
+        notify_warnings(cohort.messages)  # in the GUI's words
         self.slides.forget()
         self.frame = as_categories(cohort.frame)
         self.features, self.coords = cohort.features, cohort.coords

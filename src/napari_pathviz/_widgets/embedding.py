@@ -24,7 +24,7 @@ from ._compact import DOCK_WIDTH, path_text, row, status_label
 from ._dock_layout import join_pathviz_tabs
 from ._embedding_files import MOSAIC_LAYER, EmbeddingFiles
 from ._jobs import JobRunner
-from ._notify import report_error
+from ._notify import notify_warnings, report_error
 from ._patches_in_use import follow, patches_combo, patches_in_use
 from ._selection_link import HIGHLIGHT_LAYER, SelectionLink
 from ._umap_form import UmapForm, layer_embeddings
@@ -278,11 +278,8 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             self.status.value = stage  # e.g. "first look: UMAP of 4,000 sampled patches, ..."
 
     def _umap_done(self, result) -> None:
-        from napari.utils.notifications import show_warning
-
         es, coords = result
-        for message in es.report.messages():
-            show_warning(message)
+        notify_warnings(es.report.messages())  # in the GUI's words
         self._show_umap(es, coords)
         self._umap_layer = None
         self.status.value = f"UMAP of {len(coords)} patches"
