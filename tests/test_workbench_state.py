@@ -93,11 +93,17 @@ def test_a_lasso_reaches_the_qupath_export_and_explain(make_napari_viewer, qtbot
         lambda: len(explorer.scatter.coords) == len(patches.data) and explorer.run_button.enabled,
         timeout=300_000,
     )
+    # Nothing selected yet: the export writes every patch, and says so.
+    qupath.object_type.value = "tile"  # one square per patch
+    qupath.out.value = tmp_path / "all.geojson"
+    qupath.export_button.clicked.emit()
+    assert qupath.status.value.endswith("(none selected: all patches of the layer)")
+    assert len(_geojson_corners(tmp_path / "all.geojson")) == len(patches.data)
+
     wanted = _lasso_left_part(explorer, 0.45)
     assert 5 <= len(wanted) < len(patches.data)
 
     # At once, before napari's own selection is set: the export asks for the selection.
-    qupath.object_type.value = "tile"  # one square per patch
     qupath.out.value = tmp_path / "lassoed.geojson"
     qupath.export_button.clicked.emit()
     assert qupath.status.value.startswith(f"wrote {len(wanted)} patches")
