@@ -45,8 +45,8 @@ def _lasso_left_part(explorer, fraction: float) -> np.ndarray:
     """Lassos the scatter points left of a vertical line (between two points, so none lies on
     it); returns the patches-layer rows they are, sorted."""
     screen = explorer.scatter.screen_positions()
-    xs = np.sort(screen[:, 0])
-    k = int(len(xs) * fraction)
+    xs = np.unique(screen[:, 0])  # sorted, ties once
+    k = max(1, int(len(xs) * fraction))
     cut = float(xs[k - 1] + xs[k]) / 2
     top, bottom = screen[:, 1].min() - 4, screen[:, 1].max() + 4
     left = xs[0] - 4
