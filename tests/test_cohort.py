@@ -4,6 +4,7 @@ slide's, and a quiet terminal."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -522,6 +523,23 @@ def test_chunks_match_one_task_and_an_interrupted_slide_resumes(mixed, recipe, c
     assert summary["status"].tolist() == ["done"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # read, never rewritten
     _assert_same(pd.read_parquet(out / name), whole)
+
+
+def test_a_damaged_chunk_store_is_rebuilt(mixed, recipe, cluster, tmp_path):
+    """A chunk store whose metadata a crash cut short is the cohort's own journal: the rerun
+    recomputes that chunk (not a refusal, not a traceback) and gives the same table."""
+    slide = mixed["slides"]["case"]
+    kwargs = {"patch_size": 128, "batch_size": 4, "device": "cpu", "scheduler": cluster}
+    out, name = tmp_path / "cohort", f"{slide_key(slide)}.parquet"
+    run_cohort([slide], recipe, out, chunk_size=5, keep_stores=True, **kwargs)
+    whole = pd.read_parquet(out / name)
+    done = out / "stores" / slide_key(slide) / "part0.zarr" / "done" / "zarr.json"
+    done.write_text(done.read_text()[:30])
+    (out / name).unlink()
+    summary = run_cohort([slide], recipe, out, chunk_size=5, keep_stores=True, **kwargs)
+    assert summary["status"].tolist() == ["done"], summary
+    _assert_same(pd.read_parquet(out / name), whole)
+    json.loads(done.read_text())  # rewritten whole
 
 
 # --------------------------------------------------------------------------- up-front errors

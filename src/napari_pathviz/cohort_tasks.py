@@ -289,11 +289,12 @@ def _drop_stale_store(
     import zarr
 
     from .inference import job_key, resolve_device
-    from .store import remove_job_store
+    from .store import check_store_metadata, remove_job_store
 
     if not os.path.exists(store):
         return
     try:
+        check_store_metadata(Path(store), str(store), "results")  # damaged: rebuilt, not refused
         job = zarr.open_group(store, mode="r").attrs.get("job")
     except Exception:
         job = None
