@@ -219,8 +219,11 @@ def _assert_fits(viewer, window, docks: dict) -> None:
     frame = window.frameGeometry()
     assert frame.width() <= SCREEN[0] and frame.height() <= SCREEN[1], frame
     canvas = viewer.window._qt_viewer.canvas.native
-    assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
-    assert canvas.height() >= window.height() / 2, (canvas.height(), window.height())
+    # Half the width, but for the Cohort explorer's wider column (398 px, next to napari's
+    # 320-px layer controls for points): then 47%; nearly all the height.
+    share = 0.45 if "Cohort explorer" in docks else 0.5
+    assert canvas.width() >= window.width() * share, (canvas.width(), window.width())
+    assert canvas.height() >= window.height() * 0.9, (canvas.height(), window.height())
     screen = _laptop_screen(window)
     front = [name for name, (dock, _widget) in docks.items() if _in_front(dock, window)]
     assert len(front) == 1, front  # one tab group: one PathViz dock in front
@@ -242,13 +245,18 @@ def _assert_fits(viewer, window, docks: dict) -> None:
 
 
 @pytest.mark.parametrize("order", list(ORDERS))
-def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(make_napari_viewer, qtbot, order):
+def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(
+    make_napari_viewer, qtbot, pathflowai_project, order
+):
     """Each widget opened as the Plugins menu opens it: the window never grows past 1440 x 900,
     each new dock joins the PathViz tab group in front, every button of the front tab is on
     the screen (napari's add_dock_widget stacks them: 1827 px tall for the six)."""
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(*SCREEN)
+    # A slide and its patches: napari's layer controls for points are wider than empty ones.
+    viewer.open(pathflowai_project["zarr"], plugin="napari-pathviz")
+    viewer.open(pathflowai_project["db"], plugin="napari-pathviz")
     _settle(qtbot)
     docks: dict = {}
     for name in ORDERS[order]:
@@ -380,7 +388,7 @@ def test_demo_window_fills_the_screen_and_shows_progress_from_the_start(make_nap
     worker.quit()  # cancelled at its next step: the bar and the loading line go
     qtbot.waitUntil(lambda: bool(finished), timeout=300_000)
     qtbot.wait(50)
-    assert not overlay.visible
+    assert not overlay.visible and not activity.isVisible()
     # Cancelled, unless the (cached) data had all loaded first.
     assert explorer.status.value == "demo loading cancelled" or len(viewer.layers) == 2
     # A smaller screen (a laptop's, less its task bar): the window takes it, no more.
@@ -388,3 +396,31 @@ def test_demo_window_fills_the_screen_and_shows_progress_from_the_start(make_nap
     fit_to_screen(window, laptop)
     qtbot.wait(50)
     assert window.frameGeometry() == laptop, window.frameGeometry()
+
+
+LONG_WARNING = (  # as Attributions reports incomplete maps: 230 characters
+    "gradient: 8 patches, completeness error median 0.053 (no CUDA GPU: ran on the CPU); "
+    "WARNING: 4 of 8 maps incomplete: their attributions miss f(x) - E f(background) by more "
+    "than 5% (worst relative error 0.16)"
+)
+
+
+def test_a_long_status_wraps_without_growing_the_window(make_napari_viewer, qtbot):
+    """A wrapping status line asked for the height of its text at 40 px wide (530 px for this
+    warning): after an Explain run the demo window grew to 979 px."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(*SCREEN)
+    docks = {
+        name: viewer.window.add_plugin_dock_widget("napari-pathviz", name) for name in MENU_NAMES
+    }
+    _settle(qtbot)
+    for _dock, widget in docks.values():
+        widget.status.value = LONG_WARNING
+    _settle(qtbot)
+    for dock, widget in docks.values():
+        dock.raise_()
+        _settle(qtbot, 50)
+        _assert_fits(viewer, window, docks)
+        status = widget.status.native
+        assert status.isVisible() and status.height() >= status.heightForWidth(status.width())

@@ -157,6 +157,7 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
     def finish() -> None:
         bar.close()
         overlay.visible = False
+        show_activity(viewer, False)  # empty now: it would hide the canvas' corner
 
     def loaded(result) -> None:
         finish()
@@ -189,11 +190,11 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
     return worker
 
 
-def show_activity(viewer) -> None:
-    """Opens napari's activity dock (its progress bars) in the corner of the canvas."""
+def show_activity(viewer, visible: bool = True) -> None:
+    """Opens (closes) napari's activity dock (its progress bars) in the canvas' corner."""
     toggle = getattr(viewer.window._qt_window.statusBar(), "_toggle_activity_dock", None)
     if toggle is not None:  # napari >= 0.5
-        toggle(True)
+        toggle(visible)
 
 
 def say_in_explorer(widgets: dict, fraction: float, message: str) -> None:

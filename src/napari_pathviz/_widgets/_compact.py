@@ -63,7 +63,9 @@ class StatusLabel(Label):
         policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         policy.setHeightForWidth(True)
         native.setSizePolicy(policy)
-        native.setMinimumWidth(40)
+        # Qt sizes a wrapping label's least height at its least width: at 40 px a 230-character
+        # warning asked for 530 px, and the window grew past a laptop's screen.
+        native.setMinimumWidth(STATUS_MIN_WIDTH)
 
     @property
     def value(self) -> str:
@@ -75,6 +77,9 @@ class StatusLabel(Label):
         text = str(text)
         # Rich text, so that Qt wraps a long tooltip instead of drawing one screen-wide line.
         self.native.setToolTip(f"<p>{html.escape(text)}</p>" if text else "")
+
+
+STATUS_MIN_WIDTH = 300  # px, about a dock's width: a long message wraps to a few lines, not dozens
 
 
 def status_label() -> StatusLabel:

@@ -99,7 +99,8 @@ class CohortWidget(QWidget):
         self.mosaic_grid = SpinBox(label="Mosaic cells/side", value=24, min=2, max=200)
         self.mosaic_button = PushButton(text="Image mosaic")
         self.scatter = ScatterCanvas()
-        self.scatter.native.setMinimumHeight(220)
+        # 180: the tallest PathViz dock, it still fits a 1440 x 900 window with a wrapped status
+        self.scatter.native.setMinimumHeight(180)
         self.scatter.set_mode("lasso")
         self.table = SlideCountTable(self._open_from_table)
         runner = (self.progress_to, self._report)
