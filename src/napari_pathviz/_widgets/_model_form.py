@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, LineEdit, SpinBox
 
+from .._model_files import TRUST_BOX
 from ..errors import PathvizError
 from ._compact import path_field, path_text, special_value_text
-
 from ._model_in_use import ModelInUse
 from ._patches_in_use import follow
 
@@ -23,6 +23,7 @@ SHARED_FIELDS = (
     "input_size",
 )
 
+
 class ModelForm:
     """Model file, class names, architecture, trust and preprocessing; ``arguments()`` feeds
     load_model. Blank fields are filled from the model card beside the weights. Given the
@@ -36,19 +37,22 @@ class ModelForm:
         )
         self.factory = LineEdit(
             label="Factory",
-            tooltip="package.module:function building the architecture of the weights "
+            tooltip="package.module:function (or a registered architecture's name) building "
+            "the architecture of the weights; typing it here is consent to import it "
             "(blank: the model card's)",
         )
         self.factory_kwargs = LineEdit(
             label="Factory kwargs", tooltip="JSON object (blank: the model card's)"
         )
         # Pickles and TorchScript archives are programs: loading or running them can write any
-        # file. Weights (safetensors, state dicts) with a factory need no trust.
+        # file; so is a module a model card names that is not a registered architecture
+        # (importing it runs it). Weights whose card names a registered one need no trust.
         self.trust_model = CheckBox(
-            text="Trust this model (it can run code)",
+            text=TRUST_BOX,
             value=False,
-            tooltip="pickles and TorchScript archives are programs: tick only if you trust "
-            "their origin; weights with a model card need no trust",
+            tooltip="pickles, TorchScript archives and a model card's own code (a factory that "
+            "is not a registered architecture) run code: tick only if you trust their origin; "
+            "weights whose card names a registered architecture need no trust",
         )
         self.mean = LineEdit(
             label="Mean",
@@ -63,10 +67,6 @@ class ModelForm:
             tooltip="0 = auto: the model card's input size, else patches as read",
         )
         special_value_text(self.input_size, "0 = auto")
-
-    @property
-    def widgets(self) -> list:
-        return [*self.essential, *self.advanced]
         self.class_names = LineEdit(
             label="Classes",
             tooltip="the model's output classes, comma-separated, e.g. background, tumour, "
@@ -110,6 +110,10 @@ class ModelForm:
         self.class_names.native.setPlaceholderText(placeholder)
 
     @property
+    def widgets(self) -> list:
+        return [*self.essential, *self.advanced]
+
+    @property
     def essential(self) -> list:
         """What a model with a card needs: the file; and the classes, as the card names them."""
         return [self.model_path, self.class_names]
@@ -148,11 +152,11 @@ class ModelForm:
             "input_size": self.input_size.value or None,
             "mean": _three_numbers(self.mean.value, "Mean"),
             "std": _three_numbers(self.std.value, "Std"),
+            "class_names": _class_names(self.class_names.value),
         }
 
     def prefill_demo(self) -> None:
         """The demo model: its weights; architecture and normalisation come from its card
-            "class_names": _class_names(self.class_names.value),
         (data/demo_model.json), so the other fields stay blank."""
         from importlib import resources
 
@@ -162,10 +166,6 @@ class ModelForm:
         self.input_size.value = 0
 
 
-def _three_numbers(text: str, name: str):
-    text = text.strip()
-    if not text:
-        return None
 def _class_names(text: str) -> tuple[str, ...] | None:
     """Comma-separated class names (a name may hold spaces); None when blank."""
     if not text.strip():
@@ -178,6 +178,10 @@ def _class_names(text: str) -> tuple[str, ...] | None:
     return names
 
 
+def _three_numbers(text: str, name: str):
+    text = text.strip()
+    if not text:
+        return None
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
