@@ -138,7 +138,7 @@ def three_columns(window: QMainWindow, explorer, right, napari_docks) -> None:
         _move_to(window, dock, "right")
     for dock in right[1:]:
         window.tabifyDockWidget(right[0], dock)
-    for dock in right:
+    for dock in (*right, explorer):
         _short_tab_title(dock)
     _move_to(window, explorer, "left")
     window.tabifyDockWidget(napari_docks[0], napari_docks[1])
