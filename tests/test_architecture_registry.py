@@ -376,7 +376,10 @@ def test_inference_widget_refuses_and_then_trusts(
         widget.run_button.clicked.emit()
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
         refusal = f"{weights.with_suffix('.json')}: factory '{module}"
-        assert any(m.startswith(refusal) and "not a registered" in m for m in notifications)
+        shown = [m for m in notifications if m.startswith(refusal)]
+        assert shown and "not a registered architecture" in shown[-1]
+        assert "--" not in shown[-1]  # the GUI's words: the Factory field, the trust box
+        assert 'the Factory field or "Trust this model\'s code"' in shown[-1]
         assert f"module {module} was not imported" in widget.status.value
         assert module not in sys.modules
     assert not marker.exists()

@@ -7,16 +7,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .._model_files import TRUST_BOX
 from ..errors import Cancelled, PathvizError
 
-TRUST_MODEL = "'Trust this model'"
+TRUST_MODEL = repr(TRUST_BOX)  # the model form's checkbox, quoted: "Trust this model's code"
 TRUST_PICKLE = "'Trust this pickle'"
 # Whole phrases first (a flag with its verb or value), then single flags. Each pattern is
 # matched where a flag starts: not inside a word or a path.
 _PHRASES: list[tuple[str, str]] = [
     # The core's own GUI hint, "--factory X or --trust-model (widgets: ...)": keep the hint.
     (r"--[\w-]+(?: [^\s()]+)?(?: or --[\w-]+)? \(widgets: ([^)]*)\)", r"\1"),
-    (r"pass --trust-model \(or tick ('[^']*') in the GUI\)", r"tick \1"),
+    (r"pass --trust-model \(or tick (\"[^\"]*\"|'[^']*') in the GUI\)", r"tick \1"),
     (r"(pass --[\w-]+) \(or (?:confirm|tick)[^)]* in the GUI\)", r"\1"),
     (r"(?:pass|with) --trust-model", f"tick {TRUST_MODEL}"),
     (r"\(or --trust-model\)", f"(or tick {TRUST_MODEL})"),
