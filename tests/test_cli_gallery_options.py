@@ -148,3 +148,33 @@ def test_smooth_blurs_the_gallery_maps_and_keeps_the_store(demo, tmp_path):
     bad = run_cli(*common, "--smooth", "-1", "-o", tmp_path / "bad.png")
     assert bad.returncode == 2 and "--smooth must be 0 or more" in bad.stderr
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_smooth_is_refused_for_a_cohort_rather_than_ignored(tmp_path):
+    out = tmp_path / "cohort_out"
+    result = run_cli(
+        "gradcam",
+        *_cli_model_args(),
+        "--slide",
+        tmp_path / "a.svs",
+        tmp_path / "b.svs",
+        "--patches",
+        tmp_path / "patches",
+        "--top",
+        "2",
+        "dab_positive",
+        "--smooth",
+        "1.5",
+        "-o",
+        out,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "--smooth: not for a cohort (its galleries show the maps as computed); explain one "
+            "slide at a time to smooth its gallery"
+        )
+    )
+    assert not out.exists()

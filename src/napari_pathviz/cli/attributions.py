@@ -344,6 +344,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.smooth < 0:  # said before any work
         raise PathvizError(f"--smooth must be 0 or more (map px), got {args.smooth:g}")
     if is_cohort_args(args):
+        if args.smooth:  # not silently ignored
+            raise PathvizError(
+                "--smooth: not for a cohort (its galleries show the maps as computed); "
+                "explain one slide at a time to smooth its gallery"
+            )
         return cmd_explain_cohort(args)
     args.slide = args.slide[0]
     step(f"loading the model {args.model} and reading the patches")
