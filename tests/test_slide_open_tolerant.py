@@ -41,3 +41,30 @@ def test_a_slide_with_a_bad_chunk_opens_with_a_warning(
     np.testing.assert_array_equal(shown, expected)
     warned = [m for m in notifications if "slide.ome.zarr: level 0" in m]
     assert len(warned) == 1 and "shown blank" in warned[0], notifications
+
+
+def test_a_tiff_with_a_corrupt_tile_opens_with_a_warning(
+    make_napari_viewer, qtbot, tmp_path, notifications
+):
+    import tifffile
+
+    from conftest import write_pyramidal_tiff
+
+    image = np.full((512, 768, 3), 200, np.uint8)  # JPEG-exact enough to compare: flat grey
+    path = write_pyramidal_tiff(tmp_path / "scan.tif", image, levels=2)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    with open(path, "r+b") as f:  # the first tile's JPEG stream overwritten with noise
+        f.seek(offset)
+        f.write(np.random.default_rng(0).integers(0, 256, count, dtype=np.uint8).tobytes())
+    viewer = make_napari_viewer()
+    with qtbot.capture_exceptions() as exceptions:
+        (layer,) = viewer.open(path, plugin=PLUGIN)
+        shown = np.asarray(layer.data[0][:512, :768])
+        qtbot.wait(200)
+    assert exceptions == []
+    assert (shown[:256, :256] == 0).all()  # the corrupt tile, blank
+    assert np.abs(shown[256:, 256:].astype(int) - 200).max() <= 2  # the rest, real pixels
+    warned = [m for m in notifications if "scan.tif: level 0" in m]
+    assert len(warned) == 1 and "shown blank" in warned[0], notifications
