@@ -7,6 +7,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ._dock_layout import dock_of, join_pathviz_tabs, keep_on_screen
+from ._viewer_state import real_viewer
 
 
 class WorkbenchWidget(QWidget):
@@ -36,7 +37,7 @@ class WorkbenchWidget(QWidget):
         own_dock = dock_of(self)
         if own_dock is not None:
             own_dock.hide()
-        viewer = _real_viewer(self._viewer)  # the window's private Qt parts are needed here
+        viewer = real_viewer(self._viewer)  # the window's private Qt parts are needed here
         widgets = dock_pathviz_widgets(viewer)
         window = viewer.window._qt_window
         if own_dock is not None:
@@ -48,10 +49,3 @@ class WorkbenchWidget(QWidget):
             slide_dock.raise_()
         keep_on_screen(window)
         return widgets
-
-
-def _real_viewer(viewer):
-    """The viewer behind napari's ``PublicOnlyProxy`` (a plugin widget gets one)."""
-    while hasattr(viewer, "__wrapped__"):
-        viewer = viewer.__wrapped__
-    return viewer
