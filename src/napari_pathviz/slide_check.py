@@ -77,16 +77,16 @@ def patches_on_missing_tiles(slide: Slide, df, level: int = 0) -> tuple[np.ndarr
     ds = slide.downsamples[native]
     sides = np.maximum(1, np.round(df["patch_size"].to_numpy(float) / ds))
     x0, y0 = np.round(df["x"].to_numpy(float) / ds), np.round(df["y"].to_numpy(float) / ds)
-    first = None
+    first, first_count = None, 0
     for what, (ty0, ty1, tx0, tx1) in tiles:
         hit = (x0 < tx1) & (x0 + sides > tx0) & (y0 < ty1) & (y0 + sides > ty0)
         if first is None and hit.any():
-            row = int(np.flatnonzero(hit)[0])
+            row, first_count = int(np.flatnonzero(hit)[0]), int(hit.sum())
             first = (
-                f"{slide.path}: level {native}: {what}, under {int(hit.sum())} patch(es), the "
+                f"{slide.path}: level {native}: {what}, under {first_count} patch(es), the "
                 f"first x={int(df['x'].iat[row])} y={int(df['y'].iat[row])}"
             )
         mask |= hit
-    if first is not None and mask.sum() > 0:
+    if int(mask.sum()) > first_count:
         first += f" ({int(mask.sum())} patches in all lie on missing tiles)"
     return mask, first
