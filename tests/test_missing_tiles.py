@@ -170,3 +170,24 @@ def test_a_cohort_slide_on_a_missing_tile_fails_alone_or_is_marked(
     assert code == 0, err
     for slide in (holed_tiff, other):
         assert f"{slide}: 4 of 64 patches lie on missing tiles" in err, err
+
+
+def test_the_model_inference_widget_refuses_in_a_notification(
+    make_napari_viewer, qtbot, holed_tiff, grid, notifications
+):
+    """The widget runs the same extract: a notification names the tile, and no prediction
+    column is added to the patches."""
+    pytest.importorskip("napari")
+    viewer = make_napari_viewer()
+    viewer.open(str(holed_tiff), plugin="napari-pathviz")
+    viewer.open(str(grid[1]), plugin="napari-pathviz")
+    patches = viewer.layers[-1]
+    columns = list(patches.features.columns)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-pathviz", "Model inference")
+    widget.model_path.value = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert any("level 0: tile 1 at x=128, y=0 is missing" in m for m in notifications), (
+        notifications
+    )
+    assert list(patches.features.columns) == columns
