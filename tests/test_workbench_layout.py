@@ -251,6 +251,8 @@ def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(
     """Each widget opened as the Plugins menu opens it: the window never grows past 1440 x 900,
     each new dock joins the PathViz tab group in front, every button of the front tab is on
     the screen (napari's add_dock_widget stacks them: 1827 px tall for the six)."""
+    from qtpy.QtWidgets import QTabBar
+
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(*SCREEN)
@@ -264,6 +266,9 @@ def test_plugins_menu_docks_fit_a_laptop_screen_in_any_order(
         _settle(qtbot, 100)
         _assert_fits(viewer, window, docks)
         assert _in_front(docks[name][0], window), name  # the dock just opened is shown
+    # Six tabs in one column are elided: each says its whole name as a tooltip.
+    tips = {bar.tabToolTip(i) for bar in window.findChildren(QTabBar) for i in range(bar.count())}
+    assert set(ORDERS[order]) <= tips, tips
     groups = {name: set(window.tabifiedDockWidgets(dock)) for name, (dock, _w) in docks.items()}
     for name in docks:
         others = {other for other_name, (other, _w) in docks.items() if other_name != name}

@@ -10,7 +10,7 @@ PathViz dock already open in the same dock area as a tab, in front.
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
 
 # A Qt property marking a PathViz widget; a dock whose widget has it is a PathViz dock.
@@ -108,7 +108,22 @@ def tabify_with_pathviz_docks(widget: QWidget) -> bool:
         _short_tab_title(member)
     dock.show()
     dock.raise_()  # the dock just opened is the tab in front
+    QTimer.singleShot(0, lambda: name_the_tabs(window))  # once Qt has made the tab
     return True
+
+
+def name_the_tabs(window: QMainWindow) -> None:
+    """Each dock tab's whole name as its tooltip: six tabs in a 398-px column are elided
+    ("Slide …", "At…")."""
+    from qtpy.QtWidgets import QTabBar
+
+    try:
+        bars = window.findChildren(QTabBar)
+    except RuntimeError:
+        return  # the window was closed first
+    for bar in bars:
+        for index in range(bar.count()):
+            bar.setTabToolTip(index, bar.tabText(index).replace("&&", "&"))
 
 
 def _short_tab_title(dock: QDockWidget) -> None:
@@ -147,6 +162,7 @@ def three_columns(window: QMainWindow, explorer, right, napari_docks) -> None:
     right[0].raise_()  # the tab to start from: open a slide
     give_back_height(window, size_before)
     keep_column_widths(window, [explorer, right[0]])
+    QTimer.singleShot(0, lambda: name_the_tabs(window))
 
 
 def _move_to(window: QMainWindow, dock: QDockWidget, area: str) -> None:
