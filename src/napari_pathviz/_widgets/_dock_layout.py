@@ -209,13 +209,25 @@ SPLITTERS = 12  # the two dock separators' width, px
 
 def fit_to_screen(window: QWidget, available=None) -> None:
     """Sizes and places ``window`` (its frame, title bar included) to fill ``available``: by
-    default the available geometry of its screen (the screen less task bars and docks)."""
+    default the available geometry of its screen (the screen less task bars and docks). Once
+    more when the window manager has framed the window: the frame is not known before."""
+    _fit(window, available)
+    QTimer.singleShot(FRAMED_AFTER_MS, lambda: _fit(window, available))
+
+
+FRAMED_AFTER_MS = 500
+
+
+def _fit(window: QWidget, available) -> None:
     from qtpy.QtGui import QGuiApplication
 
-    if available is None:
-        screen = window.screen() or QGuiApplication.primaryScreen()
-        available = screen.availableGeometry()
-    frame, inner = window.frameGeometry(), window.geometry()
+    try:
+        if available is None:
+            screen = window.screen() or QGuiApplication.primaryScreen()
+            available = screen.availableGeometry()
+        frame, inner = window.frameGeometry(), window.geometry()
+    except RuntimeError:
+        return  # the window was closed first
     extra_width = frame.width() - inner.width()  # the window manager's frame
     extra_height = frame.height() - inner.height()
     window.resize(available.width() - extra_width, available.height() - extra_height)
