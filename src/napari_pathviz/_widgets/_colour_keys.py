@@ -38,7 +38,9 @@ def show_key(viewer, key_of: str, title: str, colormap, limits, maps: list, scal
     key.metadata[META_KEY] = key_of
     # Keys stack top-down in their corner, each title over its bar (napari tiles the top right
     # side by side by default, which pushed the keys of several maps off the canvas).
-    viewer.canvas.overlay_tiling.top_right = "vertical"
+    tiling = getattr(getattr(viewer, "canvas", None), "overlay_tiling", None)  # napari >= 0.6
+    if tiling is not None:
+        tiling.top_right = "vertical"
     bar, title_overlay = key.colorbar, key.name_overlay
     bar.size = BAR_SIZE
     bar.position = title_overlay.position = KEY_POSITION
