@@ -53,7 +53,6 @@ from napari_pathviz._layers import (  # noqa: E402
     recolor_patches_layer,
     slide_layer_data,
 )
-from napari_pathviz._widgets._colour_keys import keys_of  # noqa: E402
 from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     LABEL_SPAN,
     LAYER_PREFIX,
@@ -63,6 +62,7 @@ from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     patch_screen_px,
     show_attributions,
 )
+from napari_pathviz._widgets._colour_keys import keys_of  # noqa: E402
 from napari_pathviz.attribution.result import AttributionResult  # noqa: E402
 from napari_pathviz.patches import PatchTable  # noqa: E402
 from napari_pathviz.slide import open_slide  # noqa: E402
@@ -260,11 +260,11 @@ def _drawn_boxes(viewer) -> dict:
         if layer not in viewer.layers or not layer.visible:
             continue
         for overlay, visual in visuals.items():
-            if overlay is layer.colorbar or overlay is layer.name_overlay:
-                if overlay.visible:
-                    x, y = visual.node.transform.translate[:2]
-                    kind = "colorbar" if overlay is layer.colorbar else "name"
-                    boxes[layer.name, kind] = (x, y, x + visual.x_size, y + visual.y_size)
+            keyed = overlay is layer.colorbar or overlay is layer.name_overlay
+            if keyed and overlay.visible:
+                x, y = visual.node.transform.translate[:2]
+                kind = "colorbar" if overlay is layer.colorbar else "name"
+                boxes[layer.name, kind] = (x, y, x + visual.x_size, y + visual.y_size)
     return boxes
 
 
@@ -294,7 +294,7 @@ def test_colour_keys_stack_whole_one_per_visible_method(slide_and_patches, qtbot
     assert len(boxes) == 2 * len(titles)
     height, width = viewer.canvas.size
     for box in boxes.values():  # whole: inside the canvas
-        assert 0 <= box[0] and box[2] <= width and 0 <= box[1] and box[3] <= height, box
+        assert box[0] >= 0 and box[2] <= width and box[1] >= 0 and box[3] <= height, box
     items = list(boxes.items())
     for i, (a, box_a) in enumerate(items):  # stacked: no two overlap
         for b, box_b in items[i + 1 :]:
