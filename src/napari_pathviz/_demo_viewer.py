@@ -192,17 +192,23 @@ def load_demo_into(viewer, widgets: dict, directory=None, on_progress=None, on_l
 
 def show_activity(viewer, visible: bool = True) -> None:
     """Opens (closes) napari's activity dock (its progress bars) in the canvas' corner."""
-    toggle = getattr(viewer.window._qt_window.statusBar(), "_toggle_activity_dock", None)
-    if toggle is not None:  # napari >= 0.5
-        toggle(visible)
+    try:
+        toggle = getattr(viewer.window._qt_window.statusBar(), "_toggle_activity_dock", None)
+        if toggle is not None:  # napari >= 0.5
+            toggle(visible)
+    except (AttributeError, RuntimeError):
+        pass  # the viewer was closed while the demo loaded
 
 
 def say_in_explorer(widgets: dict, fraction: float, message: str) -> None:
     """The demo's loading in the Embedding explorer's bar and status (its UMAP is a part)."""
     explorer = widgets.get(EXPLORER)
-    if explorer is not None:
-        explorer.progress.value = round(100 * fraction)
-        explorer.status.value = message
+    try:
+        if explorer is not None:
+            explorer.progress.value = round(100 * fraction)
+            explorer.status.value = message
+    except RuntimeError:
+        pass  # the viewer was closed while the demo loaded
 
 
 def text_overlay(viewer):
