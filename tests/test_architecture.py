@@ -50,6 +50,9 @@ CORE = [
     "napari_pathviz.cohort_data",
     "napari_pathviz.batch_effect",
     "napari_pathviz.embedding_large",
+    "napari_pathviz.umap_process",
+    "napari_pathviz.umap_first_look",
+    "napari_pathviz._umap_backends",
     "napari_pathviz.classes",
     "napari_pathviz.cohort_explain",
 ]
