@@ -6,8 +6,7 @@ cohort path does (:mod:`.embedding_large`), but cheaper where it must be quick:
 
 1. PCA to at most 50 dimensions, fitted on :data:`FIRST_LOOK_SIZE` sampled patches (whatever the
    PCA setting: only this preview is computed in the reduced space), every patch projected;
-2. umap-learn fitted on the sample (under 4,096 patches it finds the exact neighbours, all
-   pairs, with no search index to build);
+2. umap-learn's layout of the sample (200 epochs), on its exact neighbours found as in 3.;
 3. every other patch placed at the weighted mean of its ``n_neighbors`` nearest sampled patches
    (the start umap-learn's ``transform`` gives a point), found by brute force in blocks with one
    matrix product each: no index query, which numba would compile anew in every process and
@@ -19,6 +18,7 @@ The first look is shown as such, and replaced by the full fit: the result does n
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -30,6 +30,7 @@ FIRST_LOOK_SIZE = 4_000  # sampled patches (below umap-learn's 4,096: exact neig
 FIRST_LOOK_SHARE = 0.1  # of the progress bar
 FIT_SHARE = 0.7  # of the first look's share: the sample's fit (the placing takes the rest)
 BLOCK = 8_192  # patches placed per matrix product (BLOCK x FIRST_LOOK_SIZE float32 distances)
+SAMPLE_EPOCHS = 200  # umap-learn gives a few thousand points 500; a preview needs fewer
 
 
 def first_look_size(n_samples: int, fit_on: int | None) -> int | None:
@@ -57,28 +58,63 @@ def show_first_look(features: np.ndarray, params, stages: StageReporter, show) -
 
 def first_look(features: np.ndarray, params, stages: StageReporter) -> np.ndarray:
     """The first look's coordinates (N x n_components, float32); see the module docstring."""
-    from .embedding import _fit_umap
+    from concurrent.futures import ThreadPoolExecutor
 
     size = min(FIRST_LOOK_SIZE, len(features))
     rows = sample_rows(len(features), size, params.random_state)
-    fitting = part_of(stages, 0.0, FIT_SHARE, "")
-    data = _pca_projection(features, rows, dataclasses.replace(params, pca="auto"), fitting)
-    fit = _fit_umap(np.ascontiguousarray(data[rows]), params, "nndescent", fitting)
+    data = _pca_projection(features, rows, dataclasses.replace(params, pca="auto"), stages)
+    sample = _comparable(np.asarray(data[rows], np.float32), params.metric)
+    layout = _fit_sample(sample, params, part_of(stages, 0.0, FIT_SHARE, ""))
     coords = np.empty((len(features), params.n_components), np.float32)
-    coords[rows] = fit.embedding_
+    coords[rows] = layout
     rest = np.setdiff1d(np.arange(len(features)), rows, assume_unique=True)
     stages.report(FIT_SHARE, f"placing the other {len(rest):,} patches")
-    sample = _comparable(np.asarray(data[rows], np.float32), params.metric)
-    for start in range(0, len(rest), BLOCK):
+
+    def place(start: int) -> int:
         block = rest[start : start + BLOCK]
         near, weights = _nearest(_comparable(data[block], params.metric), sample, params)
-        coords[block] = np.einsum("bk,bkc->bc", weights, fit.embedding_[near])
-        done = start + len(block)
-        stages.report(
-            FIT_SHARE + (1.0 - FIT_SHARE) * done / len(rest),
-            f"placed {done:,} of {len(rest):,} other patches",
-        )
+        coords[block] = np.einsum("bk,bkc->bc", weights, layout[near])
+        return len(block)
+
+    # numpy's matrix product and partition release the GIL: one block per core at a time
+    done = 0
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for placed in pool.map(place, range(0, len(rest), BLOCK)):
+            done += placed
+            stages.report(
+                FIT_SHARE + (1.0 - FIT_SHARE) * done / len(rest),
+                f"placed {done:,} of {len(rest):,} other patches",
+            )
     return coords
+
+
+def _fit_sample(sample: np.ndarray, params, stages: StageReporter) -> np.ndarray:
+    """umap-learn's layout of the sample, on its exact neighbours found here (umap-learn's own
+    all-pairs path for a few thousand points took 10 s; numba cannot cache NN-descent)."""
+    import warnings
+
+    from ._umap_backends import _import_umap
+
+    stages.begin("nearest neighbours", f"exact, {len(sample):,} sampled patches")
+    umap = _import_umap()
+    near, _ = _nearest(sample, sample, params)  # each point is its own nearest: umap expects it
+    dist = np.sqrt(np.maximum(((sample[:, None, :] - sample[near]) ** 2).sum(axis=2), 0.0))
+    order = np.argsort(dist, axis=1, kind="stable")
+    near, dist = np.take_along_axis(near, order, 1), np.take_along_axis(dist, order, 1)
+    stages.begin("fuzzy simplicial set")
+    reducer = umap.UMAP(
+        n_components=params.n_components,
+        n_neighbors=near.shape[1],
+        min_dist=params.min_dist,
+        random_state=params.random_state,
+        n_epochs=SAMPLE_EPOCHS,
+        precomputed_knn=(near.astype(np.int32), dist.astype(np.float32), None),
+        force_approximation_algorithm=True,  # else under 4,096 points it computes all pairs
+        tqdm_kwds={"file": stages.epochs_stream(), "disable": False, "mininterval": 0.1},
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="umap")
+        return reducer.fit(sample).embedding_.astype(np.float32)
 
 
 def _comparable(points: np.ndarray, metric: str) -> np.ndarray:
