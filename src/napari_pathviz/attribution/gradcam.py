@@ -96,13 +96,18 @@ def grad_cam(
     target="predicted",
     output: str = "none",
     plus_plus: bool = False,
+    eps: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress=None,
     cancelled=None,
 ) -> AttributionResult:
-    """Grad-CAM (or Grad-CAM++) maps of ``inputs`` (N, C, H, W), upsampled to H x W."""
+    """Grad-CAM (or Grad-CAM++) maps of ``inputs`` (N, C, H, W), upsampled to H x W.
+    ``eps`` is added to Grad-CAM++'s alpha denominator (0: the paper's eq. 19; 1e-6:
+    pytorch-grad-cam's maps)."""
     import torch
     import torch.nn.functional as F
+
+    eps = checked_eps(eps, plus_plus)
 
     if isinstance(model, torch.jit.ScriptModule):  # hooks are not run on scripted modules
         raise PathvizError(
@@ -135,7 +140,7 @@ def grad_cam(
                 height, width = x.shape[2:]
                 activation = tokens_to_grid(activation, height, width)
                 grads = tokens_to_grid(grads, height, width)
-            cam = cam_from(activation.detach(), grads.detach(), plus_plus)
+            cam = cam_from(activation.detach(), grads.detach(), plus_plus, eps)
             cam = F.interpolate(
                 cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False
             )[:, 0]
@@ -154,8 +159,22 @@ def grad_cam(
         targets=np.concatenate(all_targets),
         logits=logits.cpu().numpy(),
         probabilities=probs.cpu().numpy(),
-        metadata={"layer": layer, "output": output},
+        metadata={"layer": layer, "output": output, **({"eps": eps} if plus_plus else {})},
     )
+
+
+def checked_eps(eps, plus_plus: bool) -> float:
+    """Grad-CAM++'s denominator term, refused when negative or not a number, or given to
+    Grad-CAM (where it would be silently ignored)."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise PathvizError(f"--gradcampp-eps must be a number, got {eps!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise PathvizError(f"--gradcampp-eps must be 0 or more, got {eps!r}")
+    if value and not plus_plus:
+        raise PathvizError("--gradcampp-eps: only for Grad-CAM++ (method gradcampp)")
+    return value
 
 
 def _cam_module(model, layer: str):
@@ -221,14 +240,17 @@ def _checked_activation(saved: dict, layer: str):
     return activation
 
 
-def cam_from(activation, grads, plus_plus: bool):
-    """Signed class-activation map (N, h, w) from a layer's activations and gradients."""
+def cam_from(activation, grads, plus_plus: bool, eps: float = 0.0):
+    """Signed class-activation map (N, h, w) from a layer's activations and gradients.
+    Grad-CAM++'s alpha is g^2 / (2 g^2 + sum(A) g^3 + eps), 0 where that denominator is 0;
+    pytorch-grad-cam's eps of 1e-6 outweighs 2 g^2 wherever |g| < ~1e-3 (raw logits of
+    small nets), so by default there is none, as in the paper."""
     import torch
 
     if plus_plus:
         g2, g3 = grads.pow(2), grads.pow(3)
         summed = activation.sum(dim=(2, 3), keepdim=True)
-        denominator = 2 * g2 + summed * g3
+        denominator = 2 * g2 + summed * g3 + eps
         alpha = torch.where(denominator != 0, g2 / denominator, torch.zeros_like(g2))
         weights = (alpha * torch.relu(grads)).sum(dim=(2, 3))
     else:

@@ -68,7 +68,11 @@ def explain(
         raise PathvizError(f"--chunk-size must be positive, got {chunk_size}")
     if len(inputs) == 0:
         raise PathvizError("no patches to explain (the selection is empty)")
-    _check_options(method, background, output)  # before a store exists: a typo leaves none
+    _check_options(method, background, output, options)  # before a store exists
+    if "eps" in options:  # Grad-CAM++'s denominator term: refused before a store exists too
+        from .gradcam import checked_eps
+
+        options["eps"] = checked_eps(options["eps"], method == "gradcampp")
     patch_of_row, target_of_row = _rows(model, inputs, target)
     n_rows = len(patch_of_row)
     n_chunks = -(-n_rows // chunk_size)
@@ -281,10 +285,16 @@ def _rows(model, inputs, target):
     return np.arange(n), targets
 
 
-def _check_options(method: str, background, output: str) -> None:
+def _check_options(method: str, background, output: str, options: dict) -> None:
     """The choices :func:`attribute` would refuse at the first chunk, refused up front."""
     from . import METHODS
     from ._target import OUTPUTS
+    from .rollout import check_rollout_options
+
+    if method == "rollout":
+        check_rollout_options(
+            options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0)
+        )
 
     if method not in METHODS:
         raise PathvizError(f"-mth/--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -311,6 +321,8 @@ def _job_key(model, inputs, background, method, target, output, options, chunk_s
         arrays.append(background.detach().float().cpu().numpy())
     settings = {k: v for k, v in options.items() if not callable(v)}
     settings.pop("batch_size", None)  # batch size changes speed, not results
+    if settings.get("eps") == 0:  # Grad-CAM++'s default: stores made before the option resume
+        settings.pop("eps")
     return array_key(
         *arrays,
         version=STORE_VERSION,
