@@ -209,3 +209,28 @@ def test_per_channel_maps_are_stored_unless_declined(demo, tmp_path):
     assert summed.per_channel is None
     assert "per_channel" not in zarr.open_group(str(tmp_path / "sum"), mode="r")
     np.testing.assert_allclose(summed.maps, kept.maps, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_cam_pp_eps_is_part_of_the_store_key(demo, tmp_path):
+    """--gradcampp-eps changes the maps, so a store of one eps is never resumed as another's;
+    eps 0 (the default) keys as before the option existed, so those stores still resume."""
+    model, x, _, keys = demo
+    common = dict(keys=keys, chunk_size=4)
+    with_eps = explain(model, x, "gradcampp", store=tmp_path / "eps.zarr", eps=1e-6, **common)
+    np.testing.assert_allclose(
+        with_eps.maps, attribute(model, x, "gradcampp", eps=1e-6).maps, rtol=1e-5, atol=1e-8
+    )
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "eps.zarr").rglob("*"))
+    with pytest.raises(PathvizError, match="other model, patches, background, method or options"):
+        explain(model, x, "gradcampp", store=tmp_path / "eps.zarr", **common)
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "eps.zarr").rglob("*")) == before
+    counting = Counting(model)
+    paper = explain(counting, x, "gradcampp", store=tmp_path / "paper.zarr", **common)
+    assert not np.allclose(paper.maps, with_eps.maps, rtol=1e-3)  # the option changes numbers
+    first_run, counting.seen = counting.seen, 0
+    again = explain(counting, x, "gradcampp", store=tmp_path / "paper.zarr", eps=0.0, **common)
+    assert counting.seen < first_run  # eps 0 reopened the store made without the option
+    np.testing.assert_array_equal(again.maps, paper.maps)
+    with pytest.raises(PathvizError, match="--gradcampp-eps must be 0 or more"):
+        explain(model, x, "gradcampp", store=tmp_path / "negative.zarr", eps=-1e-6, **common)
+    assert not (tmp_path / "negative.zarr").exists()

@@ -62,6 +62,7 @@ def add_parsers(sub) -> None:
                 help="Grad-CAM module to explain (default: the last conv block; in a vision "
                 "transformer the last block's norm1)",
             )
+            add_gradcampp_eps_option(p)
         if name != "sanity-check":
             p.add_argument(
                 "--attributions-out",
@@ -191,7 +192,20 @@ def _add_sanity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layer", help="Grad-CAM layer (default: the last conv block, or a ViT's last norm1)"
     )
+    add_gradcampp_eps_option(p)
     p.set_defaults(func=cmd_sanity_check)
+
+
+def add_gradcampp_eps_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gradcampp-eps",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="added to Grad-CAM++'s alpha denominator 2g^2 + sum(A)g^3 (default 0: the "
+        "paper's eq. 19; 1e-6 reproduces pytorch-grad-cam's maps, which on raw logits differ "
+        "from the paper's by up to the map's maximum)",
+    )
 
 
 def _add_shapley_options(p: argparse.ArgumentParser) -> None:
@@ -319,6 +333,9 @@ def engine_output(args: argparse.Namespace) -> str:
 
 
 def method_options(args: argparse.Namespace) -> dict:
+    from ..attribution.gradcam import checked_eps
+
+    eps = checked_eps(getattr(args, "gradcampp_eps", 0.0), args.method == "gradcampp")
     if args.method == "gradient":
         options = {
             "n_samples": args.n_samples,
@@ -330,7 +347,9 @@ def method_options(args: argparse.Namespace) -> dict:
                 batch_size=args.samples_per_batch, bf16=args.bf16, channels_last=args.channels_last
             )
         return options
-    if args.method in ("gradcam", "gradcampp", *ATTENTION_METHODS):
+    if args.method == "gradcampp":
+        return {"layer": args.layer, "eps": eps}
+    if args.method in ("gradcam", *ATTENTION_METHODS):
         return {"layer": args.layer}  # the attention methods refuse a layer
     return {}
 
@@ -339,10 +358,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """shapley-plot and gradcam: choose patches, explain them chunk by chunk into a store,
     draw the gallery."""
     from ..attribution.gallery import render_gallery
+    from ..attribution.gradcam import checked_eps
     from ..attribution.stored import explain
 
     if args.smooth < 0:  # said before any work
         raise PathvizError(f"--smooth must be 0 or more (map px), got {args.smooth:g}")
+    checked_eps(
+        getattr(args, "gradcampp_eps", 0.0), args.method == "gradcampp"
+    )  # said before any work too
     if is_cohort_args(args):
         if args.smooth:  # not silently ignored
             raise PathvizError(
@@ -425,9 +448,11 @@ def report_completeness(result, rows) -> None:
 
 
 def cmd_sanity_check(args: argparse.Namespace) -> int:
+    from ..attribution.gradcam import checked_eps
     from ..attribution.sanity import model_randomisation
     from ..io.tables import write_table
 
+    checked_eps(args.gradcampp_eps, args.method == "gradcampp")  # before loading anything
     step(f"loading the model {args.model} and reading the patches")
     model, inputs, background, target, _images, rows = explanation_inputs(args)
     if target == "each":
