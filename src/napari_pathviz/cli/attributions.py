@@ -204,7 +204,7 @@ def add_gradcampp_eps_option(p: argparse.ArgumentParser) -> None:
         metavar="EPS",
         help="added to Grad-CAM++'s alpha denominator 2g^2 + sum(A)g^3 (default 0: the "
         "paper's eq. 19; 1e-6 reproduces pytorch-grad-cam's maps, which on raw logits differ "
-        "from the paper's by up to the map's maximum)",
+        "from the paper's by 0.06-13%% of the map's maximum on the tested models)",
     )
 
 
