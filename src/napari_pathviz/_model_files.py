@@ -163,9 +163,12 @@ def _require_safe_weights_only(path: str) -> None:
         )
 
 
-def build_from_state_dict(path: str, factory: str, kwargs: dict, state: dict, label: str):
+def build_from_state_dict(
+    path: str, factory: str, kwargs: dict, state: dict, label: str, adapt=None
+):
     """``factory(**kwargs)`` with ``state`` loaded strictly; ``label`` names the factory's
-    origin in messages (``--factory`` or the card's field)."""
+    origin in messages (``--factory`` or the card's field). ``adapt(model, state)``, when
+    given, returns the state to load into the built model (a known layout's keys renamed)."""
     build = import_factory(factory, label)
     try:
         model = build(**kwargs)
@@ -175,6 +178,8 @@ def build_from_state_dict(path: str, factory: str, kwargs: dict, state: dict, la
         ) from exc
     if not hasattr(model, "load_state_dict"):
         raise PathvizError(f"{label} {factory}: built {type(model).__name__}, not a torch model")
+    if adapt is not None:
+        state = adapt(model, state)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit raise even when not strict

@@ -31,6 +31,7 @@ OWN = {
     "small_conv_encoder": "napari_pathviz.mil:SmallConvEncoder",
     "gated_attention_mil": "napari_pathviz.mil:GatedAttentionMIL",
     "clam_sb": "napari_pathviz.mil:ClamSB",
+    "clam_mb": "napari_pathviz.mil:ClamMB",
     "patch_vit": "napari_pathviz.vit:PatchViT",
 }
 

@@ -12,13 +12,17 @@ the heads here expose what the explanations read:
   classifier is affine while the weights sum to 1, ``sum_i a_i patch_logits_i`` equals the
   slide logit exactly: the per-patch contributions ``a_i * patch_logits_i`` add up to it.
 
-Both are built from ``torch.nn`` only and load from a state dict or safetensors with a model
+:class:`ClamMB` has one attention per class: ``class_attention(h)`` gives them all, ``attend``
+the predicted class's, and the contributions add up class by class.
+
+All are built from ``torch.nn`` only and load from a state dict or safetensors with a model
 card naming the class (no trust needed: :func:`napari_pathviz._model_files.card_factory`).
 
 References: Ilse, Tomczak & Welling 2018, "Attention-based deep multiple instance learning"
 (gated attention); Lu et al. 2021, "Data-efficient and weakly supervised computational
-pathology on whole-slide images" (CLAM; :class:`ClamSB` keeps CLAM_SB's parameter names, so a
-CLAM checkpoint's state dict loads as it is).
+pathology on whole-slide images" (CLAM; :class:`ClamSB` and :class:`ClamMB` keep CLAM_SB's and
+CLAM_MB's parameter names, and CLAM checkpoints of the known older layouts are renamed to them
+on loading: :mod:`.mil_layouts`).
 """
 
 from __future__ import annotations
@@ -26,23 +30,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mil_layouts import CLAM_MB as CLAM_MB_LAYOUTS
+from .mil_layouts import CLAM_SB as CLAM_SB_LAYOUTS
+
 
 class GatedAttention(nn.Module):
     """Gated attention scores: ``w^T (tanh(V t) * sigmoid(U t))`` per patch (Ilse et al. eq. 9),
     with CLAM's names for V (``attention_a``), U (``attention_b``) and w (``attention_c``)."""
 
-    def __init__(self, dim: int, attention_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, attention_dim: int, dropout: float = 0.0, branches: int = 1):
         super().__init__()
         self.attention_a = nn.Sequential(nn.Linear(dim, attention_dim), nn.Tanh())
         self.attention_b = nn.Sequential(nn.Linear(dim, attention_dim), nn.Sigmoid())
         if dropout:
             self.attention_a.append(nn.Dropout(dropout))
             self.attention_b.append(nn.Dropout(dropout))
-        self.attention_c = nn.Linear(attention_dim, 1)
+        self.attention_c = nn.Linear(attention_dim, branches)
+
+    def branch_scores(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., n, dim) -> (..., n, branches) raw scores, one column per attention branch."""
+        return self.attention_c(self.attention_a(t) * self.attention_b(t))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(..., n, dim) -> (..., n) raw scores (before the softmax over patches)."""
-        return self.attention_c(self.attention_a(t) * self.attention_b(t)).squeeze(-1)
+        return self.branch_scores(t).squeeze(-1)
 
 
 class _AttentionHead(nn.Module):
@@ -51,6 +62,7 @@ class _AttentionHead(nn.Module):
 
     in_dim: int
     n_classes: int
+    checkpoint_layout: str | None = None  # the public layout its weights came in (mil_layouts)
 
     def _embed(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -128,9 +140,13 @@ class GatedAttentionMIL(_AttentionHead):
 
 class ClamSB(_AttentionHead):
     """CLAM single branch (Lu et al. 2021), inference part: ``attention_net`` = Linear + ReLU
-    (+ Dropout) + gated attention, ``classifiers`` = Linear on the pooled feature. The
-    ``instance_classifiers`` (CLAM's clustering loss, used in training only) are kept so that a
-    CLAM checkpoint loads strictly; they take no part in the slide prediction."""
+    + Dropout + gated attention, ``classifiers`` = Linear on the pooled feature, under CLAM's
+    parameter names. CLAM's ``instance_classifiers`` (its clustering loss, training only) are
+    not built: a checkpoint's are dropped, and said so, when its layout is recognised
+    (:data:`.mil_layouts.CLAM_SB`: today's, CLAM 2020-04 to 2024-04 without dropout,
+    nn.DataParallel)."""
+
+    checkpoint_layouts = CLAM_SB_LAYOUTS
 
     def __init__(
         self,
@@ -142,15 +158,8 @@ class ClamSB(_AttentionHead):
     ):
         super().__init__()
         self.in_dim, self.n_classes = int(in_dim), int(n_classes)
-        # CLAM's layout: index 3 is the gated attention, whether or not dropout is used.
-        self.attention_net = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            GatedAttention(hidden, attention_dim, dropout),
-        )
+        self.attention_net = _clam_attention_net(in_dim, hidden, attention_dim, dropout, 1)
         self.classifiers = nn.Linear(hidden, n_classes)
-        self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(n_classes))
 
     def _embed(self, h):
         return self.attention_net[2](self.attention_net[1](self.attention_net[0](h)))
@@ -160,6 +169,95 @@ class ClamSB(_AttentionHead):
 
     def _classify(self, pooled):
         return self.classifiers(pooled)
+
+
+def _clam_attention_net(in_dim, hidden, attention_dim, dropout, branches) -> nn.Sequential:
+    # CLAM's layout since 2024-04: index 3 is the gated attention, with or without dropout.
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        GatedAttention(hidden, attention_dim, dropout, branches),
+    )
+
+
+class ClamMB(nn.Module):
+    """CLAM multi-branch (Lu et al. 2021), inference part: one gated attention branch per
+    class over the shared ``attention_net`` embedding t; class c's slide logit is
+    ``classifiers[c]`` (a Linear to 1) of the pooled ``sum_i a_ci t_i``. CLAM's parameter
+    names; ``instance_classifiers`` dropped as for :class:`ClamSB`.
+
+    ``class_attention(h)`` gives each class's attention ``(..., classes, n)``; ``attend(h)`` the
+    predicted class's ``(..., n)``. Class by class, ``sum_i a_ci patch_logits_ic`` is the slide
+    logit of c, exactly."""
+
+    checkpoint_layouts = CLAM_MB_LAYOUTS
+    checkpoint_layout: str | None = None
+
+    def __init__(
+        self,
+        in_dim: int = 1024,
+        hidden: int = 512,
+        attention_dim: int = 256,
+        n_classes: int = 2,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.in_dim, self.n_classes = int(in_dim), int(n_classes)
+        self.attention_net = _clam_attention_net(in_dim, hidden, attention_dim, dropout, n_classes)
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_classes))
+
+    def _embed(self, h):
+        return self.attention_net[2](self.attention_net[1](self.attention_net[0](h)))
+
+    def _scores(self, t):
+        """(..., n, hidden) -> (..., classes, n) raw scores."""
+        return self.attention_net[3].branch_scores(t).transpose(-1, -2)
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-class classifiers as one (classes, hidden) weight and (classes,) bias."""
+        weight = torch.cat([c.weight for c in self.classifiers])
+        return weight, torch.cat([c.bias for c in self.classifiers])
+
+    def _classify(self, pooled):
+        """(..., classes, hidden) pooled per class -> (..., classes) logits."""
+        weight, bias = self._weights()
+        return (pooled * weight).sum(-1) + bias
+
+    def class_attention(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self._embed(h)
+        return torch.softmax(self._scores(t), dim=-1), t
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, t = self.class_attention(h)
+        return self._classify(a @ t)
+
+    def attend(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, t = self.class_attention(h)
+        predicted = self._classify(a @ t).argmax(-1)  # (...,)
+        index = predicted[..., None, None].expand(*a.shape[:-2], 1, a.shape[-1])
+        return a.gather(-2, index).squeeze(-2), t
+
+    def patch_logits(self, h: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._weights()
+        return self._embed(h) @ weight.T + bias
+
+    def replacing_one(self, bag: torch.Tensor, index: int):
+        """As :meth:`_AttentionHead.replacing_one`, with one attention per class."""
+        with torch.no_grad():
+            t_fixed = self._embed(bag)  # (n, hidden)
+            s_fixed = self._scores(t_fixed)  # (classes, n)
+        keep = torch.ones(s_fixed.shape[-1], dtype=torch.bool, device=s_fixed.device)
+        keep[index] = False
+
+        def logits(f: torch.Tensor) -> torch.Tensor:
+            t = self._embed(f)  # (B, hidden)
+            s = self.attention_net[3].branch_scores(t)[:, :, None]  # (B, classes, 1)
+            a = torch.softmax(torch.where(keep, s_fixed, s), dim=-1)  # (B, classes, n)
+            pooled = (a * keep) @ t_fixed + a[..., index, None] * t[:, None, :]
+            return self._classify(pooled)
+
+        return logits
 
 
 def head_input_dim(head: nn.Module) -> int | None:

@@ -40,6 +40,12 @@ class TwoStageModel:
     source: str
     activation: str = "auto"
 
+    @property
+    def head_layout(self) -> str | None:
+        """The public checkpoint layout the head's weights were recognised in (CLAM_SB's
+        attention_net.2, ...: :mod:`.mil_layouts`), else None."""
+        return getattr(self.head, "checkpoint_layout", None)
+
     def probabilities(self, logits) -> np.ndarray:
         """Slide probabilities from slide logits (softmax for several classes, else sigmoid)."""
         logits = np.asarray(logits, np.float64)
@@ -81,6 +87,7 @@ def _stage_path(card: ModelCard, stage: dict, given: str | None, name: str) -> s
 
 def _build_stage(card: ModelCard, stage: dict, path: str, name: str, trust: bool):
     from . import _model_files as files
+    from .mil_layouts import adapt_checkpoint
 
     kind = files.file_kind(path)
     if kind in ("torchscript", "unknown"):
@@ -92,7 +99,7 @@ def _build_stage(card: ModelCard, stage: dict, path: str, name: str, trust: bool
     factory = files.card_factory(stage["factory"], label, trust, typed=False)  # before importing
     state = files.read_weights(path, kind)
     model = files.build_from_state_dict(
-        path, factory, dict(stage.get("factory_kwargs") or {}), state, label
+        path, factory, dict(stage.get("factory_kwargs") or {}), state, label, adapt_checkpoint
     )
     return model.eval()
 
@@ -232,6 +239,9 @@ class SlidePrediction:
     contributions: np.ndarray | None  # (n, classes): attention x patch logit
     grad_x_feature: np.ndarray  # (n, classes): d logit_c / d h_i . h_i
     features: np.ndarray | None = None  # (n, D): the bag, as the head saw it
+    # (n, classes): each class's own attention, for a head with one per class (CLAM_MB); then
+    # ``attention`` is the predicted class's and contributions use each class's.
+    class_attention: np.ndarray | None = None
 
     @property
     def predicted(self) -> str:
@@ -256,6 +266,9 @@ class SlidePrediction:
         out = {}
         if self.attention is not None:
             out["attention"] = self.attention
+        if self.class_attention is not None:
+            for k, name in enumerate(self.class_names):
+                out[f"attention_{name}"] = self.class_attention[:, k]
         for k, name in enumerate(self.class_names):
             if self.patch_logits is not None:
                 out[f"patch_logit_{name}"] = self.patch_logits[:, k]
@@ -275,12 +288,15 @@ def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
     logits = head(h)
     grads = [torch.autograd.grad(logits[k], h, retain_graph=True)[0] for k in range(len(logits))]
     grad_x_feature = torch.stack([(g * h).sum(dim=1) for g in grads], dim=1)
-    attention = patch_logits = contributions = None
+    attention = patch_logits = contributions = class_attention = None
     with torch.no_grad():
         if hasattr(head, "attend") and hasattr(head, "patch_logits"):
             attention = head.attend(h)[0]
             patch_logits = head.patch_logits(h)
-            contributions = attention.unsqueeze(1) * patch_logits
+            weights = attention.unsqueeze(1)
+            if hasattr(head, "class_attention"):  # one attention per class (CLAM_MB)
+                class_attention = weights = head.class_attention(h)[0].T
+            contributions = weights * patch_logits
 
     def numpy(t):
         return None if t is None else t.detach().double().numpy()
@@ -295,6 +311,7 @@ def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
         numpy(contributions),
         numpy(grad_x_feature),
         np.asarray(features, np.float32),
+        numpy(class_attention),
     )
 
 
@@ -353,12 +370,17 @@ def slide_prediction_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name.split(".")[0] + ".slide.json")
 
 
-def write_slide_prediction(path, prediction: SlidePrediction, slide_id: str, model: str) -> Path:
-    """The slide prediction as a small JSON file, written atomically."""
+def write_slide_prediction(
+    path, prediction: SlidePrediction, slide_id: str, model: str, head_layout: str | None = None
+) -> Path:
+    """The slide prediction as a small JSON file, written atomically; ``head_layout``: the
+    public checkpoint layout the head's weights were recognised in (:mod:`.mil_layouts`)."""
     from .io.atomic import atomic_file
 
     path = Path(path)
     record = {"slide": slide_id, "model": model, **prediction.summary()}
+    if head_layout:
+        record["head_layout"] = head_layout
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     return path

@@ -29,6 +29,8 @@ def head_on_features(args: argparse.Namespace, card) -> int:
         )
     step(f"loading the head of {card.source}")
     model = load_head(card, trust_model=args.trust_model)
+    if model.head_layout:  # a public checkpoint layout, renamed: say which
+        print(f"head weights: {model.head_layout}", file=sys.stderr)
     if not cohort:
         _one_slide(args, model, files[0], Path(args.out))
         return 0
@@ -57,7 +59,9 @@ def _one_slide(args, model, path: str, out: Path, print_paths: bool = True):
         embeddings=not args.no_embeddings,
     )  # fmt: skip
     table = write_table(result.table, str(out), overwrite=args.overwrite)
-    write_slide_prediction(json_path, result.prediction, result.slide_id, model.source)
+    write_slide_prediction(
+        json_path, result.prediction, result.slide_id, model.source, model.head_layout
+    )
     if print_paths:
         print(table)
         print(json_path)

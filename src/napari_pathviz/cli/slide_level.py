@@ -82,12 +82,14 @@ def extract_two_stage(args: argparse.Namespace, card) -> int:
             "--explain-top must be >= 0, --explain-samples and --explain-background positive"
         )
     model = load_two_stage(card, weights=args.model, trust_model=args.trust_model)
+    if model.head_layout:  # a public checkpoint layout, renamed: say which
+        print(f"head weights: {model.head_layout}", file=sys.stderr)
     slide, table = open_slide_and_table(args)
     with progress_bar("patches") as bar:
         result, prediction = extract_slide(slide, table, model, **extract_kwargs(args, bar))
     print(write_table(result, args.out, overwrite=args.overwrite))
     slide_id = str(table.df["ID"].iloc[0]) if "ID" in table.df else Path(args.slide[0]).name
-    write_slide_prediction(json_path, prediction, slide_id, card.source)
+    write_slide_prediction(json_path, prediction, slide_id, card.source, model.head_layout)
     print(json_path)
     probability = prediction.summary()["probabilities"]
     shown = ", ".join(f"{name} {p:.3f}" for name, p in probability.items())
