@@ -15,43 +15,41 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from napari_helpers import (  # noqa: E402
+    PLUGIN,
+    lasso,
+    points_inside,
+    raise_dock_of,
+    rectangle_path,
+)
+from napari_helpers import open_widget as _open  # noqa: E402
 from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     LAYER_PREFIX,
     META_ATTRIBUTION,
 )
 
-PLUGIN = "napari-pathviz"
 DEMO_WEIGHTS = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
 DEMO_FACTORY = "napari_pathviz._demo_model:build_demo_model"
 
 
-def _open(viewer, name: str):
-    """A PathViz widget as napari's Plugins menu opens it."""
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
-
-
-def _lasso(scatter, path) -> None:
-    """A left-button drag along ``path`` (canvas pixels) through vispy's mouse events, as the
-    mouse makes it: press, moves with the button held, release."""
-    canvas = scatter.canvas
-    press = canvas.events.mouse_press(pos=path[0], button=1, modifiers=())
-    for pos in path[1:]:
-        canvas.events.mouse_move(pos=pos, button=1, buttons=[1], press_event=press, modifiers=())
-    canvas.events.mouse_release(pos=path[-1], button=1, press_event=press, modifiers=())
-
-
 def _lasso_left_part(explorer, fraction: float) -> np.ndarray:
-    """Lassos the scatter points left of a vertical line (between two points, so none lies on
-    it); returns the patches-layer rows they are, sorted."""
+    """Lassos (real mouse events on the scatter's canvas) the scatter points left of a vertical
+    line between two points, so none lies on it; returns the patches-layer rows they are,
+    sorted, checked against the points inside the lasso computed apart from the widget."""
+    raise_dock_of(explorer.scatter.native)  # in front of its tab group: its canvas' own size
     screen = explorer.scatter.screen_positions()
     xs = np.unique(screen[:, 0])  # sorted, ties once
     k = max(1, int(len(xs) * fraction))
     cut = float(xs[k - 1] + xs[k]) / 2
     top, bottom = screen[:, 1].min() - 4, screen[:, 1].max() + 4
-    left = xs[0] - 4
-    _lasso(explorer.scatter, [(left, top), (cut, top), (cut, bottom), (left, bottom), (left, top)])
-    return np.sort(explorer.rows[screen[:, 0] < cut])
+    path = lasso(explorer.scatter, rectangle_path((xs[0] - 4, top), (cut, bottom)))
+    # The mouse's whole pixels move the cut by less than half a pixel: the rows left of it.
+    wanted = np.sort(explorer.rows[screen[:, 0] < path[1][0]])
+    np.testing.assert_array_equal(
+        np.sort(explorer.rows[points_inside(explorer.scatter, path)]), wanted
+    )
+    np.testing.assert_array_equal(np.sort(explorer.rows[explorer.scatter.selected]), wanted)
+    return wanted
 
 
 def _geojson_corners(path) -> set:
@@ -297,11 +295,12 @@ def test_a_lasso_at_100k_patches_reaches_the_layer_when_a_widget_asks(
     assert len(explorer.scatter.coords) == n
     viewer.layers.selection.active = None  # nothing forces napari's selection early
 
+    raise_dock_of(explorer.scatter.native)  # the QuPath tab was in front
     screen = explorer.scatter.screen_positions()
     small = explorer.rows < 2000
     lo, hi = screen[small].min(axis=0) - 6, screen[small].max(axis=0) + 6
-    path = [(lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]), (lo[0], hi[1]), (lo[0], lo[1])]
-    _lasso(explorer.scatter, path)
+    path = lasso(explorer.scatter, rectangle_path(lo, hi))
+    np.testing.assert_array_equal(np.sort(points_inside(explorer.scatter, path)), np.arange(2000))
     assert not len(patches.selected_data)  # set lazily: no one asked yet
     qupath.object_type.value = "tile"
     qupath.out.value = tmp_path / "cluster.geojson"
