@@ -219,10 +219,9 @@ def _assert_fits(viewer, window, docks: dict) -> None:
     frame = window.frameGeometry()
     assert frame.width() <= SCREEN[0] and frame.height() <= SCREEN[1], frame
     canvas = viewer.window._qt_viewer.canvas.native
-    # Half the width, but for the Cohort explorer's wider column (398 px, next to napari's
-    # 320-px layer controls for points): then 47%; nearly all the height.
-    share = 0.45 if "Cohort explorer" in docks else 0.5
-    assert canvas.width() >= window.width() * share, (canvas.width(), window.width())
+    # Half the width, whichever docks are open (next to napari's 320-px layer controls for
+    # points); nearly all the height.
+    assert canvas.width() >= window.width() / 2, (canvas.width(), window.width())
     assert canvas.height() >= window.height() * 0.9, (canvas.height(), window.height())
     screen = _laptop_screen(window)
     front = [name for name, (dock, _widget) in docks.items() if _in_front(dock, window)]

@@ -38,6 +38,16 @@ ALL = "(all)"
 HIDDEN_COLUMNS = ("x", "y", "patch_size", "linkable")
 
 
+def _let_combos_shrink(widget: QWidget) -> None:
+    """Column names and choices can be long: a combo box as wide as its longest item made the
+    dock 398 px wide. They take the width the dock gives and elide what does not fit."""
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(1)
+
+
 class CohortWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
@@ -69,7 +79,11 @@ class CohortWidget(QWidget):
         self.slides_table_path = path_field("Slides table", tooltip="CSV/Parquet: ID, path, ...")
         self.slides_dir = path_field("Slides folder", mode="d", tooltip="finds slides by ID")
         self.trust_pickle = CheckBox(text="Trust this pickle (it can run code)", value=False)
-        self.use_given = CheckBox(text="Use umap_0/umap_1 of the embeddings if present", value=True)
+        self.use_given = CheckBox(
+            text="Use given umap_0/umap_1",
+            value=True,
+            tooltip="use the embeddings' own umap_0/umap_1 columns if present",
+        )
         self.seed = SpinBox(label="UMAP seed (-1 = none)", value=0, min=-1, max=2**31 - 1)
         self.load_button = PushButton(text="Load cohort")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -110,7 +124,7 @@ class CohortWidget(QWidget):
 
     def _layout(self) -> None:
         advanced, _ = collapsed_section(
-            "Advanced: folder, pickle, coordinates, seed",
+            "Advanced: folder, pickle, UMAP",
             [self.embeddings_folder, self.trust_pickle, self.use_given, self.seed],
         )
         top = Container(
@@ -143,7 +157,9 @@ class CohortWidget(QWidget):
         layout.addWidget(self.scatter.native, stretch=2)
         layout.addWidget(self.table.native, stretch=1)
         layout.addWidget(below.native)
-        self.setMaximumWidth(DOCK_WIDTH + 60)
+        _let_combos_shrink(self)
+        # As narrow as the other PathViz docks: the slide canvas keeps half a laptop's window.
+        self.setMaximumWidth(DOCK_WIDTH)
 
     def _connect(self) -> None:
         self.load_button.changed.connect(self.load)
