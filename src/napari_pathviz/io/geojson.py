@@ -8,7 +8,9 @@ versions a list of {name, value}). Coordinates are level-0 pixels with the origi
 top-left corner of pixel (0, 0): a patch at (x, y) of side P is the box [x, x+P] x [y, y+P].
 
 Polygons that cross themselves are repaired with ``shapely.make_valid`` and reported as a
-:class:`PathvizWarning` naming the feature; points and lines are skipped and reported.
+:class:`PathvizWarning` naming the feature; points and lines are skipped and reported. Rings are
+written as RFC 7946 recommends (exteriors counter-clockwise, holes clockwise, i.e. a positive
+and a negative shoelace area in the written coordinates); QuPath reads either orientation.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def write_geojson(
         raise PathvizError(f"{path}: already exists; pass --overwrite to replace it")
     # GEOS writes all geometries in one call, and each feature is joined as text: per-feature
     # geometry objects and json.dump's Python encoder made this ten times slower.
-    geometries = shapely.to_geojson(np.array([f.geometry for f in features], dtype=object))
+    geometries = shapely.orient_polygons(np.array([f.geometry for f in features], dtype=object))
+    geometries = shapely.to_geojson(geometries)  # oriented as RFC 7946 recommends (see above)
     parts = [_feature_text(f, g) for f, g in zip(features, geometries, strict=True)]
     text = '{"type": "FeatureCollection", "features": [' + ",\n".join(parts) + "]}\n"
     with atomic_file(path) as tmp, open(tmp, "w") as out:
