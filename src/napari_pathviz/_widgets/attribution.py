@@ -49,6 +49,7 @@ from ._model_form import ModelForm
 from ._model_in_use import model_in_use
 from ._notify import report_error, report_warnings
 from ._patches_in_use import follow, patches_combo, patches_in_use
+from ._rollout_fields import RolloutFields
 
 if TYPE_CHECKING:
     import napari
@@ -68,6 +69,7 @@ class AttributionWidget(Container):
     def _make_method_fields(self) -> None:
         """How to explain: method, target, output, samples, backgrounds, batch, device."""
         self.method = ComboBox(label="Method", choices=list(METHODS), value="gradient")
+        self.rollout = RolloutFields()  # head fusion, discard ratio: shown for rollout
         self.target = LineEdit(
             label="Target",
             value="predicted",
@@ -107,6 +109,12 @@ class AttributionWidget(Container):
             "Background file", tooltip="a patch table or a .npy of images"
         )
         self.layer_name = LineEdit(label="CAM layer", tooltip="blank: the last conv block")
+        self.gradcampp_eps = LineEdit(
+            label="Grad-CAM++ eps",
+            value="0",
+            tooltip="added to Grad-CAM++'s alpha denominator: 0 = the paper's eq. 19; 1e-6 "
+            "gives pytorch-grad-cam's maps (as the CLI's --gradcampp-eps)",
+        )
         self.batch_size = SpinBox(
             label="Batch size",
             value=0,
@@ -173,6 +181,7 @@ class AttributionWidget(Container):
                 self.patches_layer_choice,
                 *self.form.essential,
                 self.method,
+                *self.rollout.widgets,
                 self.which,
                 self._top_row,
                 row(self.run_button, self.cancel_button),
@@ -193,6 +202,7 @@ class AttributionWidget(Container):
                 self.keep_background,
                 self.background_file,
                 self.layer_name,
+                self.gradcampp_eps,
                 self.batch_size,
                 self.device,
                 self.precision,
@@ -220,6 +230,8 @@ class AttributionWidget(Container):
         self.opacity.changed.connect(lambda value: set_opacity(self._viewer, value))
         self.which.changed.connect(self._show_top_fields)
         self._show_top_fields()
+        self.method.changed.connect(self.rollout.show_for)
+        self.rollout.show_for(self.method.value)
         for signal in (self.in_use.changed, self.in_use.columns_changed):
             follow(signal, self._refresh_top_columns)
 
@@ -327,6 +339,10 @@ class AttributionWidget(Container):
             options["batch_size"] = min(self.batch_size.value or 8, 16)  # x references
         else:
             options["layer"] = self.layer_name.value.strip() or None
+        if method == "gradcampp":
+            options["eps"] = self._gradcampp_eps()
+        if method == "rollout":
+            options.update(self.rollout.options())
         job = _AttributionJob(
             self.form.arguments(),
             slide_layer.metadata[META_SLIDE],
@@ -342,6 +358,19 @@ class AttributionWidget(Container):
         )
         self.status.value = f"explaining {len(rows)} patches…"
         self._jobs.start(job.run, lambda result: self._done(result, layer, slide_layer))
+
+    def _gradcampp_eps(self) -> float:
+        text = self.gradcampp_eps.value.strip() or "0"
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value < 0:
+            raise PathvizError(
+                f"Grad-CAM++ eps: must be a number, 0 or more (1e-6 as pytorch-grad-cam), "
+                f"got {text!r}"
+            )
+        return value
 
     def cancel(self) -> None:
         self._jobs.cancel()

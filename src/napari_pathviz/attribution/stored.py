@@ -292,9 +292,7 @@ def _check_options(method: str, background, output: str, options: dict) -> None:
     from .rollout import check_rollout_options
 
     if method == "rollout":
-        check_rollout_options(
-            options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0)
-        )
+        check_rollout_options(options.get("head_fusion", "mean"), options.get("discard_ratio", 0.0))
 
     if method not in METHODS:
         raise PathvizError(f"-mth/--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -323,6 +321,11 @@ def _job_key(model, inputs, background, method, target, output, options, chunk_s
     settings.pop("batch_size", None)  # batch size changes speed, not results
     if settings.get("eps") == 0:  # Grad-CAM++'s default: stores made before the option resume
         settings.pop("eps")
+    # rollout's defaults (the paper's): stores made before the options resume
+    if settings.get("head_fusion") == "mean":
+        settings.pop("head_fusion")
+    if settings.get("discard_ratio") == 0:
+        settings.pop("discard_ratio")
     return array_key(
         *arrays,
         version=STORE_VERSION,
