@@ -10,6 +10,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from napari_helpers import lasso, points_inside, raise_dock_of, rectangle_path  # noqa: E402
 from napari_pathviz._widgets._attribution_layers import (  # noqa: E402
     LAYER_PREFIX,
     META_ATTRIBUTION,
@@ -32,23 +33,12 @@ def _widgets(viewer) -> dict:
     }
 
 
-def _lasso(scatter, corner_a, corner_b) -> None:
-    """A left-button drag around a rectangle through vispy's mouse events, as a mouse makes it."""
-    (x0, y0), (x1, y1) = corner_a, corner_b
-    path = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
-    canvas = scatter.canvas
-    press = canvas.events.mouse_press(pos=path[0], button=1, modifiers=())
-    for pos in path[1:]:
-        canvas.events.mouse_move(pos=pos, button=1, buttons=[1], press_event=press, modifiers=())
-    canvas.events.mouse_release(pos=path[-1], button=1, press_event=press, modifiers=())
-
-
 def _shown(widgets) -> set:
     return {w.patches_layer_choice.value for w in widgets.values()}
 
 
 def test_a_scatter_selection_is_what_explain_acts_on(make_napari_viewer, qtbot, tmp_path):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a lasso is drawn on a shown canvas
     viewer.open_sample("napari-pathviz", "demo")
     slide, patches = viewer.layers
     widgets = _widgets(viewer)
@@ -77,14 +67,19 @@ def test_a_scatter_selection_is_what_explain_acts_on(make_napari_viewer, qtbot, 
     assert explorer.in_use.layer is patches and _shown(widgets) == {patches.name}
     viewer.layers.selection.active = grid  # the active layer does not decide either
 
-    # A lasso: the left third of the slide.
+    # A lasso (real mouse events on the scatter's canvas): the left third of the slide.
+    raise_dock_of(explorer.scatter.native)  # in front of its tab group: its canvas' own size
     screen = explorer.scatter.screen_positions()
     xs = np.unique(screen[:, 0])
     cut = float(xs[len(xs) // 3 - 1] + xs[len(xs) // 3]) / 2  # between two columns of points
     lo, hi = screen.min(axis=0) - 4, screen.max(axis=0) + 4
-    _lasso(explorer.scatter, (lo[0], lo[1]), (cut, hi[1]))
-    wanted = np.sort(explorer.rows[screen[:, 0] < cut])
+    path = lasso(explorer.scatter, rectangle_path((lo[0], lo[1]), (cut, hi[1])))
+    wanted = np.sort(explorer.rows[screen[:, 0] < path[1][0]])
     assert 20 <= len(wanted) < len(patches.data)
+    np.testing.assert_array_equal(
+        np.sort(explorer.rows[points_inside(explorer.scatter, path)]), wanted
+    )
+    np.testing.assert_array_equal(np.sort(explorer.rows[explorer.scatter.selected]), wanted)
     attributions.form.prefill_demo()
     attributions.method.value = "gradcam"
     attributions.run_button.clicked.emit()  # at once: the lasso's selection is not yet applied
