@@ -24,6 +24,7 @@ from magicgui.widgets import (
 
 from .._layers import META_SLIDE
 from ..attribution import METHODS
+from ..attribution.gradcam import checked_eps
 from ..attribution.references import check_same_size, random_reference_rows, reference_images
 from ..errors import PathvizError
 from ._attribution_layers import (
@@ -340,7 +341,8 @@ class AttributionWidget(Container):
         else:
             options["layer"] = self.layer_name.value.strip() or None
         if method == "gradcampp":
-            options["eps"] = self._gradcampp_eps()
+            eps = self.gradcampp_eps.value.strip() or "0"
+            options["eps"] = checked_eps(eps, plus_plus=True, name="Grad-CAM++ eps")
         if method == "rollout":
             options.update(self.rollout.options())
         job = _AttributionJob(
@@ -358,19 +360,6 @@ class AttributionWidget(Container):
         )
         self.status.value = f"explaining {len(rows)} patches…"
         self._jobs.start(job.run, lambda result: self._done(result, layer, slide_layer))
-
-    def _gradcampp_eps(self) -> float:
-        text = self.gradcampp_eps.value.strip() or "0"
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not np.isfinite(value) or value < 0:
-            raise PathvizError(
-                f"Grad-CAM++ eps: must be a number, 0 or more (1e-6 as pytorch-grad-cam), "
-                f"got {text!r}"
-            )
-        return value
 
     def cancel(self) -> None:
         self._jobs.cancel()

@@ -163,17 +163,18 @@ def grad_cam(
     )
 
 
-def checked_eps(eps, plus_plus: bool) -> float:
-    """Grad-CAM++'s denominator term, refused when negative or not a number, or given to
-    Grad-CAM (where it would be silently ignored)."""
+def checked_eps(eps, plus_plus: bool, name: str = "--gradcampp-eps") -> float:
+    """Grad-CAM++'s denominator term (a number or its text), refused when negative or not a
+    number, or given to Grad-CAM (where it would be silently ignored); ``name``: the option
+    or field the user set."""
     try:
         value = float(eps)
     except (TypeError, ValueError):
-        raise PathvizError(f"--gradcampp-eps must be a number, got {eps!r}") from None
+        raise PathvizError(f"{name} must be a number, got {eps!r}") from None
     if not np.isfinite(value) or value < 0:
-        raise PathvizError(f"--gradcampp-eps must be 0 or more, got {eps!r}")
+        raise PathvizError(f"{name} must be 0 or more (1e-6 as pytorch-grad-cam), got {eps!r}")
     if value and not plus_plus:
-        raise PathvizError("--gradcampp-eps: only for Grad-CAM++ (method gradcampp)")
+        raise PathvizError(f"{name}: only for Grad-CAM++ (method gradcampp)")
     return value
 
 
