@@ -1,23 +1,55 @@
-"""The Attributions widget's Grad-CAM++ eps field (the CLI's --gradcampp-eps), in a viewer
-opened as napari's Plugins menu opens the dock: 1e-6 puts pytorch-grad-cam's maps on the
-slide (those the engine computes with that eps), 0 the paper's, and a bad value is refused in
-a notification before any job, layer or store."""
+"""Grad-CAM++'s eps from the user's side: ``pathviz gradcam --gradcampp-eps`` stores the maps
+the engine computes with that eps; the Attributions widget's Grad-CAM++ eps field, in a viewer
+opened as napari's Plugins menu opens the dock, puts them on the slide (1e-6: pytorch-grad-cam's
+maps, 0: the paper's), and a bad value is refused in a notification before any job, layer or
+store. (The engine against pytorch-grad-cam: test_peer_agreement.py, test_vit.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
 
-
-def _demo_inputs(rows):
+def _inputs_at(keys):
+    """The demo patches at the stored keys' (x, y), as the demo model reads them."""
     from napari_pathviz._demo import load_demo
     from napari_pathviz._demo_model import read_patches, to_model_input
     from napari_pathviz.patches import PatchTable
 
     slide, table = load_demo(with_predictions=False)
-    return to_model_input(read_patches(slide, PatchTable(table.df.iloc[rows])))
+    rows = table.df.set_index(["x", "y"]).loc[list(zip(keys["x"], keys["y"], strict=True))]
+    return to_model_input(read_patches(slide, PatchTable(rows.reset_index())))
+
+
+def test_cli_gradcampp_eps_stores_the_engines_maps(tmp_path, capsys):
+    from importlib import resources
+
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz._demo_model import load_demo_model
+    from napari_pathviz.attribution import attribute
+    from napari_pathviz.attribution.stored import open_attributions
+    from napari_pathviz.cli import main
+
+    paths = ensure_demo_data()
+    weights = str(resources.files("napari_pathviz") / "data" / "demo_model.pt")
+    common = ["gradcam", "-m", weights, "--factory", "napari_pathviz._demo_model:build_demo_model"]
+    common += ["--mean", "0.8", "0.72", "0.7", "--std", "0.15", "0.18", "0.18"]
+    common += ["--slide", str(paths["slide"]), "--patches", str(paths["patches"])]
+    common += ["--ids", "3", "200", "--device", "cpu", "--method", "gradcampp"]
+    maps = {}
+    for eps in ("1e-6", "0"):
+        store = tmp_path / f"eps{eps}.zarr"
+        out = ["-o", str(tmp_path / f"{eps}.png"), "--attributions-out", str(store)]
+        assert main([*common, *out, "--gradcampp-eps", eps]) == 0, capsys.readouterr().err
+        result, keys = open_attributions(store)
+        maps[eps] = np.asarray(result.maps)
+    x = _inputs_at(keys)
+    expected = attribute(load_demo_model(), x, "gradcampp", eps=1e-6).maps
+    scale = np.abs(expected).max()
+    assert np.abs(maps["1e-6"] - expected).max() <= 1e-5 * scale
+    paper = attribute(load_demo_model(), x, "gradcampp").maps
+    assert np.abs(maps["0"] - paper).max() <= 1e-5 * scale
+    assert np.abs(maps["0"] - maps["1e-6"]).max() > 1e-3 * scale
 
 
 def _stores():
@@ -36,6 +68,7 @@ def _explain(widget, qtbot, eps: str):
 
 
 def test_widget_gradcampp_eps(make_napari_viewer, qtbot, notifications):
+    pytest.importorskip("napari")
     from napari_pathviz._demo_model import load_demo_model
     from napari_pathviz._widgets._attribution_layers import LAYER_PREFIX, META_ATTRIBUTION
     from napari_pathviz.attribution import attribute
@@ -53,7 +86,7 @@ def test_widget_gradcampp_eps(make_napari_viewer, qtbot, notifications):
     theirs = _explain(widget, qtbot, "1e-6")
     rows = list(viewer.layers[f"{LAYER_PREFIX}gradcampp"].metadata[META_ATTRIBUTION]["rows"])
     assert sorted(rows) == [3, 200]
-    x = _demo_inputs(rows)
+    x = _inputs_at(patches.features.iloc[rows])
     expected = attribute(load_demo_model(), x, "gradcampp", eps=1e-6).maps
     scale = np.abs(expected).max()
     assert np.abs(np.asarray(theirs.maps) - expected).max() <= 1e-5 * scale
