@@ -30,6 +30,7 @@ OWN = {
     "demo_model": "napari_pathviz._demo_model:build_demo_model",
     "small_conv_encoder": "napari_pathviz.mil:SmallConvEncoder",
     "gated_attention_mil": "napari_pathviz.mil:GatedAttentionMIL",
+    "attention_mil": "napari_pathviz.mil:AttentionMIL",
     "clam_sb": "napari_pathviz.mil:ClamSB",
     "clam_mb": "napari_pathviz.mil:ClamMB",
     "patch_vit": "napari_pathviz.vit:PatchViT",

@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mil_layouts import ABMIL as ABMIL_LAYOUTS
+from .mil_layouts import ABMIL_GATED as ABMIL_GATED_LAYOUTS
 from .mil_layouts import CLAM_MB as CLAM_MB_LAYOUTS
 from .mil_layouts import CLAM_SB as CLAM_SB_LAYOUTS
 
@@ -110,7 +112,11 @@ class _AttentionHead(nn.Module):
 
 class GatedAttentionMIL(_AttentionHead):
     """Gated attention MIL (Ilse et al. 2018): patch features -> Linear + ReLU (``hidden``) ->
-    gated attention pooling -> Linear classifier."""
+    gated attention pooling -> Linear classifier. Loads ABMIL's GatedAttention checkpoints
+    (AttentionDeepMIL's names, from feature_extractor_part2 on: :data:`.mil_layouts.ABMIL_GATED`;
+    its M, L are ``hidden``, ``attention_dim``, with ``n_classes=1``)."""
+
+    checkpoint_layouts = ABMIL_GATED_LAYOUTS
 
     def __init__(
         self,
@@ -133,6 +139,35 @@ class GatedAttentionMIL(_AttentionHead):
 
     def _scores(self, t):
         return self.attention(t)
+
+    def _classify(self, pooled):
+        return self.classifier(pooled)
+
+
+class AttentionMIL(_AttentionHead):
+    """Attention MIL without the gate (Ilse et al. 2018, eq. 8): patch features -> Linear + ReLU
+    (``hidden``) -> attention ``w^T tanh(V t)`` -> Linear classifier; ``attention`` keeps
+    ABMIL's Attention names (``attention.0``, ``attention.2``), and ABMIL checkpoints load
+    (:data:`.mil_layouts.ABMIL`)."""
+
+    checkpoint_layouts = ABMIL_LAYOUTS
+
+    def __init__(
+        self, in_dim: int, hidden: int = 500, attention_dim: int = 128, n_classes: int = 1
+    ):
+        super().__init__()
+        self.in_dim, self.n_classes = int(in_dim), int(n_classes)
+        self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
+        self.attention = nn.Sequential(
+            nn.Linear(hidden, attention_dim), nn.Tanh(), nn.Linear(attention_dim, 1)
+        )
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def _embed(self, h):
+        return self.embed(h)
+
+    def _scores(self, t):
+        return self.attention(t).squeeze(-1)
 
     def _classify(self, pooled):
         return self.classifier(pooled)

@@ -65,6 +65,37 @@ CLAM_SB = HeadLayouts("CLAM_SB", (_CLAM_AT_3, _CLAM_AT_2), _CLAM_IGNORED, _CLAM_
 CLAM_MB = HeadLayouts("CLAM_MB", (_CLAM_AT_3, _CLAM_AT_2), _CLAM_IGNORED, _CLAM_WRAPPED)
 
 
+# ABMIL (Ilse et al. 2018; AMLab-Amsterdam/AttentionDeepMIL model.py): the head part of its
+# Attention / GatedAttention, feature_extractor_part2 (Linear + ReLU) onwards, on features; its
+# classifier is Linear + Sigmoid (our logit, sigmoid as the activation). A checkpoint holding
+# feature_extractor_part1 (the MNIST-bags conv encoder) is not a head's, and is refused.
+_ABMIL_COMMON = (("feature_extractor_part2.", "embed."), ("classifier.0.", "classifier."))
+ABMIL_GATED = HeadLayouts(
+    "ABMIL GatedAttention",
+    (
+        Layout(
+            "attention_V/U/w (AttentionDeepMIL since 2023-06)",
+            _ABMIL_COMMON + (
+                ("attention_V.0.", "attention.attention_a.0."),
+                ("attention_U.0.", "attention.attention_b.0."),
+                ("attention_w.", "attention.attention_c."),
+            ),
+        ),
+        Layout(
+            "attention_V/U/weights (AttentionDeepMIL 2020-03 to 2023-06)",
+            _ABMIL_COMMON + (
+                ("attention_V.0.", "attention.attention_a.0."),
+                ("attention_U.0.", "attention.attention_b.0."),
+                ("attention_weights.", "attention.attention_c."),
+            ),
+        ),
+    ),
+)  # fmt: skip
+ABMIL = HeadLayouts(
+    "ABMIL Attention", (Layout("attention.0/2 (AttentionDeepMIL since 2018)", _ABMIL_COMMON),)
+)
+
+
 def recognise(known: HeadLayouts, state: dict, ours: set[str]) -> tuple[dict, str] | None:
     """``state`` renamed to the head's key names ``ours`` and the layout's description, or
     None when no known layout gives exactly those names."""
@@ -76,7 +107,10 @@ def recognise(known: HeadLayouts, state: dict, ours: set[str]) -> tuple[dict, st
             continue
         for layout in known.layouts:
             renamed = {layout.rename(k): v for k, v in keys.items()}
-            if len(renamed) == len(keys) and renamed.keys() == ours:
+            # A layout of renames must have renamed something: the head's own names are no
+            # public layout (our GatedAttentionMIL's are not ABMIL's).
+            used = not layout.renames or renamed.keys() != keys.keys()
+            if used and len(renamed) == len(keys) and renamed.keys() == ours:
                 said = f"{known.head} checkpoint, layout {layout.name}"
                 if wrapped:
                     said += ", saved from nn.DataParallel"
