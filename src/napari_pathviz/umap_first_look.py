@@ -76,9 +76,10 @@ def first_look(features: np.ndarray, params, stages: StageReporter) -> np.ndarra
         coords[block] = np.einsum("bk,bkc->bc", weights, layout[near])
         return len(block)
 
-    # numpy's matrix product and partition release the GIL: one block per core at a time
+    # numpy's matrix product and partition release the GIL: blocks in parallel, leaving a core
+    # to the GUI
     done = 0
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1)) as pool:
         for placed in pool.map(place, range(0, len(rest), BLOCK)):
             done += placed
             stages.report(

@@ -39,7 +39,7 @@ from .errors import Cancelled, PathvizError
 PROCESS_NAME = "pathviz-umap"
 POLL_S = 0.05  # how often the waiting thread looks for a cancel
 STOP_WAIT_S = 5.0  # how long a killed child may take to be reaped
-NICENESS = 5  # the child yields the cores to the GUI when both want them
+NICENESS = 10  # the child yields the cores to the GUI when both want them
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .._layers import META_COLOR_BY, META_SLIDE, patches_layer_data
@@ -39,6 +40,7 @@ META_UMAP = "pathviz_umap"  # points-layer metadata: the UMAP parameters of its 
 EMPTY_HINT = "Run UMAP or load coordinates\n(Coordinates, mosaic, export below)"
 
 SCATTER_MIN_HEIGHT = 300  # a UMAP scatter shorter than this shows no structure
+STATUS_RUN_LINES = 3  # the status's height while UMAP runs (its progress steps fit in it)
 
 
 class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
@@ -262,6 +264,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             )
         )
         job = self.umap_form.job(path, patches)
+        self._hold_status_height(True)
         self.status.value = "running UMAP…"
         self._umap_layer = layer  # where the first look and the result go
         self._jobs.start(job.run, self._umap_done)
@@ -282,8 +285,20 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         notify_warnings(es.report.messages())  # in the GUI's words
         self._show_umap(es, coords)
         self._umap_layer = None
+        self._hold_status_height(False)
         self.status.value = f"UMAP of {len(coords)} patches"
         self.progress.value = 100
+
+    def _hold_status_height(self, hold: bool) -> None:
+        """During a run the status keeps the height of STATUS_RUN_LINES lines: each progress
+        step that wrapped to another number of lines re-laid the dock out, and the canvases
+        redrew (0.5-0.9 s each in software OpenGL at 100,000 points)."""
+        label = self.status.native
+        if hold:
+            label.setFixedHeight(STATUS_RUN_LINES * label.fontMetrics().lineSpacing() + 4)
+        else:
+            label.setMinimumHeight(0)
+            label.setMaximumHeight(16_777_215)  # Qt's QWIDGETSIZE_MAX
 
     def _show_umap(self, es, coords) -> None:
         """A run's layout (its first look, then the full result) in the layer and the scatter.
@@ -392,6 +407,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
 
         if isinstance(err, Cancelled):
             show_info("UMAP cancelled")
+        self._hold_status_height(False)
         report_error(self.status, err)
 
 
@@ -402,19 +418,39 @@ def _umap_columns(layer) -> list:
     )
 
 
+class _FittedScroll(QScrollArea):
+    """A vertical scroll area that asks for its whole widget when there is room (Qt's own hint
+    is a fixed guess) and yields down to ``least`` pixels of it, where a scroll bar shows."""
+
+    def __init__(self, widget, least: int):
+        super().__init__()
+        self._least = least
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(widget)
+
+    def _around(self, width: int, height: int) -> QSize:
+        # the frame napari's stylesheet may still draw sits in the contents margins
+        margins = self.contentsMargins()
+        return QSize(
+            width + margins.left() + margins.right(), height + margins.top() + margins.bottom()
+        )
+
+    def sizeHint(self) -> QSize:
+        hint = self.widget().sizeHint()
+        return self._around(hint.width(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        # as wide as the widget beside a scroll bar, so a shown bar covers none of it
+        bar = self.verticalScrollBar().sizeHint().width()
+        return self._around(self.widget().minimumSizeHint().width() + bar, self._least)
+
+
 def _scrolled(widget, min_height: int) -> QScrollArea:
     """``widget`` in a frameless vertical scroll area, at least ``min_height`` tall and as tall
     as ``widget`` with its sections closed when there is room."""
-    from qtpy.QtCore import Qt
-
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    scroll.setWidget(widget)
-    scroll.setMinimumHeight(min_height)
-    scroll.sizeHint = lambda: widget.sizeHint()  # noqa: B023 (ask for all of it when there is room)
-    return scroll
+    return _FittedScroll(widget, min_height)
 
 
 def _legend_html(mapping) -> str:
