@@ -17,6 +17,7 @@ from ._common import (
     seed_value,
     step,
 )
+from ._rollout_options import add_rollout_options, rollout_options
 from .cohort_explain import add_cohort_options, cmd_explain_cohort, is_cohort_args
 
 # --explain-output's names -> the engine's output names
@@ -208,44 +209,6 @@ def add_gradcampp_eps_option(p: argparse.ArgumentParser) -> None:
         "paper's eq. 19; 1e-6 reproduces pytorch-grad-cam's maps, which on raw logits differ "
         "from the paper's by 0.06-13%% of the map's maximum on the tested models)",
     )
-
-
-def add_rollout_options(p: argparse.ArgumentParser) -> None:
-    """Attention rollout's head fusion and discard ratio (jacobgil/vit-explain's
-    --head_fusion and --discard_ratio; our defaults are Abnar & Zuidema's)."""
-    from ..attribution.rollout import HEAD_FUSIONS
-
-    p.add_argument(
-        "--head-fusion",
-        choices=HEAD_FUSIONS,
-        default="mean",
-        help="rollout: how each layer's attention heads are fused: mean (default, Abnar & "
-        "Zuidema), max or min (vit-explain's --head_fusion; its default is max)",
-    )
-    p.add_argument(
-        "--discard-ratio",
-        type=float,
-        default=0.0,
-        metavar="R",
-        help="rollout: share (0 <= R < 1) of each layer's weakest fused attention set to 0 "
-        "before the identity is added, the class token's attention to itself kept "
-        "(vit-explain's --discard_ratio; its default is 0.9; default 0: none)",
-    )
-
-
-def rollout_options(args: argparse.Namespace) -> dict:
-    """--head-fusion and --discard-ratio for rollout, checked; refused with another method
-    unless left at their defaults (never silently ignored)."""
-    from ..attribution.rollout import check_rollout_options
-
-    fusion, ratio = getattr(args, "head_fusion", "mean"), getattr(args, "discard_ratio", 0.0)
-    if args.method == "rollout":
-        check_rollout_options(fusion, ratio)
-        return {"head_fusion": fusion, "discard_ratio": ratio}
-    if fusion != "mean" or ratio != 0.0:
-        flag = "--head-fusion" if fusion != "mean" else "--discard-ratio"
-        raise PathvizError(f"{flag} is for --method rollout, not {args.method}")
-    return {}
 
 
 def _add_shapley_options(p: argparse.ArgumentParser) -> None:
