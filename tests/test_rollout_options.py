@@ -208,6 +208,18 @@ def test_the_store_key_holds_every_option_but_the_defaults_keep_old_stores(tmp_p
         assert not np.allclose(other.maps, first.maps)
 
 
+def test_a_cohort_slides_store_is_named_by_the_options_but_not_the_defaults():
+    from napari_pathviz.cohort_explain import ExplainSettings
+
+    def job(**options):
+        options = {"layer": None, **options}
+        return ExplainSettings("rollout", "dab_positive", 4, options=options).job()
+
+    assert job() == job(head_fusion="mean", discard_ratio=0.0)
+    named = [job(head_fusion=f, discard_ratio=r) for f, r in SETTINGS]
+    assert len({json.dumps(j, sort_keys=True) for j in named}) == len(SETTINGS)
+
+
 # --- the CLI and the Attributions widget ---------------------------------------------------------
 
 

@@ -75,6 +75,11 @@ class ExplainSettings:
         for display in ("device", "per_patch_scale", "label_output", "layout"):
             numbers.pop(display)
         numbers["options"] = {k: v for k, v in self.options.items() if k != "batch_size"}
+        # rollout's defaults (the paper's) left out: stores made before the options resume
+        if numbers["options"].get("head_fusion") == "mean":
+            numbers["options"].pop("head_fusion")
+        if numbers["options"].get("discard_ratio") == 0:
+            numbers["options"].pop("discard_ratio")
         return numbers
 
 
