@@ -349,3 +349,108 @@ def test_our_own_gated_attention_head_is_no_public_layout(tmp_path):
     torch.save(GatedAttentionMIL(IN_DIM, HIDDEN, 1, 5).state_dict(), tmp_path / "own.pt")
     model = load_head(read_card(_abmil_card(tmp_path, "own.pt", "gated_attention_mil")))
     assert model.head_layout is None
+
+
+class DsmilReference(nn.Module):
+    """DSMIL's MILNet on features (Li et al. 2021; binli123/dsmil-wsi dsmil.py since 2022-09)
+    as its code names and runs it: instance scores c = i_classifier.fc(feats); per class the
+    critical instance (first after a descending sort of c along the instances); A = softmax
+    along the instances of Q q_max^T / sqrt(128); B = A^T V; bag prediction = fcc (a Conv1d
+    over the classes) of B viewed as 1 x C x V."""
+
+    def __init__(self, passing_v: bool):
+        super().__init__()
+        self.i_classifier = nn.Module()
+        self.i_classifier.fc = nn.Sequential(nn.Linear(IN_DIM, N_CLASSES))
+        self.b_classifier = nn.Module()
+        self.b_classifier.q = nn.Sequential(
+            nn.Linear(IN_DIM, 128), nn.ReLU(), nn.Linear(128, 128), nn.Tanh()
+        )
+        self.b_classifier.v = (
+            nn.Sequential(nn.Dropout(0.0), nn.Linear(IN_DIM, IN_DIM), nn.ReLU())
+            if passing_v
+            else nn.Identity()
+        )
+        self.b_classifier.fcc = nn.Conv1d(N_CLASSES, N_CLASSES, kernel_size=IN_DIM)
+
+    def forward(self, feats):
+        b = self.b_classifier
+        c = self.i_classifier.fc(feats)  # N x C
+        v, q = b.v(feats), b.q(feats)  # N x V, N x 128
+        _, m_indices = torch.sort(c, 0, descending=True)
+        q_max = b.q(torch.index_select(feats, 0, m_indices[0, :]))  # C x 128
+        a = torch.softmax(q @ q_max.T / torch.sqrt(torch.tensor(128.0)), 0)  # N x C
+        bag = (a.T @ v).view(1, N_CLASSES, -1)  # 1 x C x V
+        return b.fcc(bag).view(1, -1), a
+
+
+def _dsmil_card(folder, weights: str, **kwargs):
+    card = folder / "dsmil.json"
+    card.write_text(
+        json.dumps(
+            {
+                "encoder": {"factory": "napari_pathviz.mil:SmallConvEncoder", "weights": "none.st"},
+                "head": {
+                    "factory": "dsmil",
+                    "weights": weights,
+                    "class_names": ["a", "b", "c"],
+                    "activation": "sigmoid",
+                    "factory_kwargs": {"in_dim": IN_DIM, "n_classes": N_CLASSES, **kwargs},
+                },
+            }
+        )  # fmt: skip
+    )
+    return card
+
+
+@pytest.mark.parametrize("passing_v", [False, True], ids=["v identity", "passing_v"])
+def test_dsmil_checkpoints_give_dsmils_bag_prediction(passing_v, bag, tmp_path):
+    torch.manual_seed(5)
+    ref = DsmilReference(passing_v).eval()
+    torch.save(ref.state_dict(), tmp_path / "mil_weights_fold_0.pth")
+    card = _dsmil_card(tmp_path, "mil_weights_fold_0.pth", passing_v=passing_v)
+    model = load_head(read_card(card))
+    assert model.head_layout.startswith("DSMIL MILNet checkpoint, layout i_classifier.fc.0")
+    out = slide_outputs(model, bag)
+    with torch.no_grad():
+        logits, attention = ref(torch.from_numpy(bag))
+    np.testing.assert_allclose(out.logits, logits[0], atol=1e-5)
+    # DSMIL's prediction is the sigmoid of the bag prediction, class by class.
+    np.testing.assert_allclose(out.probabilities, torch.sigmoid(logits[0]), atol=1e-6)
+    np.testing.assert_allclose(out.class_attention, attention, atol=1e-6)
+    np.testing.assert_allclose(out.attention, attention[:, int(np.argmax(out.logits))], atol=1e-6)
+    # Each patch's share of each logit adds up to it.
+    np.testing.assert_allclose(out.contributions.sum(axis=0), out.logits, atol=1e-5)
+    assert {"contribution_a", "attention_c"} <= set(out.columns().columns)
+    # A batch of bags (what pixels-to-slide feeds the head) gives each bag's logits.
+    bags = torch.from_numpy(np.stack([bag, bag[::-1].copy(), bag * 0.5]))
+    with torch.no_grad():
+        batched = model.head(bags)
+        for k in range(3):
+            np.testing.assert_allclose(batched[k], ref(bags[k])[0][0], atol=1e-5)
+
+
+def test_dsmil_layouts_it_does_not_know_are_refused_in_one_line(tmp_path):
+    """DSMIL 2020-11..2022-02 (q a Linear, v Dropout + Linear): refused, not loaded into
+    today's computation; nonlinear=0 with passing_v (the same key names) refused when built."""
+    old = {
+        "i_classifier.fc.0.weight": torch.zeros(N_CLASSES, IN_DIM),
+        "i_classifier.fc.0.bias": torch.zeros(N_CLASSES),
+        "b_classifier.q.weight": torch.zeros(128, IN_DIM),
+        "b_classifier.q.bias": torch.zeros(128),
+        "b_classifier.v.1.weight": torch.zeros(IN_DIM, IN_DIM),
+        "b_classifier.v.1.bias": torch.zeros(IN_DIM),
+        "b_classifier.fcc.weight": torch.zeros(N_CLASSES, N_CLASSES, IN_DIM),
+        "b_classifier.fcc.bias": torch.zeros(N_CLASSES),
+    }
+    torch.save(old, tmp_path / "dsmil_2020.pth")
+    with pytest.raises(PathvizError) as err:
+        load_head(read_card(_dsmil_card(tmp_path, "dsmil_2020.pth", passing_v=True)))
+    assert "\n" not in str(err.value)
+    assert "does not fit napari_pathviz.mil:DSMIL: missing keys b_classifier.q.0.weight" in str(
+        err.value
+    )
+    card = _dsmil_card(tmp_path, "dsmil_2020.pth", nonlinear=False, passing_v=True)
+    with pytest.raises(PathvizError) as err:
+        load_head(read_card(card))
+    assert "\n" not in str(err.value) and "DSMIL's 2020 layout" in str(err.value)

@@ -33,6 +33,7 @@ OWN = {
     "attention_mil": "napari_pathviz.mil:AttentionMIL",
     "clam_sb": "napari_pathviz.mil:ClamSB",
     "clam_mb": "napari_pathviz.mil:ClamMB",
+    "dsmil": "napari_pathviz.mil:DSMIL",
     "patch_vit": "napari_pathviz.vit:PatchViT",
 }
 

@@ -34,6 +34,7 @@ from .mil_layouts import ABMIL as ABMIL_LAYOUTS
 from .mil_layouts import ABMIL_GATED as ABMIL_GATED_LAYOUTS
 from .mil_layouts import CLAM_MB as CLAM_MB_LAYOUTS
 from .mil_layouts import CLAM_SB as CLAM_SB_LAYOUTS
+from .mil_layouts import DSMIL as DSMIL_LAYOUTS
 
 
 class GatedAttention(nn.Module):
@@ -293,6 +294,108 @@ class ClamMB(nn.Module):
             return self._classify(pooled)
 
         return logits
+
+
+class _DsmilInstance(nn.Module):
+    """DSMIL's FCLayer: one Linear giving each patch's class scores (``fc.0``)."""
+
+    def __init__(self, in_dim: int, n_classes: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(in_dim, n_classes))
+
+    def forward(self, h):
+        return self.fc(h)
+
+
+class _DsmilBag(nn.Module):
+    """DSMIL's BClassifier parts: queries ``q``, values ``v``, and ``fcc``, a Conv1d over the
+    classes whose kernel spans the whole value vector."""
+
+    def __init__(self, in_dim, n_classes, nonlinear, passing_v, dropout_v):
+        super().__init__()
+        if nonlinear:
+            self.q = nn.Sequential(
+                nn.Linear(in_dim, 128), nn.ReLU(), nn.Linear(128, 128), nn.Tanh()
+            )
+        else:
+            self.q = nn.Linear(in_dim, 128)
+        if passing_v:
+            self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(in_dim, in_dim), nn.ReLU())
+        else:
+            self.v = nn.Identity()
+        self.fcc = nn.Conv1d(n_classes, n_classes, kernel_size=in_dim)
+
+
+class DSMIL(nn.Module):
+    """DSMIL (Li, Li & Eliceiri 2021), dsmil-wsi's MILNet on features, under its names
+    (``i_classifier``, ``b_classifier``). Each class c has a critical patch, the one of highest
+    instance score; every patch's attention to class c is the softmax over the patches of its
+    query's product with the critical patch's (scaled by sqrt(128)); the slide logits are
+    ``fcc`` over the attention-pooled values. The logits are DSMIL's bag prediction (its
+    default; ``--average`` with the max-instance score is not applied): multi-label, so give
+    the card ``"activation": "sigmoid"``.
+
+    ``class_attention(h)`` is each class's attention ``(..., classes, n)``, ``attend(h)`` the
+    predicted class's; ``contributions(h)`` ``(..., n, classes)`` sums over the patches to the
+    slide logits exactly (fcc mixes the classes' pooled values, so it is not attention x a
+    patch logit)."""
+
+    checkpoint_layouts = DSMIL_LAYOUTS
+    checkpoint_layout: str | None = None
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int = 2,
+        nonlinear: bool = True,
+        passing_v: bool = False,
+        dropout_v: float = 0.0,
+    ):
+        super().__init__()
+        if passing_v and not nonlinear:
+            raise ValueError(
+                "nonlinear=False with passing_v=True has the key names of DSMIL's 2020 layout, "
+                "which computes otherwise; refused rather than guessed"
+            )
+        self.in_dim, self.n_classes = int(in_dim), int(n_classes)
+        self.i_classifier = _DsmilInstance(in_dim, n_classes)
+        self.b_classifier = _DsmilBag(in_dim, n_classes, nonlinear, passing_v, dropout_v)
+
+    def _attention_and_values(self, h):
+        """(attention (..., classes, n), values (..., n, V))."""
+        bag = self.b_classifier
+        critical = self.i_classifier(h).argmax(dim=-2)  # (..., classes): top patch per class
+        chosen = torch.take_along_dim(h, critical[..., None], dim=-2)  # (..., classes, D)
+        queries, critical_queries = bag.q(h), bag.q(chosen)  # (..., n, 128), (..., classes, 128)
+        scores = critical_queries @ queries.transpose(-1, -2) / queries.shape[-1] ** 0.5
+        return torch.softmax(scores, dim=-1), bag.v(h)
+
+    def _fcc(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.b_classifier.fcc.weight, self.b_classifier.fcc.bias  # (C, C, V), (C,)
+
+    def class_attention(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._attention_and_values(h)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, v = self._attention_and_values(h)
+        weight, bias = self._fcc()
+        pooled = a @ v  # (..., classes, V): DSMIL's B
+        return torch.einsum("...kv,ckv->...c", pooled, weight) + bias
+
+    def attend(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, v = self._attention_and_values(h)
+        weight, bias = self._fcc()
+        predicted = (torch.einsum("...kv,ckv->...c", a @ v, weight) + bias).argmax(-1)
+        index = predicted[..., None, None].expand(*a.shape[:-2], 1, a.shape[-1])
+        return a.gather(-2, index).squeeze(-2), v
+
+    def contributions(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., n, classes): patch i's share of logit c, ``sum_k a_ki (W_ck . v_i + b_c / C)``
+        (the bias shared out as the attention of each of the C pooled vectors sums to 1)."""
+        a, v = self._attention_and_values(h)
+        weight, bias = self._fcc()
+        per_patch = torch.einsum("...nv,ckv->...nck", v, weight) + bias[:, None] / self.n_classes
+        return torch.einsum("...kn,...nck->...nc", a, per_patch)
 
 
 def head_input_dim(head: nn.Module) -> int | None:

@@ -96,6 +96,17 @@ ABMIL = HeadLayouts(
 )
 
 
+# DSMIL (Li et al. 2021; binli123/dsmil-wsi dsmil.py since 2022-09): MILNet(FCLayer,
+# BClassifier) on features, its names kept by :class:`.mil.DSMIL`. Its earlier layouts (2020-11
+# to 2022-02: q a Linear, v Dropout + Linear without ReLU; 2022-02: a ``lin`` before q) compute
+# otherwise and are not known; today's with nonlinear=0 and passing_v has the 2020 key names,
+# so DSMIL refuses that combination rather than guess.
+DSMIL = HeadLayouts(
+    "DSMIL MILNet",
+    (Layout("i_classifier.fc.0, b_classifier.q/v/fcc (dsmil-wsi since 2022-09)"),),
+)
+
+
 def recognise(known: HeadLayouts, state: dict, ours: set[str]) -> tuple[dict, str] | None:
     """``state`` renamed to the head's key names ``ours`` and the layout's description, or
     None when no known layout gives exactly those names."""

@@ -272,6 +272,7 @@ class SlidePrediction:
         for k, name in enumerate(self.class_names):
             if self.patch_logits is not None:
                 out[f"patch_logit_{name}"] = self.patch_logits[:, k]
+            if self.contributions is not None:
                 out[f"contribution_{name}"] = self.contributions[:, k]
             out[f"gradxfeat_{name}"] = self.grad_x_feature[:, k]
         return pd.DataFrame(out)
@@ -297,6 +298,10 @@ def slide_outputs(model: TwoStageModel, features) -> SlidePrediction:
             if hasattr(head, "class_attention"):  # one attention per class (CLAM_MB)
                 class_attention = weights = head.class_attention(h)[0].T
             contributions = weights * patch_logits
+        elif hasattr(head, "attend") and hasattr(head, "contributions"):  # DSMIL
+            attention = head.attend(h)[0]
+            class_attention = head.class_attention(h)[0].T
+            contributions = head.contributions(h)
 
     def numpy(t):
         return None if t is None else t.detach().double().numpy()
