@@ -215,7 +215,7 @@ def test_grad_cam_pp_eps_is_part_of_the_store_key(demo, tmp_path):
     """--gradcampp-eps changes the maps, so a store of one eps is never resumed as another's;
     eps 0 (the default) keys as before the option existed, so those stores still resume."""
     model, x, _, keys = demo
-    common = dict(keys=keys, chunk_size=4)
+    common = {"keys": keys, "chunk_size": 4}
     with_eps = explain(model, x, "gradcampp", store=tmp_path / "eps.zarr", eps=1e-6, **common)
     np.testing.assert_allclose(
         with_eps.maps, attribute(model, x, "gradcampp", eps=1e-6).maps, rtol=1e-5, atol=1e-8
