@@ -324,3 +324,28 @@ def test_widget_shows_the_rollout_fields_and_explains_with_them(
     result = widget._last[0]
     assert result.metadata["head_fusion"] == "max" and result.metadata["discard_ratio"] == 0.9
     np.testing.assert_allclose(np.asarray(result.maps), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sanity_check_randomises_the_rollout_asked_for(vit_files, tmp_path, capsys):
+    """``sanity-check -mth rollout`` passes the options on: vit-explain's settings give other
+    correlations than the defaults on the same patches and weights."""
+    import pandas as pd
+
+    from napari_pathviz._demo import ensure_demo_data
+    from napari_pathviz.cli import main
+
+    paths = ensure_demo_data()
+    args = ["sanity-check", "-m", str(vit_files["weights"]), "--model-card"]
+    args += [str(vit_files["card"]), "--slide", str(paths["slide"]), "--patches"]
+    args += [str(paths["patches"]), "--ids", "3", "40", "77", "-mth", "rollout", "--device", "cpu"]
+    tables = []
+    for name, options in (
+        ("ours", []),
+        ("theirs", ["--head-fusion", "max", "--discard-ratio", "0.9"]),
+    ):
+        out = tmp_path / f"{name}.csv"
+        assert main([*args, *options, "-o", str(out)]) == 0, capsys.readouterr()
+        tables.append(pd.read_csv(out))
+    numbers = [t.select_dtypes("number").to_numpy() for t in tables]
+    assert all(np.isfinite(n).all() for n in numbers) and numbers[0].shape == numbers[1].shape
+    assert not np.allclose(*numbers)
