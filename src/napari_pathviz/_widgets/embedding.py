@@ -10,6 +10,7 @@ coordinates, the mosaic and the exports (``_embedding_files``).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,7 @@ EMPTY_HINT = "Run UMAP or load coordinates\n(Coordinates, mosaic, export below)"
 
 SCATTER_MIN_HEIGHT = 300  # a UMAP scatter shorter than this shows no structure
 STATUS_RUN_LINES = 3  # the status's height while UMAP runs (its progress steps fit in it)
+PROGRESS_EVERY_S = 0.5  # the shortest time between two progress steps of the same stage shown
 
 
 class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
@@ -55,6 +57,7 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.rows = np.zeros(0, np.int64)  # scatter point i is row rows[i] of the patches layer
         self._pending_rows: np.ndarray | None = None  # a scatter selection not yet on the layer
         self._umap_layer = None  # the patches layer a UMAP run writes to
+        self._last_step = ("", 0.0)  # the stage shown last, and when
         self.in_use = patches_in_use(viewer)
         # A lasso's selection reaches the layer lazily (see _selection_link); a widget that
         # reads the selection of the patches in use gets it put there first.
@@ -274,7 +277,19 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
         self.status.value = "cancelling…"
 
     def _show_progress(self, fraction: float, stage: str, first_look=None) -> None:
-        self.progress.value = int(round(100 * fraction))
+        # Small steps within one stage (the epochs: ten a second) at most every
+        # PROGRESS_EVERY_S: each repaint of a widget makes Qt compose the window with its GL
+        # canvases again.
+        now, step, value = time.monotonic(), stage.rsplit(":", 1)[0], int(round(100 * fraction))
+        if (
+            first_look is None
+            and step == self._last_step[0]
+            and now - self._last_step[1] < PROGRESS_EVERY_S
+            and abs(value - self.progress.value) < 2
+        ):
+            return
+        self._last_step = (step, now)
+        self.progress.value = value
         self.status.value = stage
         if first_look is not None:
             self._show_umap(first_look.es, first_look.coords)
