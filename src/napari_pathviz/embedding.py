@@ -392,11 +392,10 @@ def embedding_quality(
 ) -> dict[str, float]:
     """Trustworthiness (k neighbours) and k-NN preservation of an embedding, on a subsample.
 
-    k-NN preservation is the mean fraction of each point's k nearest neighbours in feature space
-    that are also among its k nearest in the embedding.
+    Trustworthiness is computed among the ``sample`` rows; k-NN preservation
+    (:func:`knn_preservation`) queries the same rows but finds their neighbours among all points.
     """
     from sklearn.manifold import trustworthiness
-    from sklearn.neighbors import NearestNeighbors
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(features), size=min(sample, len(features)), replace=False)
@@ -405,12 +404,58 @@ def embedding_quality(
         raise PathvizError(f"embedding quality needs at least 6 patches, got {len(idx)}")
     k = min(k, (len(idx) - 1) // 2)  # trustworthiness needs k < n / 2
     trust = float(trustworthiness(high, low, n_neighbors=k))
-    near_high = NearestNeighbors(n_neighbors=k + 1).fit(high).kneighbors(return_distance=False)
-    near_low = NearestNeighbors(n_neighbors=k + 1).fit(low).kneighbors(return_distance=False)
-    shared = [len(set(a) & set(b)) / len(a) for a, b in zip(near_high, near_low, strict=True)]
     return {
         "trustworthiness": trust,
-        "knn_preservation": float(np.mean(shared)),
+        "knn_preservation": knn_preservation(features, coords, k=k, queries=idx),
         "k": k,
         "sample": len(idx),
     }
+
+
+KNN_QUERIES = 2_000  # query points of knn_preservation on a large set (neighbours: all points)
+
+
+def knn_preservation(
+    features: np.ndarray,
+    layout: np.ndarray,
+    k: int = 15,
+    queries: int | np.ndarray = KNN_QUERIES,
+    seed: int = 0,
+) -> float:
+    """Mean over query points of |k nearest neighbours in ``features`` & k nearest in ``layout``|
+    / k, the point itself excluded; exact (sklearn's NearestNeighbors, euclidean).
+
+    The neighbours are found among all N points; only the queries are a subset: ``queries``
+    rows drawn with ``np.random.default_rng(seed)`` (every row when N <= queries), or the row
+    indices themselves. Trustworthiness can stay near 1 while this halves: it only penalises
+    layout neighbours that are far apart in feature space, not true neighbours that were lost.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(features)
+    if len(layout) != n:
+        raise PathvizError(f"knn_preservation: {n} feature rows but {len(layout)} layout rows")
+    if not 1 <= k < n:
+        raise PathvizError(f"knn_preservation: k must be between 1 and {n - 1}, got {k}")
+    if isinstance(queries, (int, np.integer)):
+        rows = np.arange(n) if n <= queries else _query_rows(n, int(queries), seed)
+    else:
+        rows = np.asarray(queries)
+    near_high = _neighbours_of(NearestNeighbors(n_neighbors=k + 1).fit(features), features, rows)
+    near_low = _neighbours_of(NearestNeighbors(n_neighbors=k + 1).fit(layout), layout, rows)
+    kept = [len(set(a[:k]) & set(b[:k])) for a, b in zip(near_high, near_low, strict=True)]
+    return float(np.mean(kept) / k)
+
+
+def _query_rows(n: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _neighbours_of(index, points: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+    """Each row's k nearest others (k + 1 found, the row itself dropped; when a duplicate
+    hides it, the farthest of the k + 1 is dropped instead)."""
+    found = index.kneighbors(points[rows], return_distance=False)
+    return [
+        near[near != row] if row in near else near[:-1]
+        for row, near in zip(rows, found, strict=True)
+    ]

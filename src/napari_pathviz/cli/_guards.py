@@ -66,7 +66,11 @@ COMMAND_PATHS: dict[str, CommandPaths] = {
     ),
     "plot-embeddings": CommandPaths(
         inputs=("input", "patches", "keys"),
-        outputs={"output": (".html", ".htm"), "coords_out": TABLE_SUFFIXES},
+        outputs={
+            "output": (".html", ".htm"),
+            "coords_out": TABLE_SUFFIXES,
+            "summary": (".json",),
+        },
     ),
     "plot-image-umap-embeddings": CommandPaths(
         inputs=("embeddings", "patches", "keys"),

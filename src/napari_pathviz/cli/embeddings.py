@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 
 from ..errors import PathvizError, PathvizWarning
@@ -43,6 +44,12 @@ def add_parsers(sub) -> None:
         "--quality",
         action="store_true",
         help="print trustworthiness and k-NN preservation of the embedding",
+    )
+    p.add_argument(
+        "--summary",
+        metavar="FILE.json",
+        help="write the run's summary as JSON: patches, whether the layout is sampled and its "
+        "sample size, trustworthiness and k-NN preservation (k=15)",
     )
     add_embedding_options(p)
     p.set_defaults(func=cmd_plot_embeddings)
@@ -170,6 +177,12 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
         help="fit UMAP on N sampled patches and place the rest with umap-learn's transform "
         "(default: 100000 above 200000 patches; 0: always fit on every patch)",
     )
+    p.add_argument(
+        "--full-fit",
+        action="store_true",
+        help="fit UMAP on every patch, however many (slower: a sampled layout keeps about half "
+        "of each patch's true 15 nearest neighbours that a full fit keeps)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
 
 
@@ -271,6 +284,11 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
             raise PathvizError(f"--pca must be auto, off or a number, got {pca!r}") from None
         if pca < 2:
             raise PathvizError(f"--pca must be auto, off or at least 2 dimensions, got {pca}")
+    if args.full_fit and args.fit_sample not in (None, 0):
+        raise PathvizError(
+            f"--full-fit fits every patch; it cannot be combined with --fit-sample "
+            f"{args.fit_sample}"
+        )
     params = UMAPParams(
         n_components=components,
         n_neighbors=args.n_neighbors,
@@ -278,12 +296,57 @@ def umap_from_args(args: argparse.Namespace, es, components: int):
         metric=args.metric,
         pca=None if pca == "off" else pca,
         random_state=args.random_state,
-        fit_sample=args.fit_sample,
+        fit_sample=0 if args.full_fit else args.fit_sample,
     )
+    announce_sample(args.command, params, len(es))
     with stage_progress(f"UMAP of {len(es)} patches") as progress:
         return umap_embed(
             es.features, params, knn=args.knn, use_cache=not args.no_cache, progress=progress
         )
+
+
+def announce_sample(command: str, params, n_patches: int) -> None:
+    """A sampled layout says so on stderr, before the fit, with how to get the full fit
+    (always, not only with progress lines: it changes what the plot shows)."""
+    from ..embedding_large import fit_sample_size
+
+    size = fit_sample_size(params.fit_sample, n_patches)
+    if size is not None:
+        print(
+            f"pathviz {command}: the UMAP layout is sampled: fitted on {size:,} of "
+            f"{n_patches:,} patches, the rest placed by transform (it keeps fewer of each "
+            "patch's true nearest neighbours; --quality measures it, --full-fit fits every patch)",
+            file=sys.stderr,
+        )
+
+
+def run_summary(args: argparse.Namespace, es, coords) -> dict:
+    """The run's summary: patches, sampled (and the sample size), and the layout's quality."""
+    from ..embedding import embedding_quality
+    from ..embedding_large import fit_sample_size
+
+    size = fit_sample_size(0 if args.full_fit else args.fit_sample, len(es))
+    step("trustworthiness and k-NN preservation")
+    q = embedding_quality(es.features, coords)
+    return {
+        "patches": len(es),
+        "sampled": size is not None,
+        "sample_size": size,
+        "trustworthiness": q["trustworthiness"],
+        "knn_preservation": q["knn_preservation"],
+        "k": q["k"],
+        "quality_rows": q["sample"],
+    }
+
+
+def write_summary(summary: dict, out: str) -> str:
+    import json
+
+    from ..io.atomic import atomic_file
+
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return out
 
 
 def check_batch_options(args: argparse.Namespace) -> None:
@@ -309,7 +372,6 @@ def check_batch_groups(args: argparse.Namespace, df) -> None:
 
 
 def cmd_plot_embeddings(args: argparse.Namespace) -> int:
-    from ..embedding import embedding_quality
     from ..embedding_plot import plot_embeddings_html, write_coords
 
     check_batch_options(args)
@@ -326,13 +388,21 @@ def cmd_plot_embeddings(args: argparse.Namespace) -> int:
     print(plot_embeddings_html(es.table.df, coords, args.output, annotations, title=title))
     if args.coords_out:
         print(write_coords(es.table.df, coords, args.coords_out, overwrite=args.overwrite))
-    if args.quality:
-        step("trustworthiness and k-NN preservation")
-        q = embedding_quality(es.features, coords)
-        print(
-            f"trustworthiness (k={q['k']}, {q['sample']} patches): {q['trustworthiness']:.4f}; "
-            f"k-NN preservation: {q['knn_preservation']:.4f}"
-        )
+    if args.quality or args.summary:
+        q = run_summary(args, es, coords)
+        if args.quality:
+            sampled = (
+                f"; sampled layout, fitted on {q['sample_size']} of {q['patches']} patches"
+                if q["sampled"]
+                else ""
+            )
+            print(
+                f"trustworthiness (k={q['k']}, {q['quality_rows']} patches): "
+                f"{q['trustworthiness']:.4f}; k-NN preservation: {q['knn_preservation']:.4f}"
+                + sampled
+            )
+        if args.summary:
+            print(write_summary(q, args.summary))
     return 0
 
 
