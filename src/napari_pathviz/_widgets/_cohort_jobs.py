@@ -26,6 +26,7 @@ class LoadedCohort:
     paths: dict[str, str | None]
     messages: list[str] = field(default_factory=list)
     computed: bool = True  # False: the coordinates came with the embeddings
+    sample_size: int | None = None  # the UMAP was fitted on this many patches, the rest placed
 
 
 def coordinate_columns(columns) -> list[str]:
@@ -45,9 +46,11 @@ class LoadJob:
     use_given_coords: bool
     seed: int | None
     n_neighbors: int = 15
+    full_fit: bool = False  # fit UMAP on every patch, not on a sample above 200,000
 
     def run(self, progress, cancelled) -> LoadedCohort:
         from ..cohort_data import attach_slides, load_cohort_embeddings, read_slides_table
+        from ..embedding_large import fit_sample_size
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -60,23 +63,41 @@ class LoadJob:
             frame, _report = attach_slides(emb.rows, slides)
         messages = list(dict.fromkeys(str(w.message) for w in caught))
         given = coordinate_columns(frame.columns) if self.use_given_coords else []
+        sample_size = None
         if given:
             coords = frame[given].to_numpy(np.float32)
             if not np.isfinite(coords).all():
                 raise PathvizError(f"{self.embeddings}: {given[0]}/{given[1]} have empty values")
         else:
             coords = self._umap(emb.features, progress, cancelled)
+            sample_size = fit_sample_size(self._params().fit_sample, len(coords))
         renamed = {c: f"slide_{c}" for c in slides.slide_columns if f"slide_{c}" in frame.columns}
         slide_columns = [renamed.get(c, c) for c in slides.slide_columns]
         paths = dict(zip(slides.frame["ID"], slides.frame["path"], strict=True))
         return LoadedCohort(
-            frame, emb.features, coords, slide_columns, paths, messages, computed=not given
+            frame,
+            emb.features,
+            coords,
+            slide_columns,
+            paths,
+            messages,
+            computed=not given,
+            sample_size=sample_size,
+        )
+
+    def _params(self):
+        from ..embedding import UMAPParams
+
+        return UMAPParams(
+            n_neighbors=self.n_neighbors,
+            random_state=self.seed,
+            fit_sample=0 if self.full_fit else None,
         )
 
     def _umap(self, features, progress, cancelled) -> np.ndarray:
-        from ..embedding import UMAPParams, umap_embed
+        from ..embedding import umap_embed
 
-        params = UMAPParams(n_neighbors=self.n_neighbors, random_state=self.seed)
+        params = self._params()
 
         def scaled(fraction, stage):  # the first 5% went to reading
             progress(0.05 + 0.95 * fraction, stage)

@@ -85,6 +85,13 @@ class CohortWidget(QWidget):
             tooltip="use the embeddings' own umap_0/umap_1 columns if present",
         )
         self.seed = SpinBox(label="UMAP seed (-1 = none)", value=0, min=-1, max=2**31 - 1)
+        self.full_fit = CheckBox(
+            text="Full UMAP fit (slow)",
+            value=False,
+            tooltip="above 200,000 patches UMAP is fitted on a 100,000-patch sample and the "
+            "rest placed, which keeps about half of each patch's true nearest neighbours that "
+            "a full fit keeps; tick to fit every patch",
+        )
         self.load_button = PushButton(text="Load cohort")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
@@ -125,7 +132,7 @@ class CohortWidget(QWidget):
     def _layout(self) -> None:
         advanced, _ = collapsed_section(
             "Advanced: folder, pickle, UMAP",
-            [self.embeddings_folder, self.trust_pickle, self.use_given, self.seed],
+            [self.embeddings_folder, self.trust_pickle, self.use_given, self.seed, self.full_fit],
         )
         top = Container(
             widgets=[
@@ -212,6 +219,7 @@ class CohortWidget(QWidget):
             self.trust_pickle.value,
             self.use_given.value,
             None if self.seed.value < 0 else self.seed.value,
+            full_fit=self.full_fit.value,
         )
         self.status.value = "loading the cohort…"
         self._load_job.start(job.run, self.set_cohort)
@@ -241,6 +249,11 @@ class CohortWidget(QWidget):
         self.scatter.set_data(self.coords, self._colours())
         n_slides = len(self.slide_names)
         how = "UMAP" if cohort.computed else "given coordinates"
+        if cohort.sample_size is not None:
+            how = (
+                f"sampled UMAP: fitted on {cohort.sample_size:,} patches, the rest placed; "
+                "tick Full UMAP fit to fit all"
+            )
         self.status.value = f"{len(self.frame)} patches of {n_slides} slides ({how})"
 
     def cancel(self) -> None:
