@@ -157,7 +157,8 @@ def main() -> None:
         "with peak RSS (see bench/umap_cohort_bench.py)",
     )
     parser.add_argument(
-        "--fit-sample", type=int, help="cohort mode: UMAPParams.fit_sample (default: automatic)"
+        "--fit-sample",
+        help="cohort mode: UMAPParams.fit_sample, or several comma-separated (default: automatic)",
     )
     parser.add_argument("--workdir", help="cohort mode: keep the Parquet and coordinates here")
     args = parser.parse_args()

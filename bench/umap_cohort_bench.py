@@ -20,7 +20,14 @@ Steps:
    points fits on a 100,000-point sample and transforms the rest.
 3. Child "plain": loads the same way, warms up on 5,000 rows (untimed), times
    ``umap.UMAP(n_components=2).fit_transform(features)`` (no PCA, all points).
-4. The parent scores both with ``sklearn.manifold.trustworthiness(k=15)`` on the same 2,000 rows.
+4. The parent scores both with ``sklearn.manifold.trustworthiness(k=15)`` on the same 2,000 rows,
+   and with ``napari_pathviz.embedding.knn_preservation(k=15)``: the share of each of those
+   2,000 rows' 15 true nearest neighbours (exact, among all N points of the features) that are
+   among its 15 nearest in the layout. Trustworthiness hardly moves when the layout is sampled;
+   this is what the sample loses (issue 21 item 4).
+
+``--fit-sample`` may name several sizes (comma-separated): "ours" runs once per size, against
+one full fit of umap-learn.
 
 Both children use random_state=None (umap-learn's parallel default), so numbers vary a little run
 to run. Each child reports wall time, process CPU time (all threads; CPU / wall well under the
@@ -157,8 +164,22 @@ def run_child(kind: str, parquet: Path, out: Path, fit_sample: int | None) -> di
     return result
 
 
-def cohort_main(n: int, dims: int, fit_sample: int | None, workdir: str | None) -> None:
+def score(results: dict, parquet: Path, scored: np.ndarray, high: np.ndarray, tmp: Path) -> None:
+    """Trustworthiness and k-NN preservation (k = 15) of every run's coordinates, on the same
+    rows; the features are read again here (the children's RSS is their own)."""
     from sklearn.manifold import trustworthiness
+
+    from napari_pathviz.embedding import knn_preservation
+
+    features, _ = load_features(parquet)
+    for name, result in results.items():
+        coords = np.load(tmp / f"coords-{name}.npy")
+        result["trust"] = float(trustworthiness(high, coords[scored], n_neighbors=15))
+        result["knn"] = knn_preservation(features, coords, k=15, queries=scored)
+        print(f"{name}: {json.dumps(result)}")
+
+
+def cohort_main(n: int, dims: int, fit_sample, workdir: str | None) -> None:
     from umap_bench import CLUSTERS, make_features
 
     sys.stdout.reconfigure(line_buffering=True)
@@ -180,17 +201,26 @@ def cohort_main(n: int, dims: int, fit_sample: int | None, workdir: str | None) 
         f"data: {n:,} x {dims} float32, {CLUSTERS} clusters; {parquet} ({size_gb:.2f} GB) "
         f"written in {time.perf_counter() - t0:.1f} s"
     )
+    sizes = [None] if fit_sample is None else [int(v) for v in str(fit_sample).split(",")]
     results = {}
-    for kind in ("ours", "plain"):
-        results[kind] = run_child(kind, parquet, tmp / f"coords-{kind}.npy", fit_sample)
-        coords = np.load(tmp / f"coords-{kind}.npy")
-        results[kind]["trust"] = float(trustworthiness(high, coords[scored], n_neighbors=15))
-        print(f"{kind}: {json.dumps(results[kind])}")
-    ours, plain = results["ours"], results["plain"]
+    for size in sizes:
+        name = "ours" if size is None else f"ours-{size}"
+        results[name] = run_child("ours", parquet, tmp / f"coords-{name}.npy", size)
+    results["plain"] = run_child("plain", parquet, tmp / "coords-plain.npy", None)
+    score(results, parquet, scored, high, tmp)
+    plain = results["plain"]
+    for name, ours in results.items():
+        if name != "plain":
+            report(n, dims, name, ours, plain)
+
+
+def report(n: int, dims: int, name: str, ours: dict, plain: dict) -> None:
     ratio = ours["wall"] / plain["wall"]
     diff = ours["trust"] - plain["trust"]
     print()
-    print(f"UMAP {n:,} x {dims} -> 2-D, ours (fit on a sample + transform) vs umap-learn full fit:")
+    print(
+        f"UMAP {n:,} x {dims} -> 2-D, {name} (fit on a sample + transform) vs umap-learn full fit:"
+    )
     print(
         f"  ours {ours['wall']:.1f} s wall ({ours['cpu']:.1f} s CPU), plain {plain['wall']:.1f} s "
         f"wall ({plain['cpu']:.1f} s CPU)"
@@ -203,6 +233,10 @@ def cohort_main(n: int, dims: int, fit_sample: int | None, workdir: str | None) 
         f"  trustworthiness (k=15, same {SCORED:,} rows): ours {ours['trust']:.4f}, plain "
         f"{plain['trust']:.4f}, ours - plain {diff:+.4f} (target within {TRUST_TOLERANCE}) -> "
         f"{'PASS' if abs(diff) <= TRUST_TOLERANCE or diff > 0 else 'FAIL'}"
+    )
+    print(
+        f"  k-NN preservation (k=15, same {SCORED:,} rows, neighbours among all {n:,}): ours "
+        f"{ours['knn']:.4f}, plain {plain['knn']:.4f} (ours / plain {ours['knn'] / plain['knn']:.2f})"
     )
     print(
         f"  peak RSS: load + ours {ours['rss_gb']:.2f} GB (target < {RSS_TARGET_GB:g}) -> "
