@@ -34,6 +34,7 @@ OWN = {
     "clam_sb": "napari_pathviz.mil:ClamSB",
     "clam_mb": "napari_pathviz.mil:ClamMB",
     "dsmil": "napari_pathviz.mil:DSMIL",
+    "transmil": "napari_pathviz.mil_transmil:TransMIL",
     "patch_vit": "napari_pathviz.vit:PatchViT",
 }
 

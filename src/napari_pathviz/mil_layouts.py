@@ -107,6 +107,21 @@ DSMIL = HeadLayouts(
 )
 
 
+# TransMIL (Shao et al. 2021; szc19990412/TransMIL models/TransMIL.py, since 2021-10), its names
+# kept by :class:`.mil_transmil.TransMIL`. The repository trains it inside a Lightning
+# ModelInterface (``self.model``), whose checkpoint's state_dict prefixes every key ``model.``.
+TRANSMIL = HeadLayouts(
+    "TransMIL",
+    (
+        Layout("_fc1, layer1/2, pos_layer, _fc2 (szc19990412/TransMIL)"),
+        Layout(
+            "model._fc1, ... (the state_dict of szc19990412/TransMIL's Lightning checkpoint)",
+            (("model.", ""),),
+        ),
+    ),
+)
+
+
 def recognise(known: HeadLayouts, state: dict, ours: set[str]) -> tuple[dict, str] | None:
     """``state`` renamed to the head's key names ``ours`` and the layout's description, or
     None when no known layout gives exactly those names."""
