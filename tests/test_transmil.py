@@ -241,3 +241,17 @@ def test_a_transmil_checkpoint_that_does_not_fit_is_refused_in_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "does not fit" in lines[0], lines
     assert not out.exists() and not (tmp_path / "slide1.slide.json").exists()
+
+
+def test_pixels_to_slide_is_refused_for_transmil_in_one_line(reference, tmp_path):
+    """Pixels to slide picks the most attended patches; TransMIL has no attention to pick by."""
+    from napari_pathviz.slide_level import explain_bag
+
+    torch.save(reference.state_dict(), tmp_path / "transmil.pt")
+    model = load_head(read_card(_card(tmp_path, "transmil.pt")))
+    bag = _bag(6, seed=6)
+    prediction = slide_outputs(model, bag)
+    read = []
+    with pytest.raises(PathvizError, match="has no attention to pick the top patches by") as err:
+        explain_bag(model, torch.from_numpy(bag), prediction, read.append)
+    assert "\n" not in str(err.value) and read == []  # no patch was read
