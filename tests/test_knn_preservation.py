@@ -182,3 +182,16 @@ def test_full_fit_with_a_fit_sample_is_refused(cohort, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--full-fit" in lines[0] and "--fit-sample 300" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["input", "txt"])
+def test_summary_never_replaces_the_input_nor_takes_another_format(cohort, tmp_path, target):
+    path, _ = cohort
+    before = path.read_bytes()
+    summary = path if target == "input" else tmp_path / "s.txt"
+    result = run_cli("plot-embeddings", "-i", path, "-o", tmp_path / "u.html", "--summary", summary)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--summary" in lines[0], result.stderr
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == []
