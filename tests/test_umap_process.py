@@ -16,7 +16,13 @@ from napari_pathviz.embedding import UMAPParams, umap_embed
 from napari_pathviz.errors import Cancelled, PathvizError
 from napari_pathviz.store import ResultsStore
 from napari_pathviz.umap_first_look import FIRST_LOOK_ABOVE, FIRST_LOOK_SIZE
-from napari_pathviz.umap_process import UmapProcess, running_pids, umap_embed_in_child
+from napari_pathviz.umap_process import (
+    UmapProcess,
+    idle_pid,
+    running_pids,
+    stop_idle,
+    umap_embed_in_child,
+)
 
 
 def _clusters(n: int, dims: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +91,18 @@ def test_the_child_computes_the_same_layout_after_a_first_look(tmp_path, monkeyp
     assert len(set(during)) >= 3 and during == sorted(during)
     fractions = [f for kind, f, _ in events if kind == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert not running_pids() and not list(temp_dir.iterdir())  # nothing left behind
+    # the child is kept, idle, for the next UMAP, and holds no copy of the features
+    kept = idle_pid()
+    assert kept is not None and not running_pids() and not _gone(kept)
+    (folder,) = temp_dir.iterdir()
+    assert not list(folder.iterdir())
+
+    # the next UMAP runs in the kept child (umap compiled there already): the same result
+    again = umap_embed_in_child(features, params, use_cache=False)
+    np.testing.assert_allclose(again, child, atol=1e-5)
+    assert idle_pid() == kept
+    stop_idle()
+    assert _gone(kept) and idle_pid() is None and not list(temp_dir.iterdir())
 
 
 def test_cancel_kills_the_child_and_removes_its_files(tmp_path, monkeypatch, temp_dir):
@@ -117,5 +134,6 @@ def test_a_bad_input_comes_back_as_one_line_and_leaves_nothing(tmp_path, monkeyp
     features, _ = _clusters(10)
     with pytest.raises(PathvizError, match="needs more than 15 patches; 10 given"):
         umap_embed_in_child(features, UMAPParams(), use_cache=False)
-    assert not running_pids() and not list(temp_dir.iterdir())
+    assert not running_pids() and idle_pid() is None  # a child that failed is not kept
+    assert not list(temp_dir.iterdir())
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no result stored

@@ -18,10 +18,15 @@ the calling thread only waits on a pipe, so the GUI thread never waits for it.
   ``NUMBA_CACHE_DIR``, set here before it starts.
 - Stopping (a cancel, an error, the caller going away) kills the child and waits for it, and
   removes the temporary folder: nothing is left behind. A child whose parent died exits too.
+- A child that finished its job is kept, idle, for the next one (:func:`umap_embed_in_child`):
+  numba cannot cache NN-descent (it takes a function as an argument), so every new child
+  compiles it again, 15 s on two cores; a kept child compiles it once per session. At most one
+  child is kept, and it is stopped when this process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -54,8 +59,9 @@ class Update:
 
 
 class UmapProcess:
-    """One child process for one UMAP. Start it early (the child loads umap meanwhile), then
-    iterate :meth:`run`; :meth:`stop` (or leaving the ``with`` block) kills it if still alive."""
+    """One child process, for one UMAP after another. Start it early (the child loads umap
+    meanwhile), then iterate :meth:`run`; :meth:`stop` (or leaving the ``with`` block) kills it
+    if still alive."""
 
     def __init__(self) -> None:
         import subprocess
@@ -75,8 +81,13 @@ class UmapProcess:
             env=env,
         )
         self._messages: queue.Queue = queue.Queue()
+        self._jobs = 0
         threading.Thread(target=self._read, daemon=True, name=f"{PROCESS_NAME}-read").start()
         _RUNNING.add(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def __enter__(self) -> UmapProcess:
         return self
@@ -108,7 +119,11 @@ class UmapProcess:
 
         Raises the child's error, :class:`Cancelled` as soon as ``cancelled()`` says so (the
         child is killed), or a PathvizError when the child dies."""
-        path = os.path.join(self._folder, "features.npy")
+        # A new file for each job: the child may still map the last one.
+        self._jobs += 1
+        path = os.path.join(self._folder, f"features-{self._jobs}.npy")
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self._folder, f"features-{self._jobs - 1}.npy"))
         # np.save writes a contiguous array with the GIL released (numpy's tofile).
         np.save(path, np.ascontiguousarray(features, dtype=np.float32))
         try:
@@ -134,6 +149,8 @@ class UmapProcess:
             elif kind == "first look":
                 yield Update(fraction, message[1], message[2])
             elif kind == "done":
+                with contextlib.suppress(OSError):
+                    os.remove(path)  # the child's mapping of it, if any, outlives the name
                 yield Update(1.0, "done", message[1], final=True)
                 return
             else:  # "error"
@@ -156,14 +173,52 @@ class UmapProcess:
                 stream.close()
         shutil.rmtree(self._folder, ignore_errors=True)
         _RUNNING.discard(self)
+        global _IDLE
+        if _IDLE is self:
+            _IDLE = None
 
 
 def running_pids() -> list[int]:
-    """Process ids of the UMAP children started here and not yet stopped."""
-    return [child.process.pid for child in list(_RUNNING)]
+    """Process ids of the UMAP children started here, not stopped, and working on a job (not
+    the one kept idle for the next job: :func:`idle_pid`)."""
+    return [child.process.pid for child in list(_RUNNING) if child is not _IDLE]
+
+
+def idle_pid() -> int | None:
+    """Process id of the child kept for the next UMAP, if one is."""
+    return None if _IDLE is None else _IDLE.process.pid
+
+
+def stop_idle() -> None:
+    """Stops the child kept for the next UMAP (at exit, or to free its memory)."""
+    if _IDLE is not None:
+        _IDLE.stop()
+
+
+@contextlib.contextmanager
+def kept_child() -> Iterator[UmapProcess]:
+    """A child for one job: the idle one if it is still alive, else a new one. Kept idle for
+    the next job when the block ends normally; stopped when it raises (a cancel, an error)."""
+    global _IDLE
+    child, _IDLE = _IDLE, None
+    if child is not None and not child.alive:
+        child.stop()
+        child = None
+    child = child or UmapProcess()
+    try:
+        yield child
+    except BaseException:
+        child.stop()
+        raise
+    if child.alive and _IDLE is None:
+        _IDLE = child
+    else:
+        child.stop()
 
 
 _RUNNING: set[UmapProcess] = set()
+_IDLE: UmapProcess | None = None
+atexit.register(stop_idle)
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -c, not multiprocessing's spawn: spawn re-runs the parent's main script in the child, and a
 # napari script without an ``if __name__ == "__main__"`` guard would open a second viewer there.
@@ -181,8 +236,10 @@ def umap_embed_in_child(
     cancelled: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """:func:`.embedding.umap_embed` computed in a child process: the same coordinates, with
-    ``progress(fraction, stage)`` and ``first_look(coords, note)`` called in this thread."""
-    with UmapProcess() as child:
+    ``progress(fraction, stage)`` and ``first_look(coords, note)`` called in this thread. The
+    child that computed them is kept for the next call; one that failed or was cancelled is
+    stopped."""
+    with kept_child() as child:
         for update in child.run(
             features,
             params,
@@ -204,8 +261,8 @@ def umap_embed_in_child(
 
 
 def child_main() -> None:
-    """The child: takes one job from stdin, sends its messages on stdout (see the module
-    docstring). Anything else printed goes to stderr."""
+    """The child: takes jobs from stdin, one after another, and sends their messages on stdout
+    (see the module docstring). Anything else printed goes to stderr."""
     import sys
 
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
@@ -218,13 +275,22 @@ def child_main() -> None:
         pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
         channel.flush()
 
-    try:
-        from .embedding import _import_umap, umap_embed
+    from .embedding import _import_umap
 
-        _import_umap()  # numba's kernels load while the parent reads the features
-        _, path, params, knn, use_cache, first_look = pickle.load(sys.stdin.buffer)
-    except (EOFError, OSError, KeyboardInterrupt):
-        return  # the parent stopped before sending a job
+    _import_umap()  # numba's kernels load while the parent reads the features
+    while True:
+        try:
+            _, path, params, knn, use_cache, first_look = pickle.load(sys.stdin.buffer)
+        except (EOFError, OSError, KeyboardInterrupt):
+            return  # the parent stopped, or went away, before sending a job
+        if not _run_job(send, path, params, knn, use_cache, first_look):
+            return
+
+
+def _run_job(send, path, params, knn, use_cache, first_look) -> bool:
+    """Runs one job, its messages through ``send``; False when the parent has gone."""
+    from .embedding import umap_embed
+
     try:
         coords = umap_embed(
             np.load(path, mmap_mode="r"),
@@ -238,9 +304,13 @@ def child_main() -> None:
         )
         send("done", coords)
     except OSError:
-        return  # the parent has gone
+        return False  # the parent has gone
     except Exception as exc:  # noqa: BLE001 (each error goes back whole, to be shown there)
-        send("error", _picklable(exc))
+        try:
+            send("error", _picklable(exc))
+        except OSError:
+            return False
+    return True
 
 
 def _picklable(exc: Exception) -> Exception:

@@ -117,7 +117,8 @@ class UmapForm:
 class UmapJob:
     """The work of one Run, done in a worker thread: load, join, filter, UMAP. The UMAP itself
     runs in a child process (numba holds the GIL for seconds: in a thread it froze the GUI),
-    started first so that it loads umap while the embeddings are read here; its first look
+    the last run's if it is kept, else one started first so that it loads umap while the
+    embeddings are read here; its first look
     (fitted on a sample) goes out as a third progress value, a :class:`FirstLook`."""
 
     def __init__(self, path, keys, trust, patches, background, max_area, params, knn):
@@ -125,9 +126,9 @@ class UmapJob:
         self.background, self.max_area, self.params, self.knn = background, max_area, params, knn
 
     def run(self, progress, cancelled):
-        from ..umap_process import UmapProcess
+        from ..umap_process import kept_child
 
-        with UmapProcess() as child:
+        with kept_child() as child:  # the last run's child, umap compiled, if still there
             es = self._load()
             coords = None
             for update in child.run(es.features, self.params, knn=self.knn, cancelled=cancelled):
