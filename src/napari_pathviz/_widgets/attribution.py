@@ -25,8 +25,9 @@ from magicgui.widgets import (
 from .._layers import META_SLIDE
 from ..attribution import METHODS
 from ..attribution.gradcam import checked_eps
-from ..attribution.references import check_same_size, random_reference_rows, reference_images
+from ..attribution.references import random_reference_rows
 from ..errors import PathvizError
+from ._attribution_job import AttributionJob
 from ._attribution_layers import (
     DEFAULT_SMOOTHING,
     add_result_columns,
@@ -345,7 +346,7 @@ class AttributionWidget(Container):
             options["eps"] = checked_eps(eps, plus_plus=True, name="Grad-CAM++ eps")
         if method == "rollout":
             options.update(self.rollout.options())
-        job = _AttributionJob(
+        job = AttributionJob(
             self.form.arguments(),
             slide_layer.metadata[META_SLIDE],
             layer.features,
@@ -448,72 +449,3 @@ class AttributionWidget(Container):
             self.status.value = f"wrote {path}"
         except PathvizError as err:
             report_error(self.status, err)
-
-
-class _AttributionJob:
-    """One Explain, in a worker thread: load the model, read patches and references, attribute
-    chunk by chunk into a store of the results cache (so a rerun after Cancel resumes)."""
-
-    def __init__(
-        self,
-        model_args,
-        slide,
-        features,
-        rows,
-        method,
-        target,
-        output,
-        background,
-        device,
-        options,
-        load=None,
-    ):
-        self.load = load  # the viewer's model in use (loaded once), else load_model
-        self.model_args, self.slide, self.features, self.rows = model_args, slide, features, rows
-        self.method, self.target, self.output = method, target, output
-        self.background, self.device, self.options = background, device, options
-
-    def run(self, progress, cancelled):
-        from ..attribution.stored import explain
-        from ..classes import resolve_target
-        from ..inference import read_patch_batch, resolve_device
-        from ..models import load_model
-
-        spec = self.load(self.model_args) if self.load else load_model(**self.model_args)
-        device = resolve_device(self.device)
-        note = "no CUDA GPU: ran on the CPU" if self.device == "auto" and device == "cpu" else ""
-        # Maps of unnormalised inputs explain nonsense: said, never silent.
-        warning = (spec.normalisation_warning(), note)
-        model = spec.model.to(device).eval()
-        images = read_patch_batch(self.slide, self.features.iloc[self.rows])
-        inputs = spec.preprocess(images, device)
-        background = None
-        if self.background is not None:
-            references = self._references()
-            check_same_size(references, images)
-            background = spec.preprocess(references, device)
-        result = explain(
-            model,
-            inputs,
-            self.method,
-            background=background,
-            target=resolve_target(self.target, spec.class_names, "Target"),
-            output=self.output,
-            store="auto",
-            keep_per_channel=False,  # the layers and gallery show channel sums; keep the cache small
-            keys=self.features.iloc[self.rows],
-            progress=progress,
-            cancelled=cancelled,
-            **self.options,
-        )
-        # The layers, labels and gallery name the classes as the model card does.
-        result.metadata["class_names"] = list(spec.class_names) if spec.class_names else None
-        return result, self.rows, images, warning
-
-    def _references(self) -> np.ndarray:
-        from ..inference import read_patch_batch
-
-        kind, value = self.background
-        if kind == "rows":
-            return read_patch_batch(self.slide, self.features.iloc[value])
-        return reference_images(value, self.slide)
