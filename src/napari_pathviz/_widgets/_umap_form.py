@@ -25,6 +25,7 @@ class UmapForm:
         "background_column",
         "max_background",
         "knn",
+        "full_fit",
     )
 
     def __init__(self, numeric_columns):
@@ -71,6 +72,13 @@ class UmapForm:
             label="Max bg area", value=0.05, min=0, max=1, step=0.05, tooltip="PathFlowAI's -ma"
         )
         self.knn = ComboBox(label="k-NN", choices=["auto", "nndescent", "torch"], value="auto")
+        self.full_fit = CheckBox(
+            text="Full UMAP fit (slow)",
+            value=False,
+            tooltip="above 200,000 patches UMAP is fitted on 100,000 of them and the rest are "
+            "placed among them (trustworthiness within 0.003, but about half of each patch's "
+            "15 nearest neighbours kept: README, UMAP); tick to fit every patch",
+        )
         self.advanced, _ = collapsed_section(
             "Advanced: UMAP parameters, keys, pickles",
             [
@@ -85,6 +93,7 @@ class UmapForm:
                 self.background_column,
                 self.max_background,
                 self.knn,
+                self.full_fit,
             ],
         )
 
@@ -98,6 +107,7 @@ class UmapForm:
             metric=self.metric.value,
             pca=self.pca.value or None,
             random_state=None if self.seed.value < 0 else self.seed.value,
+            fit_sample=0 if self.full_fit.value else None,  # None: sampled above 200,000
         )
 
     def job(self, path, patches) -> UmapJob:
@@ -126,6 +136,9 @@ class UmapJob:
         self.background, self.max_area, self.params, self.knn = background, max_area, params, knn
 
     def run(self, progress, cancelled):
+        """(embeddings, coordinates, sample): ``sample`` is how many patches the layout was
+        fitted on when it was fitted on a sample (the rest placed), else None."""
+        from ..embedding_large import fit_sample_size
         from ..umap_process import kept_child
 
         with kept_child() as child:  # the last run's child, umap compiled, if still there
@@ -138,7 +151,7 @@ class UmapJob:
                     progress(update.fraction, update.stage, FirstLook(es, update.coords))
                 else:
                     progress(update.fraction, update.stage)
-        return es, coords
+        return es, coords, fit_sample_size(self.params.fit_sample, len(es.features))
 
     def _load(self):
         import warnings

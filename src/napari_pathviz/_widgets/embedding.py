@@ -296,12 +296,16 @@ class EmbeddingWidget(EmbeddingFiles, SelectionLink, QWidget):
             self.status.value = stage  # e.g. "first look: UMAP of 4,000 sampled patches, ..."
 
     def _umap_done(self, result) -> None:
-        es, coords = result
+        es, coords, sample = result
         notify_warnings(es.report.messages())  # in the GUI's words
         self._show_umap(es, coords)
         self._umap_layer = None
         self._hold_status_height(False)
-        self.status.value = f"UMAP of {len(coords)} patches"
+        self.status.value = f"UMAP of {len(coords)} patches" + (
+            f", sampled: fitted on {sample:,}, the rest placed (tick Full UMAP fit to fit all)"
+            if sample
+            else ""
+        )
         self.progress.value = 100
 
     def _hold_status_height(self, hold: bool) -> None:
