@@ -101,8 +101,17 @@ def test_the_child_computes_the_same_layout_after_a_first_look(tmp_path, monkeyp
     again = umap_embed_in_child(features, params, use_cache=False)
     np.testing.assert_allclose(again, child, atol=1e-5)
     assert idle_pid() == kept
+
+    # a kept child serves only callers in the surroundings it started in: another results
+    # cache (or temporary folder) gets a new child, and the kept one is stopped
+    monkeypatch.setenv("PATHVIZ_CACHE_DIR", str(tmp_path / "another cache"))
+    few, _ = _clusters(300)
+    umap_embed_in_child(few, params)
+    assert _gone(kept) and idle_pid() not in (None, kept)
+    assert [p for p in (tmp_path / "another cache").rglob("*") if p.is_file()]  # used there
     stop_idle()
-    assert _gone(kept) and idle_pid() is None and not list(temp_dir.iterdir())
+    kept = None
+    assert idle_pid() is None and not list(temp_dir.iterdir())
 
 
 def test_cancel_kills_the_child_and_removes_its_files(tmp_path, monkeypatch, temp_dir):

@@ -67,9 +67,10 @@ class UmapProcess:
         import subprocess
         import sys
 
-        from ._numba_cache import configure_numba_cache
 
-        configure_numba_cache()  # the checked folder, handed on in NUMBA_CACHE_DIR
+        # numba's checked folder is handed on in NUMBA_CACHE_DIR; a kept child serves only
+        # callers whose surroundings are still those it started in
+        self.started_in = _surroundings()
         self._folder = tempfile.mkdtemp(prefix="pathviz-umap-")  # mode 0700
         env = dict(os.environ)
         # the package's own folder first: the child finds this copy of it, installed or not
@@ -201,8 +202,8 @@ def kept_child() -> Iterator[UmapProcess]:
     the next job when the block ends normally; stopped when it raises (a cancel, an error)."""
     global _IDLE
     child, _IDLE = _IDLE, None
-    if child is not None and not child.alive:
-        child.stop()
+    if child is not None and not (child.alive and child.started_in == _surroundings()):
+        child.stop()  # gone, or started where the caches or the temporary folder were others
         child = None
     child = child or UmapProcess()
     try:
@@ -214,6 +215,15 @@ def kept_child() -> Iterator[UmapProcess]:
         _IDLE = child
     else:
         child.stop()
+
+
+def _surroundings() -> tuple:
+    """What a child takes from this process when it starts and keeps: the environment (the
+    results cache's and numba's folders among it) and the temporary folder."""
+    from ._numba_cache import configure_numba_cache
+
+    configure_numba_cache()
+    return tuple(sorted(os.environ.items())), tempfile.gettempdir()
 
 
 _RUNNING: set[UmapProcess] = set()
