@@ -67,7 +67,6 @@ class UmapProcess:
         import subprocess
         import sys
 
-
         # numba's checked folder is handed on in NUMBA_CACHE_DIR; a kept child serves only
         # callers whose surroundings are still those it started in
         self.started_in = _surroundings()
