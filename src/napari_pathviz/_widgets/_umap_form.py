@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 
+from ..embedding_large import FIT_SAMPLE_ABOVE, FIT_SAMPLE_SIZE
 from ._compact import collapsed_section, path_field, path_text, special_value_text
 
 
@@ -75,9 +76,10 @@ class UmapForm:
         self.full_fit = CheckBox(
             text="Full UMAP fit (slow)",
             value=False,
-            tooltip="above 200,000 patches UMAP is fitted on 100,000 of them and the rest are "
-            "placed among them (trustworthiness within 0.003, but about half of each patch's "
-            "15 nearest neighbours kept: README, UMAP); tick to fit every patch",
+            tooltip=f"above {FIT_SAMPLE_ABOVE:,} patches UMAP is fitted on {FIT_SAMPLE_SIZE:,} of "
+            "them and the rest are placed among them (trustworthiness within 0.003, but about "
+            "half of each patch's 15 nearest neighbours kept: README, UMAP); tick to fit every "
+            "patch",
         )
         self.advanced, _ = collapsed_section(
             "Advanced: UMAP parameters, keys, pickles",
